@@ -1,0 +1,189 @@
+"""Reference interpreter for the integer IR: the oracle every backend is checked against.
+
+Runs a :class:`~qcompile.backends.ir.Program` on a batch of int8 inputs with numpy ``int64``
+arithmetic, op by op, exactly as the C runtime specifies. Convolutions use float64 BLAS on
+integer-valued operands, which is exact while every partial sum stays below 2**53; the
+interpreter checks that each accumulator fits int32 (what the C kernels accumulate in) and
+raises otherwise, so an overflow can never hide behind a wider oracle.
+"""
+from __future__ import annotations
+
+from functools import singledispatch
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from qcompile.backends import ir
+from qcompile.errors import IRVerificationError
+from qcompile.fixedpoint import INT32_MAX, INT32_MIN, requantize
+
+__all__ = ["interpret", "run_op"]
+
+
+def interpret(program: ir.Program, x: np.ndarray, *, keep: bool = False) -> np.ndarray | dict[int, np.ndarray]:
+    """Run ``program`` on int8 input ``x`` of shape ``(N, *input.shape)`` (or one sample without N).
+
+    Returns the int8 output batch, or with ``keep=True`` every tensor as ``{tensor_id: int8 array}``.
+    """
+    x = np.asarray(x)
+    in_t = program.input
+    single = x.shape == in_t.shape
+    if single:
+        x = x[None]
+    if x.shape[1:] != in_t.shape:
+        raise IRVerificationError(f"input shape {x.shape[1:]} does not match program input {in_t.shape}")
+    if x.dtype != np.int8:
+        raise IRVerificationError(f"input dtype {x.dtype}, expected int8")
+    env: dict[int, np.ndarray] = {in_t.id: x.astype(np.int64)}
+    for op in program.ops:
+        args = [env[i] for i in op.inputs]
+        out_shape = (x.shape[0], *program.tensors[op.output].shape)
+        result = run_op(op, program, *args)
+        env[op.output] = result.reshape(out_shape)
+    if keep:
+        return {k: v.astype(np.int8) for k, v in env.items()}
+    y = env[program.outputs[0]].astype(np.int8)
+    return y[0] if single else y
+
+
+def _clamp(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return np.clip(v, lo, hi)
+
+
+def _check_acc(op, acc: np.ndarray) -> np.ndarray:
+    if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
+        raise IRVerificationError(f"{type(op).__name__} '{op.name}': int32 accumulator overflow")
+    return acc
+
+
+def _as_nchw(x: np.ndarray) -> np.ndarray:
+    """View a ``(N, C, L)`` batch as ``(N, C, 1, L)``; ``(N, C, H, W)`` unchanged."""
+    return x[:, :, None, :] if x.ndim == 3 else x
+
+
+def _pad_hw(x: np.ndarray, padding, value) -> np.ndarray:
+    pt, pl, pb, pr = padding
+    return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=value)
+
+
+@singledispatch
+def run_op(op, program: ir.Program, *args: np.ndarray) -> np.ndarray:
+    raise IRVerificationError(f"interpreter has no rule for {type(op).__name__}")
+
+
+@run_op.register
+def _(op: ir.Conv2D, program, x):
+    x = _as_nchw(x) + op.input_offset  # padded positions become 0 == real zero
+    xp = _pad_hw(x, op.padding, 0)
+    co, cig, kh, kw = op.weight.shape
+    dh, dw = op.dilation
+    sh, sw = op.stride
+    win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    n, _, ho, wo = win.shape[:4]
+    cog = co // op.groups
+    w = op.weight.astype(np.float64)
+    out = np.empty((n, co, ho, wo), dtype=np.int64)
+    for g in range(op.groups):
+        patch = win[:, g * cig:(g + 1) * cig].astype(np.float64)  # (N, cig, Ho, Wo, kh, kw)
+        patch = patch.transpose(0, 2, 3, 1, 4, 5).reshape(n, ho, wo, cig * kh * kw)
+        wg = w[g * cog:(g + 1) * cog].reshape(cog, cig * kh * kw)
+        out[:, g * cog:(g + 1) * cog] = np.rint(patch @ wg.T).astype(np.int64).transpose(0, 3, 1, 2)
+    acc = _check_acc(op, out + op.bias.astype(np.int64)[None, :, None, None])
+    y = requantize(acc, op.multiplier[None, :, None, None], op.shift[None, :, None, None])
+    return _clamp(y + op.output_offset, op.act_min, op.act_max)
+
+
+@run_op.register
+def _(op: ir.Dense, program, x):
+    xf = (x.reshape(x.shape[0], -1) + op.input_offset).astype(np.float64)
+    acc = np.rint(xf @ op.weight.astype(np.float64).T).astype(np.int64) + op.bias.astype(np.int64)
+    acc = _check_acc(op, acc)
+    y = requantize(acc, op.multiplier[None, :], op.shift[None, :])
+    return _clamp(y + op.output_offset, op.act_min, op.act_max)
+
+
+@run_op.register
+def _(op: ir.Add, program, x1, x2):
+    a = requantize((x1 + op.input1_offset) << op.left_shift, op.input1_multiplier, op.input1_shift)
+    b = requantize((x2 + op.input2_offset) << op.left_shift, op.input2_multiplier, op.input2_shift)
+    y = requantize(_check_acc(op, a + b), op.output_multiplier, op.output_shift)
+    return _clamp(y + op.output_offset, op.act_min, op.act_max)
+
+
+@run_op.register
+def _(op: ir.Mul, program, x1, x2):
+    if x2.shape != x1.shape:  # per-channel broadcast over trailing dims
+        x2 = x2.reshape(x2.shape[0], x2.shape[1], *([1] * (x1.ndim - 2)))
+    prod = (x1 + op.input1_offset) * (x2 + op.input2_offset)
+    y = requantize(prod, op.multiplier, op.shift)
+    return _clamp(y + op.output_offset, op.act_min, op.act_max)
+
+
+def _pool_windows(op, x, fill):
+    x = _pad_hw(_as_nchw(x), op.padding, fill)
+    win = sliding_window_view(x, tuple(op.kernel), axis=(2, 3))
+    return win[:, :, ::op.stride[0], ::op.stride[1]]
+
+
+@run_op.register
+def _(op: ir.MaxPool, program, x):
+    y = _pool_windows(op, x, -(1 << 40)).max(axis=(-2, -1))
+    return _clamp(y, op.act_min, op.act_max)
+
+
+@run_op.register
+def _(op: ir.AvgPool, program, x):
+    acc = _pool_windows(op, x + op.input_offset, 0).sum(axis=(-2, -1))
+    y = requantize(_check_acc(op, acc), op.multiplier, op.shift)
+    return _clamp(y + op.output_offset, op.act_min, op.act_max)
+
+
+@run_op.register
+def _(op: ir.GlobalAvgPool, program, x):
+    acc = (x + op.input_offset).reshape(x.shape[0], x.shape[1], -1).sum(axis=-1)
+    y = requantize(_check_acc(op, acc), op.multiplier, op.shift)
+    return _clamp(y + op.output_offset, -128, 127)
+
+
+@run_op.register
+def _(op: ir.Lut, program, x):
+    return op.table.astype(np.int64)[x + 128]
+
+
+@run_op.register
+def _(op: ir.PRelu, program, x):
+    v = x + op.input_offset
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    pos = requantize(v, op.pos_multiplier, op.pos_shift)
+    neg = requantize(v, op.neg_multiplier.reshape(shape), op.neg_shift.reshape(shape))
+    return _clamp(np.where(v >= 0, pos, neg) + op.output_offset, -128, 127)
+
+
+@run_op.register
+def _(op: ir.Concat, program, *xs):
+    blocks = [
+        _clamp(requantize(x + off, m, s) + op.output_offset, -128, 127)
+        for x, off, m, s in zip(xs, op.input_offsets, op.multipliers, op.shifts)
+    ]
+    return np.concatenate(blocks, axis=1)
+
+
+@run_op.register
+def _(op: ir.Pad, program, x):
+    return _pad_hw(_as_nchw(x), op.padding, op.value)
+
+
+@run_op.register
+def _(op: ir.Reshape, program, x):
+    return x
+
+
+@run_op.register
+def _(op: ir.Softmax, program, x):
+    rows = x.reshape(-1, x.shape[-1])
+    d = rows.max(axis=1, keepdims=True) - rows
+    e = op.exp_table.astype(np.int64)[d]
+    total = e.sum(axis=1, keepdims=True)
+    y = ((e << 8) + total // 2) // total + op.output_offset
+    return _clamp(y, -128, 127).reshape(x.shape)

@@ -1,0 +1,557 @@
+"""The integer IR: a small, typed, verifiable program that every backend consumes.
+
+A :class:`Program` is a list of tensors (int8, asymmetric per-tensor quantization, shapes in
+PyTorch's logical order *without* the batch dimension, contiguous row-major) and a list of
+ops in execution order. Each op is a frozen dataclass; its fields are all a backend needs.
+Conventions shared by every op:
+
+* ``*_offset`` fields are *added* to raw int8 values: ``input_offset = -zero_point_in``;
+  ``output_offset = +zero_point_out``.
+* ``(multiplier, shift)`` pairs are TFLite/CMSIS-NN fixed-point multipliers
+  (:func:`qcompile.fixedpoint.requantize`); per-channel ones are int32 arrays.
+* ``act_min``/``act_max`` clamp the int8 output (fused ReLU/ReLU6/hardtanh become these).
+* Convolutions and pools accept rank-2 ``(C, L)`` tensors (1-D) as ``H = 1``.
+
+Weights are stored as int8 arrays holding values of ``w_bits`` bits (symmetric, so in
+``[-(2**(b-1) - 1), 2**(b-1) - 1]``); biases are int32 at scale ``s_in * s_w[c]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Iterator, Union
+
+import numpy as np
+
+from qcompile.errors import IRVerificationError
+from qcompile.fixedpoint import INT32_MAX, INT32_MIN
+
+__all__ = [
+    "Tensor",
+    "Conv2D",
+    "Dense",
+    "Add",
+    "Mul",
+    "MaxPool",
+    "AvgPool",
+    "GlobalAvgPool",
+    "Lut",
+    "PRelu",
+    "Concat",
+    "Pad",
+    "Reshape",
+    "Softmax",
+    "Op",
+    "Program",
+    "verify",
+]
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """An int8 activation tensor. ``real = scale * (q - zero_point)``."""
+
+    id: int
+    name: str
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def _spatial(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of a rank-2 ``(C, L)`` or rank-3 ``(C, H, W)`` tensor."""
+    if len(shape) == 2:
+        return shape[0], 1, shape[1]
+    if len(shape) == 3:
+        return shape
+    raise IRVerificationError(f"expected a (C, L) or (C, H, W) tensor, got shape {shape}")
+
+
+# ---------------------------------------------------------------------------- ops
+# eq=False: ops hold numpy arrays, so identity is the only meaningful equality.
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2D:
+    """Grouped 2-D (or 1-D) convolution, int32 accumulation, per-channel requantization.
+
+    ``acc[co] = bias[co] + sum w[co, ci, ky, kx] * (x[g*Cig + ci, y*sh - pt + ky*dh, ...] + input_offset)``
+    with out-of-range input positions contributing zero (padding with the input zero point).
+    ``weight`` has shape ``(Co, Ci/groups, kh, kw)``; ``padding`` is ``(top, left, bottom, right)``.
+    """
+
+    name: str
+    input: int
+    output: int
+    weight: np.ndarray
+    bias: np.ndarray
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+    input_offset: int
+    output_offset: int
+    multiplier: np.ndarray
+    shift: np.ndarray
+    act_min: int
+    act_max: int
+    w_bits: int = 8
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class Dense:
+    """Fully connected: ``acc[o] = bias[o] + sum_i w[o, i] * (x[i] + input_offset)``; weight ``(Fo, Fi)``.
+
+    The input tensor may have any shape; it is read as its ``Fi`` contiguous elements.
+    """
+
+    name: str
+    input: int
+    output: int
+    weight: np.ndarray
+    bias: np.ndarray
+    input_offset: int
+    output_offset: int
+    multiplier: np.ndarray
+    shift: np.ndarray
+    act_min: int
+    act_max: int
+    w_bits: int = 8
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class Add:
+    """Element-wise add (TFLite int8 ADD). Subtraction uses a negative ``input2_multiplier``.
+
+    ``a = requantize((x1 + input1_offset) << left_shift, m1, s1)``, likewise ``b``;
+    ``out = clamp(requantize(a + b, output_multiplier, output_shift) + output_offset)``.
+    Both inputs have the output's shape.
+    """
+
+    name: str
+    input1: int
+    input2: int
+    output: int
+    input1_offset: int
+    input2_offset: int
+    input1_multiplier: int
+    input1_shift: int
+    input2_multiplier: int
+    input2_shift: int
+    output_multiplier: int
+    output_shift: int
+    output_offset: int
+    left_shift: int
+    act_min: int
+    act_max: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input1, self.input2)
+
+
+@dataclass(frozen=True, eq=False)
+class Mul:
+    """Element-wise multiply (TFLite int8 MUL) with per-channel broadcasting.
+
+    ``out = clamp(requantize((x1 + o1) * (x2 + o2), m, s) + output_offset)``. ``input2`` has
+    the output's shape, or is broadcast along trailing dims: its shape is ``(C, 1, ..., 1)``
+    or ``(C,)`` with the same ``C`` as the output's first dim (squeeze-excite); ``input1`` has
+    the output's shape.
+    """
+
+    name: str
+    input1: int
+    input2: int
+    output: int
+    input1_offset: int
+    input2_offset: int
+    output_offset: int
+    multiplier: int
+    shift: int
+    act_min: int
+    act_max: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input1, self.input2)
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPool:
+    """Max pooling on raw int8 values (input and output share quantization).
+
+    Padding positions are ignored (as -inf); ``padding`` is ``(top, left, bottom, right)``.
+    """
+
+    name: str
+    input: int
+    output: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    act_min: int = -128
+    act_max: int = 127
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool:
+    """Average pooling with a fixed divisor (PyTorch ``count_include_pad=True`` semantics).
+
+    ``acc = sum over the valid window positions of (x + input_offset)``;
+    ``out = clamp(requantize(acc, multiplier, shift) + output_offset)``, where
+    ``multiplier * 2**(shift-31) ~= s_in / (s_out * kh * kw)``.
+    """
+
+    name: str
+    input: int
+    output: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    input_offset: int
+    output_offset: int
+    multiplier: int
+    shift: int
+    act_min: int = -128
+    act_max: int = 127
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalAvgPool:
+    """Mean over every element of each channel: input ``(C, ...)`` -> output of ``C`` elements.
+
+    ``out[c] = clamp(requantize(sum(x[c] + input_offset), multiplier, shift) + output_offset)``.
+    """
+
+    name: str
+    input: int
+    output: int
+    input_offset: int
+    output_offset: int
+    multiplier: int
+    shift: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class Lut:
+    """Element-wise function through a 256-entry table: ``out = table[x + 128]`` (int8)."""
+
+    name: str
+    input: int
+    output: int
+    table: np.ndarray
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class PRelu:
+    """Per-channel PReLU on a ``(C, ...)`` tensor.
+
+    ``v = x + input_offset``; ``out = clamp(requantize(v, pos_multiplier, pos_shift) + output_offset)``
+    for ``v >= 0`` and with ``neg_multiplier[c], neg_shift[c]`` (sign of the slope included) otherwise.
+    """
+
+    name: str
+    input: int
+    output: int
+    input_offset: int
+    output_offset: int
+    pos_multiplier: int
+    pos_shift: int
+    neg_multiplier: np.ndarray
+    neg_shift: np.ndarray
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class Concat:
+    """Concatenate along the first (channel) dim, rescaling each input to the output's quantization.
+
+    For input ``k``: ``out_block = clamp(requantize(x + input_offsets[k], multipliers[k], shifts[k]) + output_offset)``.
+    """
+
+    name: str
+    inputs_: tuple[int, ...]
+    output: int
+    input_offsets: tuple[int, ...]
+    multipliers: tuple[int, ...]
+    shifts: tuple[int, ...]
+    output_offset: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return self.inputs_
+
+
+@dataclass(frozen=True, eq=False)
+class Pad:
+    """Constant padding of the two last dims (``(C, H, W)``, or ``(C, L)`` with ``H = 1``) with ``value``.
+
+    ``padding`` is ``(top, left, bottom, right)``; input and output share quantization and
+    ``value`` is the zero point (real 0.0).
+    """
+
+    name: str
+    input: int
+    output: int
+    padding: tuple[int, int, int, int]
+    value: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class Reshape:
+    """Same elements, new shape (flatten/view/reshape/permutes that only re-view)."""
+
+    name: str
+    input: int
+    output: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class Softmax:
+    """Softmax over the last dim, integer only.
+
+    For each row: ``m = max(x)``; ``e_i = exp_table[m - x_i]`` (uint32, ``exp_table[d] =
+    round(2**exp_bits * exp(-d * s_in))``); ``sum = sum_i e_i`` (64-bit);
+    ``out_i = clamp(((e_i << 8) + sum // 2) // sum + output_offset)``. The output scale is
+    1/256 and its zero point -128 (TFLite's convention), so ``output_offset == -128``.
+    """
+
+    name: str
+    input: int
+    output: int
+    exp_table: np.ndarray
+    output_offset: int = -128
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+Op = Union[Conv2D, Dense, Add, Mul, MaxPool, AvgPool, GlobalAvgPool, Lut, PRelu, Concat, Pad, Reshape, Softmax]
+
+
+@dataclass
+class Program:
+    """A lowered model: tensors, ops in execution order, graph inputs/outputs.
+
+    ``source`` maps tensor id to the name of the torch.fx node it came from (for reports).
+    """
+
+    name: str
+    tensors: list[Tensor]
+    ops: list[Op]
+    inputs: list[int]
+    outputs: list[int]
+    source: dict[int, str] = field(default_factory=dict)
+
+    def tensor(self, tid: int) -> Tensor:
+        return self.tensors[tid]
+
+    def producers(self) -> dict[int, Op]:
+        return {op.output: op for op in self.ops}
+
+    def consumers(self, tid: int) -> Iterator[Op]:
+        return (op for op in self.ops if tid in op.inputs)
+
+    @property
+    def input(self) -> Tensor:
+        return self.tensors[self.inputs[0]]
+
+    @property
+    def output(self) -> Tensor:
+        return self.tensors[self.outputs[0]]
+
+
+# ---------------------------------------------------------------------------- verifier
+
+
+def _check(cond: bool, op, msg: str) -> None:
+    if not cond:
+        raise IRVerificationError(f"{type(op).__name__} '{getattr(op, 'name', '?')}': {msg}")
+
+
+def _check_int8(op, *values: int) -> None:
+    for v in values:
+        _check(-128 <= int(v) <= 127, op, f"value {v} outside int8")
+
+
+def _check_requant(op, multiplier, shift) -> None:
+    m = np.asarray(multiplier, dtype=np.int64)
+    s = np.asarray(shift, dtype=np.int64)
+    _check(m.shape == s.shape, op, "multiplier/shift shapes differ")
+    _check(bool(np.all((m >= -INT32_MAX) & (m <= INT32_MAX))), op, "multiplier outside int32")
+    nonzero = m != 0
+    _check(bool(np.all(np.abs(m[nonzero]) >= (1 << 30))), op, "multiplier not normalized to [2^30, 2^31)")
+    _check(bool(np.all((s >= -31) & (s <= 30))), op, "shift outside [-31, 30]")
+
+
+def _check_weights(op, weight: np.ndarray, bias: np.ndarray, n_out: int, w_bits: int) -> None:
+    _check(weight.dtype == np.int8, op, f"weight dtype {weight.dtype}, expected int8")
+    _check(bias.dtype == np.int32, op, f"bias dtype {bias.dtype}, expected int32")
+    _check(bias.shape == (n_out,), op, f"bias shape {bias.shape}, expected ({n_out},)")
+    _check(2 <= w_bits <= 8, op, f"w_bits {w_bits} outside 2..8")
+    qmax = (1 << (w_bits - 1)) - 1
+    _check(bool(np.all(np.abs(weight.astype(np.int32)) <= qmax)), op, f"weights exceed {w_bits}-bit range")
+    _check(bool(np.all((bias.astype(np.int64) >= INT32_MIN) & (bias.astype(np.int64) <= INT32_MAX))), op, "bias")
+
+
+def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case per op kind
+    t = p.tensors
+    out = t[op.output]
+    if isinstance(op, Conv2D):
+        c, h, w = _spatial(t[op.input].shape)
+        co, ho, wo = _spatial(out.shape)
+        _check(len(t[op.input].shape) == len(out.shape), op, "input/output rank differ")
+        kco, kci, kh, kw = op.weight.shape
+        _check(kco == co, op, f"weight has {kco} output channels, output has {co}")
+        _check(c % op.groups == 0 and co % op.groups == 0, op, "channels not divisible by groups")
+        _check(kci == c // op.groups, op, f"weight expects {kci * op.groups} input channels, input has {c}")
+        pt, pl, pb, pr = op.padding
+        eh = (h + pt + pb - op.dilation[0] * (kh - 1) - 1) // op.stride[0] + 1
+        ew = (w + pl + pr - op.dilation[1] * (kw - 1) - 1) // op.stride[1] + 1
+        _check((ho, wo) == (eh, ew), op, f"output spatial {(ho, wo)}, expected {(eh, ew)}")
+        _check_weights(op, op.weight, op.bias, co, op.w_bits)
+        _check_requant(op, op.multiplier, op.shift)
+        _check(op.multiplier.shape == (co,), op, "per-channel multiplier shape")
+        _check_int8(op, -op.input_offset, op.output_offset, op.act_min, op.act_max)
+        _check(op.act_min <= op.act_max, op, "act_min > act_max")
+    elif isinstance(op, Dense):
+        fi = t[op.input].size
+        _check(op.weight.shape == (out.size, fi), op, f"weight {op.weight.shape}, expected {(out.size, fi)}")
+        _check_weights(op, op.weight, op.bias, out.size, op.w_bits)
+        _check_requant(op, op.multiplier, op.shift)
+        _check(op.multiplier.shape == (out.size,), op, "per-channel multiplier shape")
+        _check_int8(op, -op.input_offset, op.output_offset, op.act_min, op.act_max)
+    elif isinstance(op, Add):
+        _check(t[op.input1].shape == out.shape == t[op.input2].shape, op, "shapes must match")
+        for m, s in ((op.input1_multiplier, op.input1_shift), (op.input2_multiplier, op.input2_shift),
+                     (op.output_multiplier, op.output_shift)):
+            _check_requant(op, m, s)
+        _check(0 <= op.left_shift <= 24, op, "left_shift")
+        _check_int8(op, -op.input1_offset, -op.input2_offset, op.output_offset, op.act_min, op.act_max)
+    elif isinstance(op, Mul):
+        s1, s2 = t[op.input1].shape, t[op.input2].shape
+        _check(s1 == out.shape, op, "input1 must have the output shape")
+        per_channel = len(s2) >= 1 and s2[0] == out.shape[0] and int(np.prod(s2)) == s2[0]
+        _check(s2 == out.shape or per_channel, op, f"input2 shape {s2} does not broadcast to {out.shape}")
+        _check_requant(op, op.multiplier, op.shift)
+        _check_int8(op, -op.input1_offset, -op.input2_offset, op.output_offset, op.act_min, op.act_max)
+    elif isinstance(op, (MaxPool, AvgPool)):
+        c, h, w = _spatial(t[op.input].shape)
+        co, ho, wo = _spatial(out.shape)
+        _check(c == co, op, "pooling changes channel count")
+        pt, pl, pb, pr = op.padding
+        eh = (h + pt + pb - op.kernel[0]) // op.stride[0] + 1
+        ew = (w + pl + pr - op.kernel[1]) // op.stride[1] + 1
+        _check((ho, wo) == (eh, ew), op, f"output spatial {(ho, wo)}, expected {(eh, ew)}")
+        if isinstance(op, AvgPool):
+            _check_requant(op, op.multiplier, op.shift)
+        else:
+            _check(t[op.input].scale == out.scale and t[op.input].zero_point == out.zero_point, op,
+                   "max pool must keep quantization")
+    elif isinstance(op, GlobalAvgPool):
+        _check(out.size == t[op.input].shape[0], op, "output must have one element per channel")
+        _check_requant(op, op.multiplier, op.shift)
+    elif isinstance(op, Lut):
+        _check(op.table.dtype == np.int8 and op.table.shape == (256,), op, "table must be int8[256]")
+        _check(t[op.input].shape == out.shape, op, "shape changes")
+    elif isinstance(op, PRelu):
+        _check(t[op.input].shape == out.shape, op, "shape changes")
+        _check(op.neg_multiplier.shape == (out.shape[0],), op, "one negative slope per channel")
+        _check_requant(op, op.pos_multiplier, op.pos_shift)
+        _check_requant(op, op.neg_multiplier, op.neg_shift)
+    elif isinstance(op, Concat):
+        shapes = [t[i].shape for i in op.inputs]
+        _check(all(s[1:] == out.shape[1:] for s in shapes), op, "non-channel dims differ")
+        _check(sum(s[0] for s in shapes) == out.shape[0], op, "channel counts do not add up")
+        _check(len(op.input_offsets) == len(op.multipliers) == len(op.shifts) == len(shapes), op, "arity")
+        for m, s in zip(op.multipliers, op.shifts):
+            _check_requant(op, m, s)
+    elif isinstance(op, Pad):
+        c, h, w = _spatial(t[op.input].shape)
+        co, ho, wo = _spatial(out.shape)
+        pt, pl, pb, pr = op.padding
+        _check((co, ho, wo) == (c, h + pt + pb, w + pl + pr), op, "padded shape")
+        _check_int8(op, op.value)
+    elif isinstance(op, Reshape):
+        _check(t[op.input].size == out.size, op, "reshape changes the element count")
+    elif isinstance(op, Softmax):
+        _check(t[op.input].shape[-1] == out.shape[-1] and t[op.input].size == out.size, op, "shape")
+        _check(op.exp_table.dtype == np.uint32 and op.exp_table.shape == (256,), op, "exp table")
+        _check(op.output_offset == out.zero_point, op, "output offset must equal the output zero point")
+    else:
+        raise IRVerificationError(f"unknown op type {type(op).__name__}")
+
+
+def verify(p: Program) -> Program:
+    """Check dtypes, shapes, def-before-use, single definition and fixed-point ranges.
+
+    Returns the program so it can be chained; raises :class:`IRVerificationError`.
+    """
+    defined = set(p.inputs)
+    for tid, tensor in enumerate(p.tensors):
+        if tensor.id != tid:
+            raise IRVerificationError(f"tensor '{tensor.name}' has id {tensor.id} at position {tid}")
+        if not 0 < tensor.scale < float("inf"):
+            raise IRVerificationError(f"tensor '{tensor.name}' has scale {tensor.scale}")
+        if not -128 <= tensor.zero_point <= 127:
+            raise IRVerificationError(f"tensor '{tensor.name}' zero point {tensor.zero_point} outside int8")
+    names = set()
+    for op in p.ops:
+        _check(op.name not in names, op, "duplicate op name")
+        names.add(op.name)
+        for tid in op.inputs:
+            _check(0 <= tid < len(p.tensors), op, f"input tensor {tid} does not exist")
+            _check(tid in defined, op, f"reads tensor '{p.tensors[tid].name}' before it is defined")
+        _check(op.output not in defined, op, f"redefines tensor '{p.tensors[op.output].name}'")
+        _check(op.output not in op.inputs, op, "writes its own input")
+        _verify_op(p, op)
+        defined.add(op.output)
+    for tid in p.outputs:
+        if tid not in defined:
+            raise IRVerificationError(f"graph output '{p.tensors[tid].name}' is never computed")
+    return p
+
+
+def op_fields(op: Op) -> dict:
+    """The op's fields as a dict (for reports and debugging dumps)."""
+    return {f.name: getattr(op, f.name) for f in fields(op)}

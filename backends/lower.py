@@ -1,0 +1,349 @@
+"""Lower a calibrated, weight-quantized FX graph to the integer IR.
+
+Every real-valued parameter becomes integers here, once: biases at scale ``s_in * s_w[c]``,
+requantization multipliers ``M = s_in * s_w[c] / s_out`` as Q31 fixed point (Jacob et al. 2018,
+eq. 5-7), activation clamps as int8 bounds, element-wise nonlinearities as 256-entry tables.
+One small function per op kind, registered in ``_LOWERINGS``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.fx import GraphModule, Node
+
+from qcompile.backends import ir
+from qcompile.errors import UnsupportedOpError
+from qcompile.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier
+from qcompile.frontend import source_location
+from qcompile.nn import ActQuant, QuantizedWeights
+from qcompile.ops import SHARES_INPUT_QUANT, Kind, clamp_range, info, lut_function
+
+__all__ = ["lower", "SOFTMAX_EXP_BITS"]
+
+SOFTMAX_EXP_BITS = 22
+ADD_LEFT_SHIFT = 20
+
+
+class _Lowering:
+    """State of one lowering run: the IR being built and the fx-node -> tensor map."""
+
+    def __init__(self, gm: GraphModule, name: str):
+        self.gm = gm
+        self.name = name
+        self.tensors: list[ir.Tensor] = []
+        self.ops: list[ir.Op] = []
+        self.env: dict[Node, int] = {}
+        self.source: dict[int, str] = {}
+
+    # -- quantization lookups ------------------------------------------------------------
+    def qparams(self, node: Node) -> tuple[float, int]:
+        """Quantization of the value ``node`` produces, as its consumers see it."""
+        kind = info(node).kind
+        if kind is Kind.QUANT:
+            return self.gm.get_submodule(node.target).qparams
+        if kind in SHARES_INPUT_QUANT:
+            return self.qparams(node.args[0])
+        raise UnsupportedOpError(f"node '{node.name}' is consumed without a quantizer (at {source_location(node)})")
+
+    def output_node(self, node: Node) -> Node:
+        """The node whose value the op's output tensor represents (the fused activation, if any)."""
+        if info(node).fused_act is not None:
+            (act,) = node.users
+            return act
+        return node
+
+    def out_qparams(self, node: Node) -> tuple[float, int]:
+        value = self.output_node(node)
+        quants = [u for u in value.users if info(u).kind is Kind.QUANT]
+        if not quants:
+            raise UnsupportedOpError(f"output of '{node.name}' has no quantizer")
+        return self.gm.get_submodule(quants[0].target).qparams
+
+    def act_bounds(self, node: Node, scale: float, zp: int) -> tuple[int, int]:
+        """int8 clamp bounds of a fused activation (TFLite CalculateActivationRangeQuantized)."""
+        lo, hi = info(node).fused_act or (-math.inf, math.inf)
+        qlo = -128 if math.isinf(lo) else max(-128, zp + int(round(lo / scale)))
+        qhi = 127 if math.isinf(hi) else min(127, zp + int(round(hi / scale)))
+        return qlo, qhi
+
+    # -- building ------------------------------------------------------------------------
+    def new_tensor(self, node: Node, qparams: tuple[float, int], shape: tuple[int, ...] | None = None) -> int:
+        tid = len(self.tensors)
+        shape = tuple(shape if shape is not None else info(node).shape[1:])
+        self.tensors.append(ir.Tensor(tid, node.name, shape, float(qparams[0]), int(qparams[1])))
+        self.source[tid] = node.name
+        return tid
+
+    def tid(self, node: Node) -> int:
+        return self.env[node]
+
+    def t(self, node: Node) -> ir.Tensor:
+        return self.tensors[self.env[node]]
+
+
+def _requant(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [quantize_multiplier(float(r)) for r in np.atleast_1d(np.asarray(real, dtype=np.float64))]
+    return np.array([m for m, _ in pairs], dtype=np.int32), np.array([s for _, s in pairs], dtype=np.int32)
+
+
+def _requant1(real: float) -> tuple[int, int]:
+    return quantize_multiplier(float(real))
+
+
+def _arg(node: Node, index: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[-1])) if len(v) == 2 else (1, int(v[0]))
+    return int(v), int(v)
+
+
+def _spatial(v: Any, rank: int) -> tuple[int, int]:
+    """A 1-D or 2-D hyper-parameter as ``(h, w)``; 1-D ops get ``h = 1``-neutral values by caller."""
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[1])) if len(v) == 2 else (int(v[0]), int(v[0]))
+    return int(v), int(v)
+
+
+# ------------------------------------------------------------------------------- per kind
+
+
+def _lower_weighted(lw: _Lowering, node: Node) -> None:
+    qmod: QuantizedWeights = lw.gm.get_submodule(node.target)
+    mod = qmod.module
+    x = node.args[0]
+    s_in, zp_in = lw.qparams(x)
+    s_out, zp_out = lw.out_qparams(node)
+    s_w = qmod.weight_scale.detach().double().numpy()
+    w_int = qmod.weight_int.detach().numpy().astype(np.int8)
+    bias = mod.bias.detach().double().numpy() if mod.bias is not None else np.zeros(w_int.shape[0])
+    bias_int = np.clip(np.rint(bias / (s_in * s_w)), INT32_MIN, INT32_MAX).astype(np.int32)
+    mult, shift = _requant(s_in * s_w / s_out)
+    out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), info(node).shape[1:])
+    lo, hi = lw.act_bounds(node, s_out, zp_out)
+    common = dict(name=node.name, input=lw.tid(x), output=out, bias=bias_int, input_offset=-zp_in,
+                  output_offset=zp_out, multiplier=mult, shift=shift, act_min=lo, act_max=hi, w_bits=qmod.bits)
+    if isinstance(mod, nn.Linear):
+        lw.ops.append(ir.Dense(weight=w_int, **common))
+        return
+    one_d = isinstance(mod, nn.Conv1d)
+    k = w_int.shape[2:]
+    kh, kw = (1, k[0]) if one_d else k
+    stride = (1, mod.stride[0]) if one_d else tuple(mod.stride)
+    dilation = (1, mod.dilation[0]) if one_d else tuple(mod.dilation)
+    if isinstance(mod.padding, str):
+        if mod.padding == "valid":
+            pads = [(0, 0)] * len(k)
+        else:  # "same": PyTorch puts the odd extra element after
+            pads = [(d * (kk - 1) // 2, d * (kk - 1) - d * (kk - 1) // 2) for d, kk in zip(mod.dilation, k)]
+    else:
+        pads = [(p, p) for p in mod.padding]
+    if one_d:
+        pads = [(0, 0)] + pads
+    padding = (pads[0][0], pads[1][0], pads[0][1], pads[1][1])
+    lw.ops.append(ir.Conv2D(weight=w_int.reshape(w_int.shape[0], w_int.shape[1], kh, kw), stride=stride,
+                            padding=padding, dilation=dilation, groups=mod.groups, **common))
+
+
+def _lower_add_sub(lw: _Lowering, node: Node) -> None:
+    a, b = node.args[:2]
+    (s1, z1), (s2, z2) = lw.qparams(a), lw.qparams(b)
+    s_out, zp_out = lw.out_qparams(node)
+    twice_max = 2.0 * max(s1, s2)
+    m1, sh1 = _requant1(s1 / twice_max)
+    m2, sh2 = _requant1((-1.0 if info(node).kind is Kind.SUB else 1.0) * s2 / twice_max)
+    mo, sho = _requant1(twice_max / ((1 << ADD_LEFT_SHIFT) * s_out))
+    out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), info(node).shape[1:])
+    lo, hi = lw.act_bounds(node, s_out, zp_out)
+    lw.ops.append(ir.Add(node.name, lw.tid(a), lw.tid(b), out, -z1, -z2, m1, sh1, m2, sh2, mo, sho, zp_out,
+                         ADD_LEFT_SHIFT, lo, hi))
+
+
+def _lower_mul(lw: _Lowering, node: Node) -> None:
+    a, b = node.args[:2]
+    if info(a).shape != info(node).shape:  # keep the per-channel operand second
+        a, b = b, a
+    (s1, z1), (s2, z2) = lw.qparams(a), lw.qparams(b)
+    s_out, zp_out = lw.out_qparams(node)
+    m, sh = _requant1(s1 * s2 / s_out)
+    out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), info(node).shape[1:])
+    lo, hi = lw.act_bounds(node, s_out, zp_out)
+    lw.ops.append(ir.Mul(node.name, lw.tid(a), lw.tid(b), out, -z1, -z2, zp_out, m, sh, lo, hi))
+
+
+def _pool_params(lw: _Lowering, node: Node) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    mod = lw.gm.get_submodule(node.target) if node.op == "call_module" else None
+    if mod is not None:
+        kernel, stride, padding = mod.kernel_size, mod.stride, mod.padding
+    else:
+        kernel = _arg(node, 1, "kernel_size")
+        stride = _arg(node, 2, "stride") or kernel
+        padding = _arg(node, 3, "padding", 0)
+    one_d = len(info(node).shape) == 3
+    if one_d:
+        k, s, p = (_pair(kernel)[1], _pair(stride)[1], _pair(padding)[1])
+        return (1, k), (1, s), (0, p, 0, p)
+    k, s, p = _spatial(kernel, 2), _spatial(stride, 2), _spatial(padding, 2)
+    return k, s, (p[0], p[1], p[0], p[1])
+
+
+def _lower_maxpool(lw: _Lowering, node: Node) -> None:
+    kernel, stride, padding = _pool_params(lw, node)
+    x = node.args[0]
+    out = lw.new_tensor(node, lw.qparams(x))
+    lw.ops.append(ir.MaxPool(node.name, lw.tid(x), out, kernel, stride, padding))
+
+
+def _lower_avgpool(lw: _Lowering, node: Node) -> None:
+    kernel, stride, padding = _pool_params(lw, node)
+    x = node.args[0]
+    s_in, zp_in = lw.qparams(x)
+    s_out, zp_out = lw.out_qparams(node)
+    m, sh = _requant1(s_in / (s_out * kernel[0] * kernel[1]))
+    out = lw.new_tensor(node, (s_out, zp_out))
+    lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, stride, padding, -zp_in, zp_out, m, sh))
+
+
+def _lower_global_avgpool(lw: _Lowering, node: Node) -> None:
+    x = node.args[0]
+    s_in, zp_in = lw.qparams(x)
+    s_out, zp_out = lw.out_qparams(node)
+    count = int(np.prod(info(x).shape[2:]))
+    m, sh = _requant1(s_in / (s_out * count))
+    out = lw.new_tensor(node, (s_out, zp_out))
+    lw.ops.append(ir.GlobalAvgPool(node.name, lw.tid(x), out, -zp_in, zp_out, m, sh))
+
+
+def lut_table(fn: Callable[[torch.Tensor], torch.Tensor], s_in: float, zp_in: int, s_out: float, zp_out: int) -> np.ndarray:
+    """``table[q + 128] = quantize(fn(dequantize(q)))`` for every int8 ``q`` (float64, round half even)."""
+    q = torch.arange(-128, 128, dtype=torch.float64)
+    y = fn((q - zp_in) * s_in).to(torch.float64)
+    return torch.clamp(torch.round(y / s_out) + zp_out, -128, 127).numpy().astype(np.int8)
+
+
+def _lower_lut(lw: _Lowering, node: Node) -> None:
+    x = node.args[0] if isinstance(node.args[0], Node) else node.args[1]
+    if info(node).kind is Kind.CLAMP:
+        lo, hi = clamp_range(node, lw.gm)
+        fn = lambda v: torch.clamp(v, lo, hi)  # noqa: E731
+    else:
+        fn = lut_function(node, lw.gm)
+    s_in, zp_in = lw.qparams(x)
+    s_out, zp_out = lw.out_qparams(node)
+    out = lw.new_tensor(node, (s_out, zp_out))
+    lw.ops.append(ir.Lut(node.name, lw.tid(x), out, lut_table(fn, s_in, zp_in, s_out, zp_out)))
+
+
+def _lower_prelu(lw: _Lowering, node: Node) -> None:
+    x = node.args[0]
+    s_in, zp_in = lw.qparams(x)
+    s_out, zp_out = lw.out_qparams(node)
+    channels = info(node).shape[1]
+    alpha = lw.gm.get_submodule(node.target).weight.detach().double().numpy()
+    alpha = np.broadcast_to(alpha, (channels,))
+    pm, ps = _requant1(s_in / s_out)
+    nm, ns = _requant(alpha * s_in / s_out)
+    out = lw.new_tensor(node, (s_out, zp_out))
+    lw.ops.append(ir.PRelu(node.name, lw.tid(x), out, -zp_in, zp_out, pm, ps, nm, ns))
+
+
+def _lower_cat(lw: _Lowering, node: Node) -> None:
+    xs = list(node.args[0])
+    s_out, zp_out = lw.out_qparams(node)
+    qs = [lw.qparams(x) for x in xs]
+    reqs = [_requant1(s / s_out) for s, _ in qs]
+    out = lw.new_tensor(node, (s_out, zp_out))
+    lw.ops.append(ir.Concat(node.name, tuple(lw.tid(x) for x in xs), out, tuple(-z for _, z in qs),
+                            tuple(m for m, _ in reqs), tuple(s for _, s in reqs), zp_out))
+
+
+def _lower_pad(lw: _Lowering, node: Node) -> None:
+    x = node.args[0]
+    if node.op == "call_module":
+        pad = lw.gm.get_submodule(node.target).padding
+    else:
+        pad = _arg(node, 1, "pad")
+    pad = tuple(int(p) for p in pad)
+    left, right = pad[0], pad[1]
+    top, bottom = (pad[2], pad[3]) if len(pad) >= 4 else (0, 0)
+    if len(info(node).shape) == 3 and (top or bottom):
+        raise UnsupportedOpError(f"padding of a 1-D tensor along channels at '{node.name}'")
+    qp = lw.qparams(x)
+    out = lw.new_tensor(node, qp)
+    lw.ops.append(ir.Pad(node.name, lw.tid(x), out, (top, left, bottom, right), qp[1]))
+
+
+def _lower_reshape(lw: _Lowering, node: Node) -> None:
+    x = node.args[0]
+    out = lw.new_tensor(node, lw.qparams(x))
+    lw.ops.append(ir.Reshape(node.name, lw.tid(x), out))
+
+
+def _lower_softmax(lw: _Lowering, node: Node) -> None:
+    x = node.args[0]
+    s_in, _ = lw.qparams(x)
+    s_out, zp_out = lw.out_qparams(node)
+    d = np.arange(256, dtype=np.float64)
+    table = np.rint((1 << SOFTMAX_EXP_BITS) * np.exp(-d * s_in)).astype(np.uint32)
+    out = lw.new_tensor(node, (s_out, zp_out))
+    lw.ops.append(ir.Softmax(node.name, lw.tid(x), out, table, zp_out))
+
+
+_LOWERINGS: dict[Kind, Callable[[_Lowering, Node], None]] = {
+    Kind.CONV: _lower_weighted,
+    Kind.LINEAR: _lower_weighted,
+    Kind.ADD: _lower_add_sub,
+    Kind.SUB: _lower_add_sub,
+    Kind.MUL: _lower_mul,
+    Kind.MAXPOOL: _lower_maxpool,
+    Kind.AVGPOOL: _lower_avgpool,
+    Kind.GLOBAL_AVGPOOL: _lower_global_avgpool,
+    Kind.LUT: _lower_lut,
+    Kind.PRELU: _lower_prelu,
+    Kind.CAT: _lower_cat,
+    Kind.PAD: _lower_pad,
+    Kind.RESHAPE: _lower_reshape,
+    Kind.SOFTMAX: _lower_softmax,
+}
+
+
+def lower(gm: GraphModule, name: str = "model") -> ir.Program:
+    """Translate the quantized graph ``gm`` to a verified :class:`~qcompile.backends.ir.Program`."""
+    lw = _Lowering(gm, name)
+    inputs: list[int] = []
+    outputs: list[int] = []
+    for node in gm.graph.nodes:
+        qi = info(node)
+        kind = qi.kind
+        if kind is Kind.INPUT:
+            lw.env[node] = lw.new_tensor(node, lw.out_qparams(node))
+            inputs.append(lw.env[node])
+        elif kind is Kind.QUANT:
+            lw.env[node] = lw.env[node.args[0]]
+        elif kind is Kind.CLAMP and qi.fused_into is not None:
+            lw.env[node] = lw.env[node.args[0]]
+        elif kind is Kind.CLAMP:
+            _lower_lut(lw, node)
+            lw.env[node] = lw.ops[-1].output
+        elif kind is Kind.SHAPE:
+            continue
+        elif kind is Kind.OUTPUT:
+            outputs.append(lw.env[node.args[0]])
+        elif kind in _LOWERINGS:
+            _LOWERINGS[kind](lw, node)
+            lw.env[node] = lw.ops[-1].output
+        else:
+            raise UnsupportedOpError(f"cannot lower node '{node.name}' of kind {kind} at {source_location(node)}",
+                                     nodes=[(node.name, str(node.target), source_location(node))])
+    if outputs and outputs[0] in inputs:
+        raise UnsupportedOpError("the model returns its input unchanged; there is nothing to compile")
+    program = ir.Program(name, lw.tensors, lw.ops, inputs, outputs, lw.source)
+    return ir.verify(program)

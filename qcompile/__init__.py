@@ -1,0 +1,44 @@
+"""qcompile: a quantizing compiler from trained PyTorch models to integer C for Cortex-M.
+
+    art = qcompile.compile(model, example_inputs, calib=loader, target="cortex-m")
+    art.save("build/")
+    print(art.report())
+"""
+from qcompile.api import compile
+from qcompile.artifact import Artifact
+from qcompile.config import QuantConfig
+from qcompile.errors import (
+    BuildError,
+    CalibrationError,
+    ConfigError,
+    IRVerificationError,
+    PassError,
+    QCompileError,
+    TraceError,
+    UnsupportedOpError,
+    VerificationError,
+)
+from qcompile.pass_manager import PassContext, PassResult, Pipeline, graph_pass
+from qcompile.pipeline import default_pipeline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compile",
+    "Artifact",
+    "QuantConfig",
+    "default_pipeline",
+    "Pipeline",
+    "PassContext",
+    "PassResult",
+    "graph_pass",
+    "QCompileError",
+    "TraceError",
+    "UnsupportedOpError",
+    "CalibrationError",
+    "ConfigError",
+    "PassError",
+    "IRVerificationError",
+    "VerificationError",
+    "BuildError",
+]

@@ -1,0 +1,66 @@
+"""``qcompile.compile``: trace -> passes -> lower -> plan memory -> Artifact."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from qcompile.analysis import capture_float, tensor_sqnr
+from qcompile.artifact import Artifact
+from qcompile.backends.interpreter import interpret
+from qcompile.backends.lower import lower
+from qcompile.backends.memory_plan import plan_memory
+from qcompile.config import TARGETS, QuantConfig
+from qcompile.data import calibration_batches
+from qcompile.errors import ConfigError
+from qcompile.frontend import check_supported, trace
+from qcompile.pass_manager import PassContext, Pipeline
+from qcompile.pipeline import default_pipeline
+
+__all__ = ["compile"]
+
+_SQNR_SAMPLES = 64
+
+
+def compile(  # noqa: A001 - the public name the product promises
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...] | torch.Tensor,
+    calib: Any = None,
+    target: str = "cortex-m",
+    config: QuantConfig | None = None,
+    pipeline: Pipeline | None = None,
+    name: str = "model",
+    progress: bool = True,
+) -> Artifact:
+    """Quantize ``model`` with calibration data ``calib`` and lower it to an integer program.
+
+    ``calib`` is a tensor of samples or any iterable of batches (tensors, or tuples whose first
+    element is the input, e.g. a DataLoader). ``pipeline`` defaults to
+    :func:`qcompile.default_pipeline`.
+    """
+    start = time.perf_counter()
+    if target not in TARGETS:
+        raise ConfigError(f"target={target!r}: choose one of {', '.join(TARGETS)}")
+    if not name.isidentifier():
+        raise ConfigError(f"name={name!r} must be a C identifier")
+    config = config or QuantConfig()
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    gm = check_supported(trace(model, tuple(example_inputs)))
+    batches = calibration_batches(calib, example_inputs[0], max_samples=config.max_calib_samples,
+                                  batch_size=config.calib_batch_size)
+    ctx = PassContext(config=config, example_inputs=tuple(example_inputs), calib=batches, progress=progress)
+    gm = (pipeline if pipeline is not None else default_pipeline()).run(gm, ctx)
+    program = lower(gm, name)
+    plan = plan_memory(program)
+
+    sample = torch.cat(batches)[:_SQNR_SAMPLES]
+    art = Artifact(name=name, target=target, config=config, graph=gm, program=program, plan=plan,
+                   records=ctx.records)
+    int_values = interpret(program, art.quantize_input(sample), keep=True)
+    art.sqnr = tensor_sqnr(program, int_values, capture_float(gm, sample))
+    art.compile_seconds = time.perf_counter() - start
+    return art

@@ -1,0 +1,125 @@
+"""The result of ``qcompile.compile``: the integer program plus everything to run, check and ship it."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.fx import GraphModule
+
+from qcompile.backends import ir
+from qcompile.backends.interpreter import interpret
+from qcompile.backends.memory_plan import MemoryPlan
+from qcompile.config import QuantConfig
+from qcompile.errors import ConfigError, VerificationError
+from qcompile.report import format_report, layer_rows, summary
+
+__all__ = ["Artifact"]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+@dataclass
+class Artifact:
+    """A compiled model.
+
+    ``graph`` is the quantized torch.fx GraphModule (fake-quant simulation), ``program`` the
+    lowered integer IR, ``plan`` its static memory plan.
+    """
+
+    name: str
+    target: str
+    config: QuantConfig
+    graph: GraphModule
+    program: ir.Program
+    plan: MemoryPlan
+    sqnr: dict[int, float] = field(default_factory=dict)
+    records: dict[str, Any] = field(default_factory=dict)
+    compile_seconds: float = 0.0
+
+    # -- quantization of the model boundary -------------------------------------------------
+    def quantize_input(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Float input (batch or single sample) -> int8 numpy, with the input tensor's scale/zero point."""
+        t = self.program.input
+        xf = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+        return np.clip(np.rint(xf / t.scale) + t.zero_point, -128, 127).astype(np.int8)
+
+    def dequantize_output(self, yq: np.ndarray) -> torch.Tensor:
+        t = self.program.output
+        return torch.from_numpy((np.asarray(yq).astype(np.float32) - t.zero_point) * np.float32(t.scale))
+
+    # -- running ----------------------------------------------------------------------------
+    def run_int(self, xq: np.ndarray) -> np.ndarray:
+        """int8 input ``(N, *in_shape)`` or ``in_shape`` -> int8 output, through the reference interpreter."""
+        return interpret(self.program, np.asarray(xq))
+
+    def run(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Float tensor in -> float tensor out, computed by the integer interpreter."""
+        xs = x if x.dim() == len(self.program.input.shape) + 1 else x.unsqueeze(0)
+        outs = [self.dequantize_output(self.run_int(self.quantize_input(b))) for b in xs.split(batch_size)]
+        y = torch.cat(outs)
+        return y if xs is x else y[0]
+
+    @property
+    def arena_size(self) -> int:
+        return self.plan.arena_size
+
+    # -- reporting --------------------------------------------------------------------------
+    def report_data(self) -> dict[str, Any]:
+        return {"summary": summary(self.program, self.plan), "layers": layer_rows(self.program, self.plan, self.sqnr),
+                "target": self.target, "compile_seconds": round(self.compile_seconds, 3)}
+
+    def report(self, fmt: str = "simple") -> str:
+        data = self.report_data()
+        return format_report(data["layers"], data["summary"], fmt)
+
+    # -- emitting ---------------------------------------------------------------------------
+    def c_sources(self) -> dict[str, str]:
+        from qcompile.backends.c_emitter import emit_c
+
+        return emit_c(self.program, self.plan, self.name)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``<name>.c/.h``, the runtime kernels, a Makefile fragment, report.md and report.json."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        for fname, text in self.c_sources().items():
+            (out / fname).write_text(text)
+        (out / "report.md").write_text(f"# qcompile report: {self.name}\n\n" + self.report(fmt="github") + "\n")
+        (out / "report.json").write_text(json.dumps(_jsonable(self.report_data()), indent=2, sort_keys=True) + "\n")
+        return out
+
+    def verify(self, xs: torch.Tensor | np.ndarray, on: str = "host", **kwargs: Any) -> np.ndarray:
+        """Build the emitted C, run it on ``xs`` and compare bit for bit with :meth:`run_int`.
+
+        ``xs``: float samples (quantized with the input scale) or int8 samples. Returns the C
+        outputs; raises :class:`VerificationError` on any mismatch.
+        """
+        if on != "host":
+            raise ConfigError(f"verify(on={on!r}): only 'host' is available")
+        from qcompile.backends.host_build import run_c_host
+
+        xq = np.asarray(xs) if isinstance(xs, np.ndarray) and xs.dtype == np.int8 else self.quantize_input(xs)
+        if xq.shape == self.program.input.shape:
+            xq = xq[None]
+        expected = self.run_int(xq)
+        got = run_c_host(self.program, self.plan, xq, name=self.name, **kwargs)
+        if got.shape != expected.shape or not np.array_equal(got, expected):
+            bad = np.argwhere(got.reshape(len(xq), -1) != expected.reshape(len(xq), -1))
+            raise VerificationError(
+                f"generated C disagrees with the interpreter on {len(np.unique(bad[:, 0]))} of {len(xq)} inputs "
+                f"({len(bad)} elements; first at sample {bad[0][0]}, element {bad[0][1]})"
+            )
+        return got

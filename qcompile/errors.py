@@ -1,0 +1,58 @@
+"""The exceptions qcompile raises. Every message says *what* went wrong and *where*."""
+from __future__ import annotations
+
+__all__ = [
+    "QCompileError",
+    "TraceError",
+    "UnsupportedOpError",
+    "CalibrationError",
+    "ConfigError",
+    "PassError",
+    "VerificationError",
+    "IRVerificationError",
+    "BuildError",
+]
+
+
+class QCompileError(Exception):
+    """Base class of every error raised by qcompile."""
+
+
+class TraceError(QCompileError):
+    """torch.fx could not trace the model (data-dependent control flow, unsupported Python)."""
+
+
+class UnsupportedOpError(QCompileError):
+    """The traced graph holds operators qcompile cannot lower.
+
+    ``nodes`` lists ``(node_name, target, source_location)`` for every offending node, so a
+    user sees all of them at once.
+    """
+
+    def __init__(self, message: str, nodes: list[tuple[str, str, str]] | None = None):
+        super().__init__(message)
+        self.nodes = list(nodes or [])
+
+
+class CalibrationError(QCompileError):
+    """Calibration data is empty, non-finite, or does not match ``example_inputs``."""
+
+
+class ConfigError(QCompileError):
+    """A ``QuantConfig`` / ``compile`` argument is invalid."""
+
+
+class PassError(QCompileError):
+    """A graph pass failed; the message names the pass and the passes that ran before it."""
+
+
+class IRVerificationError(QCompileError):
+    """The lowered integer program violates an IR invariant (dtype, shape, def-before-use...)."""
+
+
+class VerificationError(QCompileError):
+    """Generated code disagreed with the reference interpreter."""
+
+
+class BuildError(QCompileError):
+    """A C compiler or emulator invocation failed."""

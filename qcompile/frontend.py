@@ -1,0 +1,251 @@
+"""Frontend: trace a model with torch.fx, propagate shapes, and reject what cannot be lowered.
+
+``trace`` gives a :class:`~torch.fx.GraphModule` whose nodes carry their source line;
+``propagate_shapes`` (re)computes the typed ``node.meta["qc"]`` record of every node;
+``check_supported`` lists *every* unsupported node at once, before any work is done.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+import re
+import traceback
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx import GraphModule, Interpreter, Node, Tracer
+
+from qcompile.errors import ConfigError, TraceError, UnsupportedOpError
+from qcompile.ops import Kind, NodeInfo, classify, info
+
+__all__ = ["trace", "propagate_shapes", "check_supported", "check_invariants", "source_location"]
+
+_INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}
+
+
+def source_location(node: Node) -> str:
+    """``file:line: code`` of the user's line that created ``node`` (best effort)."""
+    stack = node.stack_trace or node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', stack)
+    user = [f for f in frames if "/torch/" not in f[0]]
+    if not user:
+        return "<unknown source>"
+    file, line, func, code = user[-1]
+    return f"{file}:{line} in {func}: {code.strip()}"
+
+
+def _user_frame(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename
+              and "/qcompile/" not in f.filename]
+    if not frames:
+        return "<unknown source>"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
+
+
+def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
+    """Symbolically trace a deep copy of ``model`` (in eval mode) and propagate shapes.
+
+    In-place spellings (``x += y``, ``ReLU(inplace=True)``) are rewritten to their
+    out-of-place equivalents so observers inserted later never see mutated tensors.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, (tuple, list)) or not all(isinstance(x, torch.Tensor) for x in example_inputs):
+        raise ConfigError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 3, 32, 32),)")
+    if len(example_inputs) != 1:
+        raise ConfigError(f"qcompile models take exactly one input tensor, got {len(example_inputs)}")
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if getattr(m, "inplace", False):
+            m.inplace = False
+    tracer = Tracer()
+    tracer.record_stack_traces = True
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # noqa: BLE001 - every tracing failure becomes a TraceError
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__name__} at {_user_frame(exc)}: {type(exc).__name__}: {exc}. "
+            "Data-dependent control flow and Python-side tensor inspection cannot be traced; "
+            "move them out of forward() or wrap them in a leaf module."
+        ) from exc
+    gm = GraphModule(tracer.root, graph, type(model).__name__)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in _INPLACE_FUNCTIONS:
+            node.target = _INPLACE_FUNCTIONS[node.target]
+        if "inplace" in node.kwargs:
+            node.kwargs = {**node.kwargs, "inplace": False}
+    gm.recompile()
+    propagate_shapes(gm, example_inputs)
+    return gm
+
+
+class _ShapeRecorder(Interpreter):
+    def run_node(self, n: Node):
+        result = super().run_node(n)
+        old = n.meta.get("qc")
+        kind = classify(n, self.module)
+        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else None
+        if old is None:
+            n.meta["qc"] = NodeInfo(kind=kind, shape=shape)
+        else:
+            old.kind, old.shape = kind, shape
+        return result
+
+
+def propagate_shapes(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
+    """Run ``gm`` on ``example_inputs`` and record each node's kind and shape in ``node.meta["qc"]``.
+
+    Existing records keep their other fields (fusion decisions); only kind and shape refresh.
+    """
+    with torch.no_grad():
+        try:
+            _ShapeRecorder(gm).run(*example_inputs)
+        except Exception as exc:  # noqa: BLE001
+            raise TraceError(f"running the traced graph on example_inputs failed: {type(exc).__name__}: {exc}") from exc
+    return gm
+
+
+def _per_channel(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    """``small`` is ``(N, C, 1, ..)`` broadcasting over the trailing dims of ``big``."""
+    return len(small) == len(big) and small[:2] == big[:2] and all(d == 1 for d in small[2:])
+
+
+def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 - one case per kind
+    """Reason ``node`` cannot be lowered, or ``None``."""
+    qi: NodeInfo = info(node)
+    kind, shape = qi.kind, qi.shape
+    if kind is None:
+        return "no lowering for this operator"
+    mod = gm.get_submodule(node.target) if node.op == "call_module" else None
+    in_shape = info(node.args[0]).shape if node.args and isinstance(node.args[0], Node) else None
+    if kind is Kind.SHAPE:
+        return "a tensor-valued indexing/slicing op is not supported" if shape is not None else None
+    if kind is Kind.INPUT:
+        return None if shape is not None and len(shape) in (2, 3, 4) else f"input of rank {len(shape or ())}"
+    if kind is Kind.OUTPUT:
+        out = node.args[0]
+        if not isinstance(out, Node):
+            return "the model must return a single tensor"
+        return None
+    if shape is None:
+        return "does not produce a tensor"
+    if kind is Kind.CONV:
+        if mod.padding_mode != "zeros":
+            return f"padding_mode={mod.padding_mode!r} (only 'zeros')"
+    elif kind is Kind.LINEAR:
+        if in_shape is None or len(in_shape) != 2:
+            return f"Linear on a rank-{len(in_shape or ())} input (flatten to (N, features) first)"
+    elif kind is Kind.MAXPOOL:
+        p = mod if mod is not None else None
+        dil = p.dilation if p is not None else node.kwargs.get("dilation", 1)
+        ceil = p.ceil_mode if p is not None else node.kwargs.get("ceil_mode", False)
+        if dil not in (1, (1,), (1, 1)) or ceil or (p is not None and p.return_indices):
+            return "max pooling with dilation, ceil_mode or return_indices"
+        if p is None and len(node.args) > 3:
+            return "max pooling given padding/dilation positionally; use keywords"
+    elif kind is Kind.AVGPOOL:
+        p = mod
+        ceil = p.ceil_mode if p is not None else node.kwargs.get("ceil_mode", False)
+        cip = p.count_include_pad if p is not None else node.kwargs.get("count_include_pad", True)
+        div = p.divisor_override if isinstance(p, nn.AvgPool2d) else node.kwargs.get("divisor_override")
+        if ceil or not cip or div is not None:
+            return "average pooling with ceil_mode, count_include_pad=False or divisor_override"
+        if p is None and len(node.args) > 3:
+            return "average pooling given padding positionally; use keywords"
+    elif kind is Kind.GLOBAL_AVGPOOL:
+        if node.op == "call_module" or node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
+            size = mod.output_size if mod is not None else node.args[1]
+            if size not in (1, (1,), (1, 1), [1], [1, 1]):
+                return f"adaptive average pooling to {size} (only to 1)"
+        else:
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+            rank = len(in_shape)
+            if sorted(d % rank for d in dims) != list(range(2, rank)):
+                return f"mean over dims {dims}: only over all spatial dims (2..{rank - 1})"
+    elif kind in (Kind.ADD, Kind.SUB):
+        a, b = node.args[:2]
+        if not (isinstance(a, Node) and isinstance(b, Node)) or info(a).shape != info(b).shape:
+            return "add/sub needs two tensors of the same shape (no broadcasting)"
+        if "alpha" in node.kwargs:
+            return "add/sub with alpha="
+    elif kind is Kind.MUL:
+        a, b = node.args[:2]
+        sa, sb = info(a).shape, info(b).shape
+        if sa != sb and not (_per_channel(sa, sb) or _per_channel(sb, sa)):
+            return f"mul broadcasting {sa} x {sb}: only equal shapes or per-channel (N, C, 1, 1)"
+    elif kind is Kind.CAT:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim % len(shape) != 1:
+            return f"cat along dim {dim}: only along channels (dim 1)"
+    elif kind is Kind.RESHAPE:
+        if node.target in ("permute", torch.permute, "transpose", torch.transpose) and \
+                [d for d in in_shape if d != 1] != [d for d in shape if d != 1]:
+            return "a permute/transpose that moves data (only re-views are supported)"
+        if shape[0] != in_shape[0]:
+            return "reshape that changes the batch dimension"
+    elif kind is Kind.PAD:
+        if mod is not None:
+            value = getattr(mod, "value", 0.0)
+        else:
+            value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0) or 0.0
+            mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+            if mode != "constant":
+                return f"padding mode {mode!r}"
+        if value != 0.0 or len(shape) not in (3, 4):
+            return "only zero padding of the spatial dims"
+    elif kind is Kind.SOFTMAX:
+        dim = mod.dim if mod is not None else node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        if dim is None or dim % len(shape) != len(shape) - 1:
+            return "softmax must be over the last dim"
+    elif kind is Kind.CLAMP:
+        if node.op != "call_module":
+            extra = list(node.args[1:]) + [v for k, v in node.kwargs.items() if k != "inplace"]
+            if any(isinstance(a, Node) for a in extra):
+                return "clamp bounds must be numbers"
+    elif kind is Kind.PRELU:
+        weight = mod.weight if mod is not None else None
+        if weight is None:
+            return "functional prelu (use nn.PReLU)"
+        if weight.numel() not in (1, shape[1]):
+            return "PReLU slope count must be 1 or the channel count"
+    elif kind is Kind.BATCHNORM:
+        if not mod.track_running_stats or mod.running_mean is None:
+            return "BatchNorm without running statistics"
+    return None
+
+
+def check_supported(gm: GraphModule) -> GraphModule:
+    """Raise :class:`UnsupportedOpError` listing every node qcompile cannot lower."""
+    bad: list[tuple[str, str, str, str]] = []
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node in gm.graph.nodes:
+        reason = _why_unsupported(node, gm)
+        if reason is not None:
+            target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+            if node.op == "call_module":
+                target = f"{target} ({type(gm.get_submodule(node.target)).__name__})"
+            bad.append((node.name, str(target), source_location(node), reason))
+    if len(inputs) != 1:
+        bad.append(("<graph>", "placeholder", "<forward signature>", f"{len(inputs)} inputs (exactly one supported)"))
+    if bad:
+        lines = [f"  - node '{n}' ({t}) at {loc}: {why}" for n, t, loc, why in bad]
+        raise UnsupportedOpError(
+            f"{len(bad)} unsupported node(s) in {type(gm).__name__}:\n" + "\n".join(lines),
+            nodes=[(n, t, loc) for n, t, loc, _ in bad],
+        )
+    return gm
+
+
+def check_invariants(gm: GraphModule) -> None:
+    """qcompile's graph invariants, checked after every pass."""
+    for node in gm.graph.nodes:
+        qi = node.meta.get("qc")
+        if qi is None:
+            raise AssertionError(f"node '{node.name}' has no qc analysis record")
+        if qi.kind is None:
+            raise AssertionError(f"node '{node.name}' ({node.target}) has no supported kind")
+        if qi.kind not in (Kind.SHAPE, Kind.OUTPUT) and qi.shape is None:
+            raise AssertionError(f"node '{node.name}' produces no tensor")

@@ -1,0 +1,108 @@
+"""Modules that passes insert into the graph: activation observers/fake-quantizers and
+weight-quantized conv/linear wrappers. Together they make ``art.graph`` a runnable
+fake-quant simulation of the integer program."""
+from __future__ import annotations
+
+import enum
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from qcompile.observers import Observer, qparams_from_range
+
+__all__ = ["QuantMode", "ActQuant", "QuantizedWeights", "quantize_weight_per_channel"]
+
+
+class QuantMode(enum.Enum):
+    FLOAT = "float"        # pass values through untouched
+    OBSERVE = "observe"    # record ranges, pass values through
+    QUANTIZE = "quantize"  # fake-quantize with the frozen (scale, zero_point)
+
+
+class ActQuant(nn.Module):
+    """Observer + int8 asymmetric fake-quantizer of one activation tensor.
+
+    ``fixed_qparams`` pins the quantization (softmax outputs use 1/256 and -128, as TFLite).
+    """
+
+    def __init__(self, observer: Observer, fixed_qparams: tuple[float, int] | None = None):
+        super().__init__()
+        self.observer = observer
+        self.fixed_qparams = fixed_qparams
+        self.mode = QuantMode.OBSERVE
+        self.scale: float | None = None
+        self.zero_point: int | None = None
+
+    def freeze(self) -> tuple[float, int]:
+        """Compute ``(scale, zero_point)`` from what was observed and switch to fake-quant."""
+        if self.fixed_qparams is not None:
+            self.scale, self.zero_point = self.fixed_qparams
+        else:
+            self.scale, self.zero_point = qparams_from_range(*self.observer.range())
+        self.mode = QuantMode.QUANTIZE
+        return self.scale, self.zero_point
+
+    @property
+    def qparams(self) -> tuple[float, int]:
+        if self.scale is None:
+            raise RuntimeError("ActQuant has not been calibrated")
+        return self.scale, self.zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode is QuantMode.OBSERVE:
+            self.observer.observe(x)
+            return x
+        if self.mode is QuantMode.QUANTIZE:
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, -128, 127)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode.value}, scale={self.scale}, zero_point={self.zero_point}"
+
+
+def quantize_weight_per_channel(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel quantization: ``w ~= w_int * scale[c]``.
+
+    ``scale[c] = max|w[c]| / (2**(bits-1) - 1)``; all-zero channels get scale 1.
+    Returns ``(w_int as int8 tensor, scale as float64 tensor)``.
+    """
+    qmax = (1 << (bits - 1)) - 1
+    w = weight.detach().to(torch.float64)
+    amax = w.reshape(w.shape[0], -1).abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    w_int = torch.clamp(torch.round(w / scale.reshape(shape)), -qmax, qmax).to(torch.int8)
+    return w_int, scale
+
+
+class QuantizedWeights(nn.Module):
+    """A conv/linear whose weights are replaced by their per-channel quantized values.
+
+    Keeps the float module (for its hyper-parameters and float bias) and the integer weights
+    and scales that the lowering emits.
+    """
+
+    def __init__(self, module: nn.Module, bits: int):
+        super().__init__()
+        self.module = module
+        self.bits = bits
+        w_int, scale = quantize_weight_per_channel(module.weight, bits)
+        self.register_buffer("weight_int", w_int)
+        self.register_buffer("weight_scale", scale)
+        self.simulate = True  # False: compute with the float weights (reference runs)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        shape = (-1,) + (1,) * (self.weight_int.dim() - 1)
+        w = self.weight_int.to(torch.float64) * self.weight_scale.reshape(shape)
+        return w.to(self.module.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        w = self.dequantized_weight() if self.simulate else m.weight
+        if isinstance(m, nn.Linear):
+            return F.linear(x, w, m.bias)
+        return m._conv_forward(x, w, m.bias)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"

@@ -1,0 +1,226 @@
+"""The operator catalogue: what each torch.fx node *is*, independent of how it was written.
+
+``classify(node, gm)`` maps module calls (``nn.ReLU``), functions (``F.relu``, ``torch.relu``,
+``operator.add``) and methods (``x.relu()``) to one :class:`Kind`. Every pass and the lowering
+dispatch on the kind, never on spellings, so supporting a new spelling is a one-line change
+here. Anything that maps to no kind is unsupported and reported by the frontend.
+"""
+from __future__ import annotations
+
+import enum
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx import GraphModule, Node
+
+__all__ = [
+    "Kind", "NodeInfo", "classify", "info", "lut_function", "clamp_range", "module_of", "SHARES_INPUT_QUANT",
+]
+
+
+class Kind(enum.Enum):
+    INPUT = "input"
+    OUTPUT = "output"
+    CONV = "conv"            # nn.Conv1d / nn.Conv2d
+    LINEAR = "linear"
+    BATCHNORM = "batchnorm"
+    CLAMP = "clamp"          # relu / relu6 / hardtanh: clamp bounds, fusable
+    LUT = "lut"              # other element-wise nonlinearities -> 256-entry table
+    PRELU = "prelu"
+    MAXPOOL = "maxpool"
+    AVGPOOL = "avgpool"
+    GLOBAL_AVGPOOL = "global_avgpool"  # adaptive avg pool to 1, x.mean(spatial dims)
+    ADD = "add"
+    SUB = "sub"
+    MUL = "mul"
+    CAT = "cat"
+    RESHAPE = "reshape"      # flatten / view / reshape / squeeze / unsqueeze / permute that only re-views
+    PAD = "pad"
+    IDENTITY = "identity"    # dropout, nn.Identity, contiguous: removed by a pass
+    SOFTMAX = "softmax"
+    SHAPE = "shape"          # x.size(), x.shape, getitem / arithmetic on them: no tensor value
+    QUANT = "quant"          # an inserted ActQuant observer / fake-quantizer
+
+
+# Kinds whose output has exactly its input's quantization (no observer of their own).
+SHARES_INPUT_QUANT = frozenset({Kind.MAXPOOL, Kind.RESHAPE, Kind.PAD, Kind.IDENTITY})
+
+
+@dataclass
+class NodeInfo:
+    """The typed analysis record of one node, kept in ``node.meta["qc"]``.
+
+    ``shape`` excludes nothing: it is the traced shape with the batch dim. ``fused_act`` on a
+    producer is the real clamp range of the activation fused into it; ``fused_into`` on an
+    activation names the producer that absorbed it.
+    """
+
+    kind: Kind
+    shape: tuple[int, ...] | None = None
+    fused_act: tuple[float, float] | None = None
+    fused_into: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def info(node: Node) -> NodeInfo:
+    return node.meta["qc"]
+
+
+def module_of(node: Node, gm: GraphModule) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+_LUT_MODULES: dict[type, Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]] = {
+    nn.Sigmoid: lambda m: torch.sigmoid,
+    nn.Tanh: lambda m: torch.tanh,
+    nn.Hardswish: lambda m: F.hardswish,
+    nn.Hardsigmoid: lambda m: F.hardsigmoid,
+    nn.GELU: lambda m: (lambda x: F.gelu(x, approximate=m.approximate)),
+    nn.SiLU: lambda m: F.silu,
+    nn.LeakyReLU: lambda m: (lambda x: F.leaky_relu(x, m.negative_slope)),
+}
+
+# Element-wise functions lowered to a lookup table, by the callable that computes them.
+LUT_FUNCTIONS: dict[Any, Callable[..., torch.Tensor]] = {
+    torch.sigmoid: torch.sigmoid, F.sigmoid: torch.sigmoid, "sigmoid": torch.sigmoid,
+    torch.tanh: torch.tanh, F.tanh: torch.tanh, "tanh": torch.tanh,
+    F.hardswish: F.hardswish, F.hardsigmoid: F.hardsigmoid,
+    F.gelu: F.gelu, F.silu: F.silu, F.leaky_relu: F.leaky_relu,
+}
+
+_CLAMP_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.hardtanh, "relu", torch.clamp, "clamp"}
+
+_MODULE_KINDS: list[tuple[type | tuple[type, ...], Kind]] = [
+    ((nn.Conv1d, nn.Conv2d), Kind.CONV),
+    (nn.Linear, Kind.LINEAR),
+    ((nn.BatchNorm1d, nn.BatchNorm2d), Kind.BATCHNORM),
+    ((nn.ReLU, nn.ReLU6, nn.Hardtanh), Kind.CLAMP),
+    (tuple(_LUT_MODULES), Kind.LUT),
+    (nn.PReLU, Kind.PRELU),
+    ((nn.MaxPool1d, nn.MaxPool2d), Kind.MAXPOOL),
+    ((nn.AvgPool1d, nn.AvgPool2d), Kind.AVGPOOL),
+    ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d), Kind.GLOBAL_AVGPOOL),
+    ((nn.Flatten, nn.Unflatten), Kind.RESHAPE),
+    ((nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d), Kind.PAD),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity), Kind.IDENTITY),
+    (nn.Softmax, Kind.SOFTMAX),
+]
+
+_FUNCTION_KINDS: dict[Any, Kind] = {
+    **{f: Kind.LUT for f in LUT_FUNCTIONS if not isinstance(f, str)},
+    **{f: Kind.CLAMP for f in _CLAMP_FUNCTIONS if not isinstance(f, str)},
+    F.prelu: Kind.PRELU,
+    F.max_pool1d: Kind.MAXPOOL, F.max_pool2d: Kind.MAXPOOL,
+    F.avg_pool1d: Kind.AVGPOOL, F.avg_pool2d: Kind.AVGPOOL,
+    F.adaptive_avg_pool1d: Kind.GLOBAL_AVGPOOL, F.adaptive_avg_pool2d: Kind.GLOBAL_AVGPOOL,
+    torch.mean: Kind.GLOBAL_AVGPOOL,
+    operator.add: Kind.ADD, torch.add: Kind.ADD, operator.iadd: Kind.ADD,
+    operator.sub: Kind.SUB, torch.sub: Kind.SUB, operator.isub: Kind.SUB,
+    operator.mul: Kind.MUL, torch.mul: Kind.MUL, operator.imul: Kind.MUL,
+    torch.cat: Kind.CAT, torch.concat: Kind.CAT,
+    torch.flatten: Kind.RESHAPE, torch.reshape: Kind.RESHAPE, torch.squeeze: Kind.RESHAPE,
+    torch.unsqueeze: Kind.RESHAPE, torch.permute: Kind.RESHAPE, torch.transpose: Kind.RESHAPE,
+    F.pad: Kind.PAD,
+    F.dropout: Kind.IDENTITY, F.dropout1d: Kind.IDENTITY, F.dropout2d: Kind.IDENTITY,
+    F.softmax: Kind.SOFTMAX, torch.softmax: Kind.SOFTMAX,
+    getattr: Kind.SHAPE, operator.getitem: Kind.SHAPE, operator.floordiv: Kind.SHAPE,
+}
+
+_METHOD_KINDS: dict[str, Kind] = {
+    "view": Kind.RESHAPE, "reshape": Kind.RESHAPE, "flatten": Kind.RESHAPE, "squeeze": Kind.RESHAPE,
+    "unsqueeze": Kind.RESHAPE, "permute": Kind.RESHAPE, "transpose": Kind.RESHAPE,
+    "contiguous": Kind.IDENTITY,
+    "relu": Kind.CLAMP, "clamp": Kind.CLAMP, "sigmoid": Kind.LUT, "tanh": Kind.LUT,
+    "mean": Kind.GLOBAL_AVGPOOL, "softmax": Kind.SOFTMAX,
+    "add": Kind.ADD, "sub": Kind.SUB, "mul": Kind.MUL,
+    "size": Kind.SHAPE, "dim": Kind.SHAPE,
+}
+
+
+def classify(node: Node, gm: GraphModule) -> Kind | None:
+    """The :class:`Kind` of ``node``, or ``None`` if qcompile does not support it."""
+    if node.op == "placeholder":
+        return Kind.INPUT
+    if node.op == "output":
+        return Kind.OUTPUT
+    if node.op == "call_module":
+        from qcompile.nn import ActQuant, QuantizedWeights  # local: nn imports observers only
+
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, ActQuant):
+            return Kind.QUANT
+        if isinstance(mod, QuantizedWeights):
+            mod = mod.module
+        for types, kind in _MODULE_KINDS:
+            if isinstance(mod, types):
+                return kind
+        return None
+    if node.op == "call_function":
+        kind = _FUNCTION_KINDS.get(node.target)
+    elif node.op == "call_method":
+        kind = _METHOD_KINDS.get(node.target)
+    else:
+        return None  # get_attr (free parameters) and anything else
+    if kind in _BINARY and _scalar_operand(node) is not None:
+        return Kind.LUT  # x * 0.5, 1 - x, ...: an element-wise function of one tensor
+    return kind
+
+
+_BINARY = (Kind.ADD, Kind.SUB, Kind.MUL)
+_BINARY_FN = {Kind.ADD: operator.add, Kind.SUB: operator.sub, Kind.MUL: operator.mul}
+
+
+def _scalar_operand(node: Node) -> tuple[int, float] | None:
+    """``(position, value)`` of the Python-number operand of a binary op, if it has one."""
+    args = list(node.args[:2]) + [node.kwargs[k] for k in ("other",) if k in node.kwargs]
+    for i, a in enumerate(args[:2]):
+        if isinstance(a, (int, float)) and not isinstance(a, bool):
+            return i, float(a)
+    return None
+
+
+def lut_function(node: Node, gm: GraphModule) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The float function a LUT node computes (with its arguments bound)."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        return _LUT_MODULES[type(mod)](mod)
+    scalar = _scalar_operand(node)
+    if scalar is not None:
+        kind = _FUNCTION_KINDS.get(node.target) if node.op == "call_function" else _METHOD_KINDS[node.target]
+        op, (pos, c) = _BINARY_FN[kind], scalar
+        if "alpha" in node.kwargs:
+            raise ValueError("alpha= is not supported on scalar add/sub")
+        return (lambda x: op(c, x)) if pos == 0 else (lambda x: op(x, c))
+    fn = LUT_FUNCTIONS[node.target]
+    extra_args = tuple(node.args[1:])
+    kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+    return lambda x: fn(x, *extra_args, **kwargs)
+
+
+def clamp_range(node: Node, gm: GraphModule) -> tuple[float, float]:
+    """Real bounds ``(lo, hi)`` of a CLAMP node (relu, relu6, hardtanh, clamp); inf when open."""
+    inf = float("inf")
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, nn.ReLU):
+            return 0.0, inf
+        return float(mod.min_val), float(mod.max_val)  # ReLU6 is a Hardtanh(0, 6)
+    target = node.target
+    if target in (torch.relu, F.relu, "relu"):
+        return 0.0, inf
+    if target is F.relu6:
+        return 0.0, 6.0
+    if target is F.hardtanh:
+        args = list(node.args[1:3])
+        lo = node.kwargs.get("min_val", args[0] if len(args) > 0 else -1.0)
+        hi = node.kwargs.get("max_val", args[1] if len(args) > 1 else 1.0)
+        return float(lo), float(hi)
+    # torch.clamp / x.clamp(min, max)
+    args = list(node.args[1:3])
+    lo = node.kwargs.get("min", args[0] if len(args) > 0 else None)
+    hi = node.kwargs.get("max", args[1] if len(args) > 1 else None)
+    return (-inf if lo is None else float(lo)), (inf if hi is None else float(hi))

@@ -1,0 +1,108 @@
+"""Per-layer report of a compiled program: bits, scales, SQNR, bytes, MACs, arena offsets."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from tabulate import tabulate
+
+from qcompile.backends import ir
+from qcompile.backends.memory_plan import MemoryPlan
+
+__all__ = ["op_macs", "op_param_bytes", "layer_rows", "summary", "format_report"]
+
+
+def op_macs(program: ir.Program, op: ir.Op) -> int:
+    """Multiply-accumulates of one inference of ``op`` (convolutions, dense, element-wise mul)."""
+    out = program.tensors[op.output]
+    if isinstance(op, ir.Conv2D):
+        _, cig, kh, kw = op.weight.shape
+        return out.size * cig * kh * kw
+    if isinstance(op, ir.Dense):
+        return int(op.weight.size)
+    if isinstance(op, ir.Mul):
+        return out.size
+    return 0
+
+
+def op_param_bytes(op: ir.Op) -> int:
+    """Constant bytes ``op`` puts in flash: weights, int32 bias, int32 multipliers and shifts, tables."""
+    if isinstance(op, (ir.Conv2D, ir.Dense)):
+        return int(op.weight.size) + 4 * op.bias.size + 8 * op.multiplier.size
+    if isinstance(op, ir.Lut):
+        return 256
+    if isinstance(op, ir.Softmax):
+        return 4 * 256
+    if isinstance(op, ir.PRelu):
+        return 8 * op.neg_multiplier.size
+    return 0
+
+
+def _fmt_db(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return "inf" if math.isinf(v) and v > 0 else f"{v:.1f}"
+
+
+def layer_rows(program: ir.Program, plan: MemoryPlan, sqnr: dict[int, float]) -> list[dict[str, Any]]:
+    """One dict per op, the data behind both the text table and report.json."""
+    rows = []
+    for i, op in enumerate(program.ops):
+        out = program.tensors[op.output]
+        if op.output in program.outputs:
+            where = "output"
+        elif plan.in_arena(op.output):
+            where = plan.offsets[op.output]
+        else:
+            where = "-"
+        rows.append({
+            "index": i,
+            "op": type(op).__name__,
+            "name": op.name,
+            "shape": list(out.shape),
+            "w_bits": getattr(op, "w_bits", None),
+            "a_bits": 8,
+            "in_scale": program.tensors[op.inputs[0]].scale,
+            "out_scale": out.scale,
+            "out_zero_point": out.zero_point,
+            "sqnr_db": sqnr.get(op.output),
+            "param_bytes": op_param_bytes(op),
+            "macs": op_macs(program, op),
+            "arena_offset": where,
+        })
+    return rows
+
+
+def summary(program: ir.Program, plan: MemoryPlan) -> dict[str, Any]:
+    return {
+        "name": program.name,
+        "ops": len(program.ops),
+        "macs": sum(op_macs(program, op) for op in program.ops),
+        "param_bytes": sum(op_param_bytes(op) for op in program.ops),
+        "arena_bytes": plan.arena_size,
+        "arena_lower_bound": plan.lower_bound,
+        "input": {"shape": list(program.input.shape), "scale": program.input.scale,
+                  "zero_point": program.input.zero_point},
+        "output": {"shape": list(program.output.shape), "scale": program.output.scale,
+                   "zero_point": program.output.zero_point},
+    }
+
+
+def format_report(rows: list[dict[str, Any]], totals: dict[str, Any], fmt: str = "simple") -> str:
+    table = tabulate(
+        [[r["index"], r["op"], r["name"], "x".join(map(str, r["shape"])), r["w_bits"] or "-", r["a_bits"],
+          f"{r['in_scale']:.4g}", f"{r['out_scale']:.4g}", r["out_zero_point"], _fmt_db(r["sqnr_db"]),
+          r["param_bytes"], r["macs"], r["arena_offset"]] for r in rows],
+        headers=["#", "op", "name", "shape", "w_bits", "a_bits", "s_in", "s_out", "zp_out", "SQNR dB",
+                 "params B", "MACs", "arena off"],
+        tablefmt=fmt,
+    )
+    lines = [
+        f"model '{totals['name']}': {totals['ops']} ops, {totals['macs']:,} MACs, "
+        f"{totals['param_bytes']:,} B constants (flash)",
+        f"arena: {totals['arena_bytes']:,} B (lower bound for this op order: {totals['arena_lower_bound']:,} B)",
+        f"input {totals['input']['shape']} scale={totals['input']['scale']:.6g} zp={totals['input']['zero_point']}; "
+        f"output {totals['output']['shape']} scale={totals['output']['scale']:.6g} zp={totals['output']['zero_point']}",
+    ]
+    return table + "\n\n" + "\n".join(lines)
