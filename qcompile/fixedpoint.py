@@ -15,9 +15,10 @@ same steps; tests check the two agree bit for bit.
 Two details are deliberate:
 
 * SRDHM is computed as CMSIS-NN's ``arm_nn_doubling_high_mult_no_sat``,
-  ``(a*b + 2**30) >> 31``. For every ``|multiplier| < 2**31`` this equals TFLite's
-  ``(a*b + nudge) / 2**31`` with truncation (round half away from zero), so kernels can later
-  be swapped for CMSIS-NN bit-exactly.
+  ``(a*b + 2**30) >> 31``, i.e. ``floor(a*b / 2**31 + 1/2)`` (ties round toward +inf). For
+  every ``|multiplier| < 2**31`` this equals TFLite's ``(a*b + nudge) / 2**31`` with C
+  truncation, so kernels can later be swapped for CMSIS-NN bit-exactly.
+  ``RoundingDivideByPOT`` then rounds ties away from zero.
 * A positive shift multiplies before the high-mul. CMSIS-NN does that in int32 without
   saturation (undefined on overflow); we saturate to int32 in both the interpreter and C so
   that the result is always defined and identical.
@@ -74,7 +75,7 @@ def multiplier_to_real(multiplier: int, shift: int) -> float:
 
 
 def srdhm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Saturating rounding doubling high multiply of int32 values held in int64 arrays."""
+    """Rounding doubling high multiply ``floor(a*b / 2**31 + 1/2)`` of int32 values held in int64 arrays."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     return (a * b + (1 << 30)) >> 31
