@@ -30,7 +30,8 @@ class ActQuant(nn.Module):
         super().__init__()
         self.observer = observer
         self.fixed_qparams = fixed_qparams
-        self.mode = QuantMode.OBSERVE
+        # FLOAT until calibration starts: shape propagation between passes must not be observed
+        self.mode = QuantMode.FLOAT
         self.scale: float | None = None
         self.zero_point: int | None = None
 

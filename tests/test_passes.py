@@ -151,3 +151,18 @@ def test_custom_pass_example_runs_and_takes_effect():
     conv = art.program.ops[0]
     t = art.program.tensors[conv.output]
     assert (conv.act_max - t.zero_point) * t.scale <= 4.0 + t.scale
+
+
+def test_only_calibration_data_is_observed():
+    """Shape propagation between passes runs example_inputs; observers must not record them."""
+    model = nn.Sequential(nn.Linear(2, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2))
+        model[0].bias.zero_()
+    example = torch.full((1, 2), 100.0)  # far outside the calibration range
+    calib = torch.rand(64, 2)
+    art = qcompile.compile(model, (example,), calib=calib, progress=False,
+                           config=QuantConfig(activation_observer="minmax"))
+    lo = (-128 - art.program.input.zero_point) * art.program.input.scale
+    hi = (127 - art.program.input.zero_point) * art.program.input.scale
+    assert lo <= 0.0 and hi == pytest.approx(float(calib.max()), rel=0.01)
