@@ -5,8 +5,7 @@ Run from the repository root (after ``pip install -e .``)::
     python benchmarks/accuracy.py --json benchmarks/results/accuracy.json
 
 Options: ``--models fashion_cnn mnist1d_cnn`` (the default), ``--observers minmax mse ...``
-(default: every ``QuantConfig.activation_observer`` the installed qcompile accepts, else
-only the compiler's default configuration), ``--calib 512`` calibration samples (the first
+(default: every ``QuantConfig.activation_observer``), ``--calib 512`` calibration samples (the first
 training samples), ``--retrain`` to ignore cached weights, ``--max-drop 0.3`` to exit 1
 when the *default* configuration (``QuantConfig()``'s observer) of any model loses more
 top-1 points than that.
@@ -22,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import inspect
 import json
 import platform
 import sys
@@ -34,73 +32,18 @@ import torch
 
 try:
     import qcompile
+    from qcompile.config import OBSERVERS, QuantConfig
     from qcompile.zoo import RECIPES, count_params, load_or_train, predict
 except ImportError as exc:  # pragma: no cover - only without an install
     sys.exit(f"cannot import qcompile ({exc}); run `pip install -e .` in the repository root first")
 
 DEFAULT_MODELS = ("fashion_cnn", "mnist1d_cnn")
-CANDIDATE_OBSERVERS = ("minmax", "moving_average", "percentile", "mse")
-DEFAULT = "default"
-CONFIG_KWARGS = ("config", "quant_config", "qconfig")
-
-
-def _config_kwarg() -> str | None:
-    """Name of the ``qcompile.compile`` keyword that takes a ``QuantConfig``, if any."""
-    try:
-        params = inspect.signature(qcompile.compile).parameters
-    except (TypeError, ValueError):
-        return None
-    return next((k for k in CONFIG_KWARGS if k in params), None)
-
-
-def supported_observers() -> list[str]:
-    """Observers the installed qcompile accepts via ``QuantConfig(activation_observer=...)``."""
-    config_cls = getattr(qcompile, "QuantConfig", None)
-    if config_cls is None or _config_kwarg() is None:
-        return []
-    ok = []
-    for name in CANDIDATE_OBSERVERS:
-        try:
-            config_cls(activation_observer=name)
-        except Exception:
-            continue
-        ok.append(name)
-    return ok
-
-
-def default_observer() -> str:
-    """The observer ``QuantConfig()`` uses, or ``"default"`` if it cannot be told."""
-    config_cls = getattr(qcompile, "QuantConfig", None)
-    try:
-        return str(config_cls().activation_observer) if config_cls is not None else DEFAULT
-    except Exception:
-        return DEFAULT
-
-
-def compile_kwargs(observer: str) -> dict[str, Any]:
-    """Extra ``qcompile.compile`` arguments selecting ``observer`` (none for the default)."""
-    try:
-        params = inspect.signature(qcompile.compile).parameters
-    except (TypeError, ValueError):
-        params = {}
-    kwargs: dict[str, Any] = {"progress": False} if "progress" in params else {}
-    if observer not in (DEFAULT, default_observer()):
-        kwargs[_config_kwarg()] = qcompile.QuantConfig(activation_observer=observer)
-    return kwargs  # the default observer: let compile() use its own default config
+DEFAULT_OBSERVER = QuantConfig().activation_observer
 
 
 def int8_logits(art: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits of the integer program for a float batch, via ``Artifact.run``, batched."""
     return torch.cat([torch.as_tensor(art.run(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)])
-
-
-def arena_bytes(art: Any) -> int | None:
-    """``Artifact.arena_size``, falling back to a memory plan's ``arena_size``."""
-    for obj in (art, getattr(art, "memory_plan", None), getattr(art, "plan", None)):
-        size = getattr(obj, "arena_size", None)
-        if size is not None:
-            return int(size)
-    return None
 
 
 def bench_model(name: str, observers: list[str], n_calib: int, batch_size: int, retrain: bool) -> list[dict]:
@@ -120,7 +63,8 @@ def bench_model(name: str, observers: list[str], n_calib: int, batch_size: int, 
             calib=x_train[:n_calib],
             target="cortex-m",
             name=name,
-            **compile_kwargs(observer),
+            config=QuantConfig(activation_observer=observer),
+            progress=False,
         )
         compile_s = time.perf_counter() - t0
         q_pred = int8_logits(art, x_test, batch_size).argmax(dim=1)
@@ -128,14 +72,14 @@ def bench_model(name: str, observers: list[str], n_calib: int, batch_size: int, 
         rows.append({
             "model": name,
             "observer": observer,
-            "default_config": observer in (DEFAULT, default_observer()),
+            "default_config": observer == DEFAULT_OBSERVER,
             "params": count_params(model),
             "float_top1": round(float_top1, 2),
             "int8_top1": round(int8_top1, 2),
             "drop_points": round(float_top1 - int8_top1, 2),
             "agreement": round(100.0 * (q_pred == float_pred).float().mean().item(), 2),
             "compile_s": round(compile_s, 2),
-            "arena_bytes": arena_bytes(art),
+            "arena_bytes": art.arena_size,
             "test_samples": int(x_test.shape[0]),
             "calib_samples": int(min(n_calib, x_train.shape[0])),
             "train_s": info.get("train_seconds"),
@@ -152,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=sorted(RECIPES))
-    ap.add_argument("--observers", nargs="+", default=None,
-                    help="activation observers to compare (default: all supported)")
+    ap.add_argument("--observers", nargs="+", default=None, choices=OBSERVERS,
+                    help="activation observers to compare (default: all)")
     ap.add_argument("--calib", type=int, default=512, help="calibration samples (first training samples)")
     ap.add_argument("--batch-size", type=int, default=1000, help="batch size for Artifact.run")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/accuracy.json"))
@@ -162,15 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="exit 1 if the default configuration drops more top-1 points than this")
     args = ap.parse_args(argv)
 
-    supported = supported_observers()
-    default = default_observer()
-    if args.observers is None:
-        observers = supported or [DEFAULT]
-    else:
-        unknown = [o for o in args.observers if o not in (DEFAULT, default) and o not in supported]
-        if unknown:
-            ap.error(f"observers {unknown} not supported by this qcompile (supported: {supported or 'none'})")
-        observers = args.observers
+    observers = args.observers or list(OBSERVERS)
 
     rows: list[dict] = []
     for name in args.models:
@@ -183,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             "agreement", "compile_s", "arena_bytes"]
     table = [[r[k] for k in keys] for r in rows]
     for line, r in zip(table, rows):
-        if r["default_config"] and r["observer"] != DEFAULT:
+        if r["default_config"]:
             line[1] += " (default)"
     print(tabulate(table, headers=headers, floatfmt=".2f"))
 
@@ -195,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
-        "default_observer": default,
+        "default_observer": DEFAULT_OBSERVER,
         "target_drop_points": 0.3,
         "results": rows,
     }
@@ -204,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.json}")
 
     if args.max_drop is not None:
-        checked = [r for r in rows if r["observer"] in (DEFAULT, default)] or rows
+        checked = [r for r in rows if r["default_config"]] or rows
         bad = [r for r in checked if r["drop_points"] > args.max_drop]
         for r in bad:
             print(f"FAIL: {r['model']} ({r['observer']}) drops {r['drop_points']:.2f} > {args.max_drop} points",
