@@ -48,6 +48,7 @@ class Artifact:
     sqnr: dict[int, float] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
     compile_seconds: float = 0.0
+    last_qemu_run: Any = None  # QemuRun of the latest verify(on="qemu"): instruction counts, sizes
 
     # -- quantization of the model boundary -------------------------------------------------
     def quantize_input(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -101,25 +102,35 @@ class Artifact:
         (out / "report.json").write_text(json.dumps(_jsonable(self.report_data()), indent=2, sort_keys=True) + "\n")
         return out
 
-    def verify(self, xs: torch.Tensor | np.ndarray, on: str = "host", **kwargs: Any) -> np.ndarray:
+    def verify(self, xs: torch.Tensor | np.ndarray, on: str = "host", cpu: str = "cortex-m4", **kwargs: Any) -> np.ndarray:
         """Build the emitted C, run it on ``xs`` and compare bit for bit with :meth:`run_int`.
 
-        ``xs``: float samples (quantized with the input scale) or int8 samples. Returns the C
-        outputs; raises :class:`VerificationError` on any mismatch.
+        ``on="host"`` builds with the host C compiler; ``on="qemu"`` builds with
+        arm-none-eabi-gcc for ``cpu`` (cortex-m0plus/m3, m4, m7, m33) and runs on QEMU's MPS2
+        board for it. ``xs``: float samples (quantized with the input scale) or int8 samples.
+        Returns the outputs of the C code; raises :class:`VerificationError` on any mismatch.
         """
-        if on != "host":
-            raise ConfigError(f"verify(on={on!r}): only 'host' is available")
-        from qcompile.backends.host_build import run_c_host
-
         xq = np.asarray(xs) if isinstance(xs, np.ndarray) and xs.dtype == np.int8 else self.quantize_input(xs)
         if xq.shape == self.program.input.shape:
             xq = xq[None]
         expected = self.run_int(xq)
-        got = run_c_host(self.program, self.plan, xq, name=self.name, **kwargs)
+        if on == "host":
+            from qcompile.backends.host_build import run_c_host
+
+            got = run_c_host(self.program, self.plan, xq, name=self.name, **kwargs)
+        elif on == "qemu":
+            from qcompile.backends.qemu import run_c_qemu
+
+            run = run_c_qemu(self.program, self.plan, xq, name=self.name, cpu=cpu, sources=self.c_sources(), **kwargs)
+            self.last_qemu_run = run
+            got = run.outputs
+        else:
+            raise ConfigError(f"verify(on={on!r}): choose 'host' or 'qemu'")
         if got.shape != expected.shape or not np.array_equal(got, expected):
             bad = np.argwhere(got.reshape(len(xq), -1) != expected.reshape(len(xq), -1))
             raise VerificationError(
-                f"generated C disagrees with the interpreter on {len(np.unique(bad[:, 0]))} of {len(xq)} inputs "
+                f"generated C ({on}{'/' + cpu if on == 'qemu' else ''}) disagrees with the interpreter on "
+                f"{len(np.unique(bad[:, 0]))} of {len(xq)} inputs "
                 f"({len(bad)} elements; first at sample {bad[0][0]}, element {bad[0][1]})"
             )
         return got

@@ -1,0 +1,59 @@
+"""On-target bit-exactness: generated C built with arm-none-eabi-gcc runs on QEMU MPS2 boards
+(Cortex-M3 plain C, M4, M7, M33) and equals the interpreter bit for bit."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qcompile
+from qcompile.backends.qemu import CPUS, toolchain_available
+from zoo_models import ZOO, build
+
+pytestmark = [pytest.mark.qemu,
+              pytest.mark.skipif(not toolchain_available(), reason="needs arm-none-eabi-gcc and qemu-system-arm")]
+
+
+@pytest.fixture(scope="module", params=sorted(ZOO))
+def compiled(request):
+    model, shape = build(request.param)
+    torch.manual_seed(11)
+    calib = torch.randn(64, *shape)
+    return shape, qcompile.compile(model, (calib[:1],), calib=calib, name=request.param, progress=False)
+
+
+def test_cortex_m4_bit_exact_with_instruction_counts(compiled):
+    shape, art = compiled
+    torch.manual_seed(12)
+    xs = torch.cat([torch.randn(6, *shape), 4 * torch.randn(2, *shape)])
+    art.verify(xs, on="qemu", cpu="cortex-m4")
+    run = art.last_qemu_run
+    assert len(run.instructions) == 8 and min(run.instructions) > 0
+    assert run.text_bytes > 0 and run.bss_bytes >= art.arena_size
+
+
+@pytest.mark.parametrize("cpu", ["cortex-m0plus", "cortex-m7", "cortex-m33"])
+def test_other_cores_bit_exact(cpu):
+    model, shape = build("residual")
+    calib = torch.randn(32, *shape)
+    art = qcompile.compile(model, (calib[:1],), calib=calib, name="residual", progress=False)
+    art.verify(torch.randn(4, *shape), on="qemu", cpu=cpu)
+
+
+def test_instruction_counts_are_deterministic():
+    model, shape = build("squeeze_excite")
+    calib = torch.randn(32, *shape)
+    art = qcompile.compile(model, (calib[:1],), calib=calib, name="se", progress=False)
+    x = calib[:1].repeat(3, *([1] * len(shape)))
+    art.verify(x, on="qemu", cpu="cortex-m4")
+    first = art.last_qemu_run.instructions
+    art.verify(x, on="qemu", cpu="cortex-m4")
+    assert art.last_qemu_run.instructions == first and len(set(first)) == 1
+
+
+def test_unknown_cpu_is_config_error():
+    model, shape = build("mlp")
+    calib = torch.randn(8, *shape)
+    art = qcompile.compile(model, (calib[:1],), calib=calib, progress=False)
+    with pytest.raises(qcompile.ConfigError, match="cortex-m55"):
+        art.verify(calib[:1], on="qemu", cpu="cortex-m55")
+    assert "cortex-m4" in CPUS
