@@ -1,0 +1,580 @@
+"""C emitter: an integer :class:`~qcompile.backends.ir.Program` plus its memory plan -> C99 sources.
+
+The generated code is data plus calls into the hand-written kernel library
+(``backends/runtime/qc_kernels.{h,c}``), in the style of emlearn and TVM's AOT executor:
+
+* ``<name>.h``: ``int <name>_run(const int8_t *input, int8_t *output);`` and macros for the
+  I/O sizes (elements), arena size (bytes) and I/O quantization (for the user; nothing reads
+  them at run time).
+* ``<name>.c``: weights, biases, requantization multipliers/shifts and tables as
+  ``static const`` arrays (flash), one ``static const`` parameter block per op, one static
+  8-byte-aligned arena sized by the memory plan, and ``<name>_run``: one commented kernel call
+  per op. The graph input/output tensors are the caller's ``input``/``output`` buffers; every
+  other tensor lives at ``arena + plan.offsets[tid]``. In-place reshapes (``plan.aliases``)
+  emit no code, other reshapes a ``memmove``.
+* ``qc_kernels.{h,c}``: the runtime, copied verbatim.
+* ``<name>.mk``: a Makefile fragment (``QC_<NAME>_SRCS``, ``QC_<NAME>_INC``, ``QC_<NAME>_CFLAGS``).
+
+Each op kind has one small emitter registered on :func:`emit_op` (``functools.singledispatch``
+on the IR dataclass). Output is deterministic: it depends only on the program and the plan
+(no timestamps, no ``id()``, no set or dict-order dependence), so the same model gives
+byte-identical files.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from qcompile.backends import ir
+from qcompile.backends.memory_plan import MemoryPlan
+from qcompile.errors import ConfigError, IRVerificationError
+
+__all__ = ["emit_c", "emit_op", "runtime_sources", "Emitted", "EmitContext", "RUNTIME_DIR", "RUNTIME_FILES"]
+
+RUNTIME_DIR = Path(__file__).parent / "runtime"
+RUNTIME_FILES = ("qc_kernels.h", "qc_kernels.c")
+
+_INT8_PER_LINE = 16
+_INT32_PER_LINE = 10
+_MAX_IDENT_BASE = 40
+_C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def runtime_sources() -> dict[str, str]:
+    """The kernel library files, ``{file name: text}``."""
+    return {f: (RUNTIME_DIR / f).read_text(encoding="utf-8") for f in RUNTIME_FILES}
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def _c_int(v: int) -> str:
+    """A signed C integer literal valid for int32 (``INT32_MIN`` cannot be written directly)."""
+    v = int(v)
+    if v == -(1 << 31):
+        return "(-2147483647 - 1)"
+    return str(v)
+
+
+def _c_macro_int(v: int) -> str:
+    return f"({v})" if v < 0 else str(v)
+
+
+def _c_float(x: float) -> str:
+    """A float literal that round-trips ``x`` through ``repr`` (shortest exact decimal)."""
+    text = repr(float(x))
+    if not any(ch in text for ch in ".eE"):
+        text += ".0"
+    return text + "f"
+
+
+def _comment_text(text: str) -> str:
+    """Printable ASCII that cannot end or nest a C comment."""
+    text = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in str(text))
+    return text.replace("*/", "* /").replace("/*", "/ *")
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    """Python tuple notation: ``(8, 4, 4)``, ``(10,)``."""
+    return str(tuple(int(d) for d in shape))
+
+
+_CTYPES = {
+    "int8_t": (-(1 << 7), (1 << 7) - 1, _INT8_PER_LINE),
+    "int32_t": (-(1 << 31), (1 << 31) - 1, _INT32_PER_LINE),
+    "uint32_t": (0, (1 << 32) - 1, _INT32_PER_LINE),
+}
+
+
+def _c_array(ctype: str, ident: str, values: np.ndarray, comment: str) -> str:
+    """A ``static const`` array definition, numbers right-aligned, several per line."""
+    lo, hi, per_line = _CTYPES[ctype]
+    flat = [int(v) for v in np.asarray(values).ravel().tolist()]
+    if not flat:
+        raise IRVerificationError(f"array '{ident}' is empty")
+    if min(flat) < lo or max(flat) > hi:
+        raise IRVerificationError(f"array '{ident}' has values outside {ctype}")
+    suffix = "u" if ctype == "uint32_t" else ""
+    items = [_c_int(v) + suffix for v in flat]
+    width = max(len(s) for s in items)
+    lines = [
+        "    " + ", ".join(s.rjust(width) for s in items[i:i + per_line]) + ","
+        for i in range(0, len(items), per_line)
+    ]
+    return (f"/* {_comment_text(comment)} */\n"
+            f"static const {ctype} {ident}[{len(items)}] = {{\n" + "\n".join(lines) + "\n};\n")
+
+
+def _c_params(ctype: str, ident: str, groups: Sequence[Sequence[tuple[str, object]]]) -> str:
+    """A ``static const`` parameter block with designated initializers, one line per group."""
+    lines = []
+    for group in groups:
+        parts = [f".{key} = {value if isinstance(value, str) else _c_int(value)}" for key, value in group]
+        lines.append("    " + ", ".join(parts) + ",")
+    return f"static const {ctype} {ident} = {{\n" + "\n".join(lines) + "\n};\n"
+
+
+def _spatial(shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of a ``(C, L)`` (``H = 1``) or ``(C, H, W)`` shape."""
+    if len(shape) == 2:
+        return int(shape[0]), 1, int(shape[1])
+    if len(shape) == 3:
+        return int(shape[0]), int(shape[1]), int(shape[2])
+    raise IRVerificationError(f"expected a (C, L) or (C, H, W) tensor, got shape {tuple(shape)}")
+
+
+# ---------------------------------------------------------------------------- context
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """What one op contributes: definitions at file scope and statements inside ``<name>_run``."""
+
+    definitions: tuple[str, ...] = ()
+    statements: tuple[str, ...] = ()
+
+
+@dataclass
+class EmitContext:
+    """Read-only view of the program and plan, plus the allocator of unique C identifiers."""
+
+    program: ir.Program
+    plan: MemoryPlan
+    model: str
+    _used: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # names of the run function's scope and the model's own file-scope symbols
+        self._used.update({"arena", "input", "output", f"{self.model}_arena", f"{self.model}_run"})
+
+    def ident(self, op_name: str, suffix: str) -> str:
+        """A fresh file-scope identifier ``<op name>_<suffix>`` (sanitized, deduplicated)."""
+        base = re.sub(r"[^A-Za-z0-9_]", "_", op_name)[:_MAX_IDENT_BASE] or "op"
+        if base[0].isdigit() or base[0] == "_" or base.lower().startswith("qc_"):
+            base = "op_" + base  # no leading digit, no reserved leading underscore, no clash with qc_* names
+        candidate = f"{base}_{suffix}"
+        n = 2
+        while candidate in self._used:
+            candidate = f"{base}_{suffix}_{n}"
+            n += 1
+        self._used.add(candidate)
+        return candidate
+
+    def ptr(self, tid: int, element_offset: int = 0) -> str:
+        """The C pointer expression of tensor ``tid`` (advanced by ``element_offset`` elements)."""
+        if tid == self.program.inputs[0]:  # first: a graph input that is also the output is read here
+            base, offset = "input", 0
+        elif tid == self.program.outputs[0]:
+            base, offset = "output", 0
+        elif tid in self.plan.offsets:
+            base, offset = "arena", self.plan.offsets[tid]
+        else:
+            raise IRVerificationError(f"tensor {tid} ('{self.program.tensors[tid].name}') has no memory")
+        offset += element_offset
+        return f"{base} + {offset}" if base == "arena" or offset else base
+
+    def shape(self, tid: int) -> tuple[int, ...]:
+        return self.program.tensors[tid].shape
+
+    def size(self, tid: int) -> int:
+        return self.program.tensors[tid].size
+
+    def header_comment(self, op: ir.Op, note: str = "") -> str:
+        """``/* name: Kind (in shapes) -> (out shape); source: node[ -- note] */``."""
+        ins = ", ".join(_shape_text(self.shape(t)) for t in op.inputs)
+        text = f"{op.name}: {type(op).__name__} {ins} -> {_shape_text(self.shape(op.output))}"
+        source = self.program.source.get(op.output)
+        if source:
+            text += f"; source: {source}"
+        if note:
+            text += f" -- {note}"
+        return f"/* {_comment_text(text)} */"
+
+
+def _call(ctx: EmitContext, op: ir.Op, kernel: str, params: str, *pointers: str) -> str:
+    args = ", ".join((f"&{params}", *pointers))
+    return f"{ctx.header_comment(op)}\n{kernel}({args});"
+
+
+# ---------------------------------------------------------------------------- per-op emitters
+
+
+@functools.singledispatch
+def emit_op(op: object, ctx: EmitContext) -> Emitted:
+    """Emit the C for one op. One registered function per IR op kind."""
+    raise IRVerificationError(f"C emitter has no rule for {type(op).__name__}")
+
+
+def _requant_arrays(ctx: EmitContext, op, multiplier: np.ndarray, shift: np.ndarray,
+                    prefix: str = "") -> tuple[list[str], str, str]:
+    m_id = ctx.ident(op.name, prefix + "multiplier")
+    s_id = ctx.ident(op.name, prefix + "shift")
+    defs = [
+        _c_array("int32_t", m_id, multiplier, f"{op.name}: {prefix}multiplier, Q31 per channel"),
+        _c_array("int32_t", s_id, shift, f"{op.name}: {prefix}shift per channel"),
+    ]
+    return defs, m_id, s_id
+
+
+@emit_op.register
+def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
+    c, h, w = _spatial(ctx.shape(op.input))
+    co, ho, wo = _spatial(ctx.shape(op.output))
+    kh, kw = int(op.weight.shape[2]), int(op.weight.shape[3])
+    w_id, b_id = ctx.ident(op.name, "weight"), ctx.ident(op.name, "bias")
+    defs = [
+        _c_array("int8_t", w_id, op.weight,
+                 f"{op.name}: weight {_shape_text(op.weight.shape)}, {op.w_bits}-bit values"),
+        _c_array("int32_t", b_id, op.bias, f"{op.name}: bias ({co},)"),
+    ]
+    rq_defs, m_id, s_id = _requant_arrays(ctx, op, op.multiplier, op.shift)
+    p_id = ctx.ident(op.name, "params")
+    pt, pl, pb, pr = op.padding
+    params = _c_params("qc_conv2d_params", p_id, [
+        [("in_c", c), ("in_h", h), ("in_w", w)],
+        [("out_c", co), ("out_h", ho), ("out_w", wo)],
+        [("kernel_h", kh), ("kernel_w", kw)],
+        [("stride_h", op.stride[0]), ("stride_w", op.stride[1])],
+        [("dilation_h", op.dilation[0]), ("dilation_w", op.dilation[1])],
+        [("pad_top", pt), ("pad_left", pl), ("pad_bottom", pb), ("pad_right", pr)],
+        [("groups", op.groups)],
+        [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
+        [("act_min", op.act_min), ("act_max", op.act_max)],
+        [("weight", w_id), ("bias", b_id), ("multiplier", m_id), ("shift", s_id)],
+    ])
+    return Emitted((*defs, *rq_defs, params),
+                   (_call(ctx, op, "qc_conv2d_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+
+
+@emit_op.register
+def _(op: ir.Dense, ctx: EmitContext) -> Emitted:
+    fo, fi = (int(d) for d in op.weight.shape)
+    w_id, b_id = ctx.ident(op.name, "weight"), ctx.ident(op.name, "bias")
+    defs = [
+        _c_array("int8_t", w_id, op.weight,
+                 f"{op.name}: weight {_shape_text(op.weight.shape)}, {op.w_bits}-bit values"),
+        _c_array("int32_t", b_id, op.bias, f"{op.name}: bias ({fo},)"),
+    ]
+    rq_defs, m_id, s_id = _requant_arrays(ctx, op, op.multiplier, op.shift)
+    p_id = ctx.ident(op.name, "params")
+    params = _c_params("qc_dense_params", p_id, [
+        [("in_features", fi), ("out_features", fo)],
+        [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
+        [("act_min", op.act_min), ("act_max", op.act_max)],
+        [("weight", w_id), ("bias", b_id), ("multiplier", m_id), ("shift", s_id)],
+    ])
+    return Emitted((*defs, *rq_defs, params),
+                   (_call(ctx, op, "qc_dense_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+
+
+@emit_op.register
+def _(op: ir.Add, ctx: EmitContext) -> Emitted:
+    p_id = ctx.ident(op.name, "params")
+    params = _c_params("qc_add_params", p_id, [
+        [("size", ctx.size(op.output))],
+        [("input1_offset", op.input1_offset), ("input2_offset", op.input2_offset)],
+        [("input1_multiplier", op.input1_multiplier), ("input1_shift", op.input1_shift)],
+        [("input2_multiplier", op.input2_multiplier), ("input2_shift", op.input2_shift)],
+        [("output_multiplier", op.output_multiplier), ("output_shift", op.output_shift)],
+        [("output_offset", op.output_offset), ("left_shift", op.left_shift)],
+        [("act_min", op.act_min), ("act_max", op.act_max)],
+    ])
+    call = _call(ctx, op, "qc_add_s8", p_id, ctx.ptr(op.input1), ctx.ptr(op.input2), ctx.ptr(op.output))
+    return Emitted((params,), (call,))
+
+
+@emit_op.register
+def _(op: ir.Mul, ctx: EmitContext) -> Emitted:
+    size = ctx.size(op.output)
+    if ctx.shape(op.input2) == ctx.shape(op.output):
+        channels, inner = size, 1  # element-wise: every element is its own "channel"
+    else:
+        channels = int(ctx.shape(op.output)[0])
+        inner = size // channels
+    p_id = ctx.ident(op.name, "params")
+    params = _c_params("qc_mul_params", p_id, [
+        [("channels", channels), ("inner", inner)],
+        [("input1_offset", op.input1_offset), ("input2_offset", op.input2_offset)],
+        [("output_offset", op.output_offset)],
+        [("multiplier", op.multiplier), ("shift", op.shift)],
+        [("act_min", op.act_min), ("act_max", op.act_max)],
+    ])
+    call = _call(ctx, op, "qc_mul_s8", p_id, ctx.ptr(op.input1), ctx.ptr(op.input2), ctx.ptr(op.output))
+    return Emitted((params,), (call,))
+
+
+def _pool_geometry(ctx: EmitContext, op) -> list[list[tuple[str, object]]]:
+    c, h, w = _spatial(ctx.shape(op.input))
+    _, ho, wo = _spatial(ctx.shape(op.output))
+    pt, pl, pb, pr = op.padding
+    return [
+        [("channels", c), ("in_h", h), ("in_w", w), ("out_h", ho), ("out_w", wo)],
+        [("kernel_h", op.kernel[0]), ("kernel_w", op.kernel[1])],
+        [("stride_h", op.stride[0]), ("stride_w", op.stride[1])],
+        [("pad_top", pt), ("pad_left", pl), ("pad_bottom", pb), ("pad_right", pr)],
+    ]
+
+
+@emit_op.register
+def _(op: ir.MaxPool, ctx: EmitContext) -> Emitted:
+    p_id = ctx.ident(op.name, "params")
+    params = _c_params("qc_maxpool_params", p_id, [
+        *_pool_geometry(ctx, op),
+        [("act_min", op.act_min), ("act_max", op.act_max)],
+    ])
+    return Emitted((params,), (_call(ctx, op, "qc_maxpool_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+
+
+@emit_op.register
+def _(op: ir.AvgPool, ctx: EmitContext) -> Emitted:
+    p_id = ctx.ident(op.name, "params")
+    params = _c_params("qc_avgpool_params", p_id, [
+        *_pool_geometry(ctx, op),
+        [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
+        [("multiplier", op.multiplier), ("shift", op.shift)],
+        [("act_min", op.act_min), ("act_max", op.act_max)],
+    ])
+    return Emitted((params,), (_call(ctx, op, "qc_avgpool_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+
+
+@emit_op.register
+def _(op: ir.GlobalAvgPool, ctx: EmitContext) -> Emitted:
+    channels = int(ctx.shape(op.input)[0])
+    p_id = ctx.ident(op.name, "params")
+    params = _c_params("qc_global_avgpool_params", p_id, [
+        [("channels", channels), ("inner", ctx.size(op.input) // channels)],
+        [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
+        [("multiplier", op.multiplier), ("shift", op.shift)],
+    ])
+    call = _call(ctx, op, "qc_global_avgpool_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output))
+    return Emitted((params,), (call,))
+
+
+@emit_op.register
+def _(op: ir.Lut, ctx: EmitContext) -> Emitted:
+    t_id = ctx.ident(op.name, "table")
+    p_id = ctx.ident(op.name, "params")
+    table = _c_array("int8_t", t_id, op.table, f"{op.name}: table[x + 128]")
+    params = _c_params("qc_lut_params", p_id, [[("size", ctx.size(op.output)), ("table", t_id)]])
+    return Emitted((table, params), (_call(ctx, op, "qc_lut_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+
+
+@emit_op.register
+def _(op: ir.PRelu, ctx: EmitContext) -> Emitted:
+    channels = int(ctx.shape(op.input)[0])
+    rq_defs, m_id, s_id = _requant_arrays(ctx, op, op.neg_multiplier, op.neg_shift, prefix="neg_")
+    p_id = ctx.ident(op.name, "params")
+    params = _c_params("qc_prelu_params", p_id, [
+        [("channels", channels), ("inner", ctx.size(op.input) // channels)],
+        [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
+        [("pos_multiplier", op.pos_multiplier), ("pos_shift", op.pos_shift)],
+        [("neg_multiplier", m_id), ("neg_shift", s_id)],
+    ])
+    return Emitted((*rq_defs, params),
+                   (_call(ctx, op, "qc_prelu_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+
+
+@emit_op.register
+def _(op: ir.Concat, ctx: EmitContext) -> Emitted:
+    defs: list[str] = []
+    calls: list[str] = [ctx.header_comment(op)]
+    start = 0
+    for k, (tid, offset, m, s) in enumerate(zip(op.inputs, op.input_offsets, op.multipliers, op.shifts)):
+        size = ctx.size(tid)
+        p_id = ctx.ident(op.name, f"in{k}_params")
+        defs.append(_c_params("qc_concat_params", p_id, [
+            [("size", size)],
+            [("input_offset", offset), ("output_offset", op.output_offset)],
+            [("multiplier", m), ("shift", s)],
+        ]))
+        calls.append(f"qc_concat_s8(&{p_id}, {ctx.ptr(tid)}, {ctx.ptr(op.output, start)});")
+        start += size
+    return Emitted(tuple(defs), ("\n".join(calls),))
+
+
+@emit_op.register
+def _(op: ir.Pad, ctx: EmitContext) -> Emitted:
+    c, h, w = _spatial(ctx.shape(op.input))
+    pt, pl, pb, pr = op.padding
+    p_id = ctx.ident(op.name, "params")
+    params = _c_params("qc_pad_params", p_id, [
+        [("channels", c), ("in_h", h), ("in_w", w)],
+        [("pad_top", pt), ("pad_left", pl), ("pad_bottom", pb), ("pad_right", pr)],
+        [("value", op.value)],
+    ])
+    return Emitted((params,), (_call(ctx, op, "qc_pad_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+
+
+@emit_op.register
+def _(op: ir.Softmax, ctx: EmitContext) -> Emitted:
+    row = int(ctx.shape(op.input)[-1])
+    t_id = ctx.ident(op.name, "exp_table")
+    p_id = ctx.ident(op.name, "params")
+    table = _c_array("uint32_t", t_id, op.exp_table, f"{op.name}: exp_table[max - x]")
+    params = _c_params("qc_softmax_params", p_id, [
+        [("rows", ctx.size(op.input) // row), ("row_size", row)],
+        [("output_offset", op.output_offset)],
+        [("exp_table", t_id)],
+    ])
+    return Emitted((table, params),
+                   (_call(ctx, op, "qc_softmax_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+
+
+@emit_op.register
+def _(op: ir.Reshape, ctx: EmitContext) -> Emitted:
+    if op.output in ctx.plan.aliases:
+        if ctx.plan.offsets.get(op.output) != ctx.plan.offsets.get(op.input):
+            raise IRVerificationError(f"Reshape '{op.name}': aliased output is not at its input's offset")
+        return Emitted((), (ctx.header_comment(op, "in place, no code"),))
+    src, dst = ctx.ptr(op.input), ctx.ptr(op.output)
+    return Emitted((), (f"{ctx.header_comment(op)}\nmemmove({dst}, {src}, {ctx.size(op.output)});",))
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _check_inputs(program: ir.Program, plan: MemoryPlan, name: str) -> None:
+    if not _C_IDENT.match(name) or name == "qc_kernels":
+        raise ConfigError(f"model name {name!r} must be a C identifier other than 'qc_kernels'")
+    if len(program.inputs) != 1 or len(program.outputs) != 1:
+        raise IRVerificationError(
+            f"the C backend needs exactly one graph input and one output, program '{program.name}' "
+            f"has {len(program.inputs)} and {len(program.outputs)}")
+    io = {program.inputs[0], program.outputs[0]}
+    missing = [op.name for op in program.ops if op.output not in io and op.output not in plan.offsets]
+    if missing:
+        raise IRVerificationError(f"memory plan does not place the outputs of ops {missing}; was it planned "
+                                  f"for this program?")
+
+
+def _arena_comment(program: ir.Program, plan: MemoryPlan) -> str:
+    lines = [f" * Arena: {plan.arena_size} bytes (lower bound for this op order: {plan.lower_bound}).",
+             " *   offset     size  live ops    tensor"]
+    for tid in sorted(plan.offsets, key=lambda t: (plan.offsets[t], t)):
+        first, last = plan.lifetimes[tid]
+        alias = " (in-place reshape)" if tid in plan.aliases else ""
+        t = program.tensors[tid]
+        lines.append(f" * {plan.offsets[tid]:8d} {t.size:8d}  [{first:3d},{last:3d}]  "
+                     f"{_comment_text(t.name)} {_shape_text(t.shape)}{alias}")
+    return "/*\n" + "\n".join(lines) + "\n */"
+
+
+def _emit_header(program: ir.Program, plan: MemoryPlan, name: str) -> str:
+    macro = name.upper()
+    tin, tout = program.input, program.output
+    return f"""\
+/* {name}.h - generated by qcompile from program '{_comment_text(program.name)}'. Do not edit. */
+#ifndef {macro}_H
+#define {macro}_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+/* Input: int8 {_shape_text(tin.shape)} in PyTorch order without batch; real = scale * (q - zero_point). */
+#define {macro}_INPUT_SIZE {tin.size}
+#define {macro}_INPUT_SCALE {_c_float(tin.scale)}
+#define {macro}_INPUT_ZERO_POINT {_c_macro_int(tin.zero_point)}
+
+/* Output: int8 {_shape_text(tout.shape)}; real = scale * (q - zero_point). */
+#define {macro}_OUTPUT_SIZE {tout.size}
+#define {macro}_OUTPUT_SCALE {_c_float(tout.scale)}
+#define {macro}_OUTPUT_ZERO_POINT {_c_macro_int(tout.zero_point)}
+
+/* Bytes of the static scratch arena inside {name}.c. */
+#define {macro}_ARENA_SIZE {plan.arena_size}
+
+/*
+ * Run the model on one sample: input holds {macro}_INPUT_SIZE int8 values, output receives
+ * {macro}_OUTPUT_SIZE. The buffers must not overlap. Not reentrant (one static arena).
+ * Returns 0 on success, -1 if a pointer is NULL.
+ */
+int {name}_run(const int8_t *input, int8_t *output);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* {macro}_H */
+"""
+
+
+def _emit_source(program: ir.Program, plan: MemoryPlan, name: str) -> str:
+    ctx = EmitContext(program, plan, name)
+    definitions: list[str] = []
+    statements: list[str] = []
+    for op in program.ops:
+        emitted = emit_op(op, ctx)
+        definitions.extend(emitted.definitions)
+        statements.extend(emitted.statements)
+    if program.outputs[0] == program.inputs[0]:
+        statements.append(f"/* the graph output is the graph input */\n"
+                          f"memmove(output, input, {program.output.size});")
+
+    macro = name.upper()
+    parts = [
+        f"/* {name}.c - generated by qcompile from program '{_comment_text(program.name)}'. Do not edit. */\n"
+        f"#include \"{name}.h\"\n\n#include <string.h>\n\n#include \"qc_kernels.h\"\n",
+        *definitions,
+    ]
+    run_prologue = ""
+    if plan.arena_size > 0:
+        parts.append(f"{_arena_comment(program, plan)}\n"
+                     f"static union {{\n    int64_t align; /* 8-byte alignment in plain C99 */\n"
+                     f"    int8_t bytes[{macro}_ARENA_SIZE];\n}} {name}_arena;\n")
+        run_prologue = f"    int8_t *const arena = {name}_arena.bytes;\n\n"
+    body = "\n".join(_indent(s) for s in statements)
+    parts.append(
+        f"int {name}_run(const int8_t *input, int8_t *output)\n{{\n{run_prologue}"
+        f"    if (input == NULL || output == NULL) {{\n        return -1;\n    }}\n"
+        f"{body}\n    return 0;\n}}\n"
+    )
+    return "\n".join(parts)
+
+
+def _indent(statement: str) -> str:
+    return "".join(f"    {line}\n" for line in statement.splitlines())
+
+
+def _emit_makefile(name: str) -> str:
+    v = f"QC_{name.upper()}"
+    return f"""\
+# {name}.mk - generated by qcompile. Makefile fragment for model '{name}'.
+# Usage:
+#   include path/to/{name}.mk
+#   SRCS   += $({v}_SRCS)
+#   CFLAGS += $({v}_INC) $({v}_CFLAGS)
+{v}_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+{v}_SRCS := $({v}_DIR)/{name}.c $({v}_DIR)/qc_kernels.c
+{v}_INC := -I$({v}_DIR)
+# Suggested flags (the sources are C99 and warning-free under -Wall -Wextra -pedantic).
+{v}_CFLAGS := -std=c99 -O2 -Wall -Wextra -pedantic
+# Cortex-M4F example: -mthumb -mcpu=cortex-m4 -mfloat-abi=hard -mfpu=fpv4-sp-d16
+"""
+
+
+def emit_c(program: ir.Program, plan: MemoryPlan, name: str) -> dict[str, str]:
+    """Generate the C sources of ``program`` with memory ``plan``; returns ``{file name: text}``.
+
+    Files: ``<name>.h``, ``<name>.c``, ``qc_kernels.h``, ``qc_kernels.c``, ``<name>.mk``.
+    ``name`` must be a C identifier; it prefixes the public symbols (``<name>_run``) and
+    upper-cased the macros (``<NAME>_INPUT_SIZE``...). Raises :class:`ConfigError` for a bad
+    name and :class:`IRVerificationError` for programs the backend cannot express (more than
+    one graph input or output, a plan that does not match the program).
+    """
+    ir.verify(program)
+    _check_inputs(program, plan, name)
+    files = {
+        f"{name}.h": _emit_header(program, plan, name),
+        f"{name}.c": _emit_source(program, plan, name),
+    }
+    files.update(runtime_sources())
+    files[f"{name}.mk"] = _emit_makefile(name)
+    return files
