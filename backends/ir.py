@@ -414,6 +414,25 @@ def _check_int8(op, *values: int) -> None:
         _check(-128 <= int(v) <= 127, op, f"value {v} outside int8")
 
 
+def _check_geometry(op, **pairs) -> None:
+    """Strides, kernels, dilations >= 1; paddings >= 0."""
+    for name, values in pairs.items():
+        low = 0 if name == "padding" else 1
+        _check(all(int(v) >= low for v in values), op, f"{name} {tuple(values)} must be >= {low}")
+
+
+def _max_abs_input(input_offset: int) -> int:
+    """Largest ``|x + input_offset|`` over int8 ``x``."""
+    return max(abs(-128 + input_offset), abs(127 + input_offset))
+
+
+def _check_accumulator_bound(op, weight: np.ndarray, bias: np.ndarray, input_offset: int) -> None:
+    """Prove no int32 partial sum can overflow: ``sum|w| * max|x + offset| + |bias| <= INT32_MAX``."""
+    bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1) * _max_abs_input(input_offset)
+    bound = bound + np.abs(bias.astype(np.int64))
+    _check(bool(np.all(bound <= INT32_MAX)), op, f"int32 accumulator may overflow (bound {int(bound.max())})")
+
+
 def _check_requant(op, multiplier, shift) -> None:
     m = np.asarray(multiplier, dtype=np.int64)
     s = np.asarray(shift, dtype=np.int64)
@@ -442,14 +461,17 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         co, ho, wo = _spatial(out.shape)
         _check(len(t[op.input].shape) == len(out.shape), op, "input/output rank differ")
         kco, kci, kh, kw = op.weight.shape
+        _check_geometry(op, stride=op.stride, dilation=op.dilation, groups=(op.groups,), padding=op.padding,
+                        kernel=(kh, kw))
         _check(kco == co, op, f"weight has {kco} output channels, output has {co}")
-        _check(c % op.groups == 0 and co % op.groups == 0, op, "channels not divisible by groups")
+        _check(op.groups >= 1 and c % op.groups == 0 and co % op.groups == 0, op, "channels not divisible by groups")
         _check(kci == c // op.groups, op, f"weight expects {kci * op.groups} input channels, input has {c}")
         pt, pl, pb, pr = op.padding
         eh = (h + pt + pb - op.dilation[0] * (kh - 1) - 1) // op.stride[0] + 1
         ew = (w + pl + pr - op.dilation[1] * (kw - 1) - 1) // op.stride[1] + 1
         _check((ho, wo) == (eh, ew), op, f"output spatial {(ho, wo)}, expected {(eh, ew)}")
         _check_weights(op, op.weight, op.bias, co, op.w_bits)
+        _check_accumulator_bound(op, op.weight, op.bias, op.input_offset)
         _check_requant(op, op.multiplier, op.shift)
         _check(op.multiplier.shape == (co,), op, "per-channel multiplier shape")
         _check_int8(op, -op.input_offset, op.output_offset, op.act_min, op.act_max)
@@ -458,15 +480,17 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         fi = t[op.input].size
         _check(op.weight.shape == (out.size, fi), op, f"weight {op.weight.shape}, expected {(out.size, fi)}")
         _check_weights(op, op.weight, op.bias, out.size, op.w_bits)
+        _check_accumulator_bound(op, op.weight, op.bias, op.input_offset)
         _check_requant(op, op.multiplier, op.shift)
         _check(op.multiplier.shape == (out.size,), op, "per-channel multiplier shape")
         _check_int8(op, -op.input_offset, op.output_offset, op.act_min, op.act_max)
+        _check(op.act_min <= op.act_max, op, "act_min > act_max")
     elif isinstance(op, Add):
         _check(t[op.input1].shape == out.shape == t[op.input2].shape, op, "shapes must match")
         for m, s in ((op.input1_multiplier, op.input1_shift), (op.input2_multiplier, op.input2_shift),
                      (op.output_multiplier, op.output_shift)):
             _check_requant(op, m, s)
-        _check(0 <= op.left_shift <= 24, op, "left_shift")
+        _check(0 <= op.left_shift <= 23, op, "left_shift must keep 255 << left_shift inside int32")
         _check_int8(op, -op.input1_offset, -op.input2_offset, op.output_offset, op.act_min, op.act_max)
     elif isinstance(op, Mul):
         s1, s2 = t[op.input1].shape, t[op.input2].shape
@@ -479,18 +503,23 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         c, h, w = _spatial(t[op.input].shape)
         co, ho, wo = _spatial(out.shape)
         _check(c == co, op, "pooling changes channel count")
+        _check_geometry(op, kernel=op.kernel, stride=op.stride, padding=op.padding)
+        _check_int8(op, op.act_min, op.act_max)
+        _check(op.act_min <= op.act_max, op, "act_min > act_max")
         pt, pl, pb, pr = op.padding
         eh = (h + pt + pb - op.kernel[0]) // op.stride[0] + 1
         ew = (w + pl + pr - op.kernel[1]) // op.stride[1] + 1
         _check((ho, wo) == (eh, ew), op, f"output spatial {(ho, wo)}, expected {(eh, ew)}")
         if isinstance(op, AvgPool):
             _check_requant(op, op.multiplier, op.shift)
+            _check_int8(op, -op.input_offset, op.output_offset)
         else:
             _check(t[op.input].scale == out.scale and t[op.input].zero_point == out.zero_point, op,
                    "max pool must keep quantization")
     elif isinstance(op, GlobalAvgPool):
         _check(out.size == t[op.input].shape[0], op, "output must have one element per channel")
         _check_requant(op, op.multiplier, op.shift)
+        _check_int8(op, -op.input_offset, op.output_offset)
     elif isinstance(op, Lut):
         _check(op.table.dtype == np.int8 and op.table.shape == (256,), op, "table must be int8[256]")
         _check(t[op.input].shape == out.shape, op, "shape changes")
@@ -499,17 +528,20 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         _check(op.neg_multiplier.shape == (out.shape[0],), op, "one negative slope per channel")
         _check_requant(op, op.pos_multiplier, op.pos_shift)
         _check_requant(op, op.neg_multiplier, op.neg_shift)
+        _check_int8(op, -op.input_offset, op.output_offset)
     elif isinstance(op, Concat):
         shapes = [t[i].shape for i in op.inputs]
         _check(all(s[1:] == out.shape[1:] for s in shapes), op, "non-channel dims differ")
         _check(sum(s[0] for s in shapes) == out.shape[0], op, "channel counts do not add up")
         _check(len(op.input_offsets) == len(op.multipliers) == len(op.shifts) == len(shapes), op, "arity")
-        for m, s in zip(op.multipliers, op.shifts):
-            _check_requant(op, m, s)
+        for m, sh in zip(op.multipliers, op.shifts):
+            _check_requant(op, m, sh)
+        _check_int8(op, op.output_offset, *(-o for o in op.input_offsets))
     elif isinstance(op, Pad):
         c, h, w = _spatial(t[op.input].shape)
         co, ho, wo = _spatial(out.shape)
         pt, pl, pb, pr = op.padding
+        _check_geometry(op, padding=op.padding)
         _check((co, ho, wo) == (c, h + pt + pb, w + pl + pr), op, "padded shape")
         _check_int8(op, op.value)
     elif isinstance(op, Reshape):
@@ -517,6 +549,8 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
     elif isinstance(op, Softmax):
         _check(t[op.input].shape[-1] == out.shape[-1] and t[op.input].size == out.size, op, "shape")
         _check(op.exp_table.dtype == np.uint32 and op.exp_table.shape == (256,), op, "exp table")
+        _check(int(op.exp_table[0]) > 0, op, "exp_table[0] must be positive (it bounds every row sum below)")
+        _check(bool(np.all(np.diff(op.exp_table.astype(np.int64)) <= 0)), op, "exp table must not increase")
         _check(op.output_offset == out.zero_point, op, "output offset must equal the output zero point")
     else:
         raise IRVerificationError(f"unknown op type {type(op).__name__}")

@@ -444,8 +444,8 @@ def test_add_and_subtract():
     s = b.add(b.input, t)
     d = b.add(s, b.input, subtract=True)
     dd = b.add(d, d, left_shift=14)                                # the same tensor on both sides
-    # saturation of the left shift: (x + o) << 24, times 4 -> clamped to int32 before the high multiply
-    sat = b.add(dd, t, left_shift=24, reals=(4.0, 0.0, 1.0 / (1 << 24)))
+    # saturation of the left shift: (x + o) << 23, times 4 -> clamped to int32 before the high multiply
+    sat = b.add(dd, t, left_shift=23, reals=(4.0, 0.0, 1.0 / (1 << 23)))
     y = b.add(sat, dd)
     assert_c_matches(b.build(y))
 
@@ -883,3 +883,31 @@ def test_makefile_fragment_builds(tmp_path):
     )
     subprocess.run(["make", "-s", "all"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
     assert (tmp_path / "gen" / "net.o").exists() and (tmp_path / "gen" / "qc_kernels.o").exists()
+
+
+# --------------------------------------------------------------------------- verifier negatives
+
+
+def _conv_program(**overrides):
+    from qcompile.fixedpoint import quantize_multiplier
+
+    m, s = quantize_multiplier(0.01)
+    fields = dict(name="c", input=0, output=1, weight=np.ones((2, 1, 3, 3), np.int8), bias=np.zeros(2, np.int32),
+                  stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, input_offset=0, output_offset=0,
+                  multiplier=np.full(2, m, np.int32), shift=np.full(2, s, np.int32), act_min=-128, act_max=127)
+    fields.update(overrides)
+    tensors = [ir.Tensor(0, "x", (1, 5, 5), 0.1, 0), ir.Tensor(1, "y", (2, 3, 3), 0.1, 0)]
+    return ir.Program("p", tensors, [ir.Conv2D(**fields)], [0], [1])
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"stride": (0, 1)}, "stride"),
+    ({"padding": (-1, 0, 1, 0)}, "padding"),
+    ({"act_min": 5, "act_max": 4}, "act_min > act_max"),
+    ({"output_offset": 200}, "outside int8"),
+    ({"bias": np.full(2, 2**31 - 100, np.int32)}, "accumulator may overflow"),
+])
+def test_verifier_rejects_invalid_conv(overrides, match):
+    ir.verify(_conv_program())  # the baseline is valid
+    with pytest.raises(IRVerificationError, match=match):
+        ir.verify(_conv_program(**overrides))
