@@ -19,8 +19,9 @@ from qcompile.backends import ir
 from qcompile.errors import UnsupportedOpError
 from qcompile.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier
 from qcompile.frontend import source_location
-from qcompile.nn import ActQuant, QuantizedWeights
-from qcompile.ops import SHARES_INPUT_QUANT, Kind, clamp_range, info, lut_function
+from qcompile.nn import QuantizedWeights
+from qcompile.ops import Kind, clamp_range, info, lut_function
+from qcompile.quantization import tensor_qparams
 
 __all__ = ["lower", "SOFTMAX_EXP_BITS"]
 
@@ -42,12 +43,7 @@ class _Lowering:
     # -- quantization lookups ------------------------------------------------------------
     def qparams(self, node: Node) -> tuple[float, int]:
         """Quantization of the value ``node`` produces, as its consumers see it."""
-        kind = info(node).kind
-        if kind is Kind.QUANT:
-            return self.gm.get_submodule(node.target).qparams
-        if kind in SHARES_INPUT_QUANT:
-            return self.qparams(node.args[0])
-        raise UnsupportedOpError(f"node '{node.name}' is consumed without a quantizer (at {source_location(node)})")
+        return tensor_qparams(node, self.gm)
 
     def output_node(self, node: Node) -> Node:
         """The node whose value the op's output tensor represents (the fused activation, if any)."""

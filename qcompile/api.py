@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -13,6 +12,7 @@ from qcompile.artifact import Artifact
 from qcompile.backends.interpreter import interpret
 from qcompile.backends.lower import lower
 from qcompile.backends.memory_plan import plan_memory
+from qcompile.backends.schedule import schedule_for_memory
 from qcompile.config import TARGETS, QuantConfig
 from qcompile.data import calibration_batches
 from qcompile.errors import ConfigError
@@ -54,7 +54,7 @@ def compile(  # noqa: A001 - the public name the product promises
                                   batch_size=config.calib_batch_size)
     ctx = PassContext(config=config, example_inputs=tuple(example_inputs), calib=batches, progress=progress)
     gm = (pipeline if pipeline is not None else default_pipeline()).run(gm, ctx)
-    program = lower(gm, name)
+    program = schedule_for_memory(lower(gm, name))
     plan = plan_memory(program)
 
     sample = torch.cat(batches)[:_SQNR_SAMPLES]

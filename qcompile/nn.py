@@ -62,16 +62,19 @@ class ActQuant(nn.Module):
         return f"mode={self.mode.value}, scale={self.scale}, zero_point={self.zero_point}"
 
 
-def quantize_weight_per_channel(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight_per_channel(weight: torch.Tensor, bits: int,
+                                min_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel quantization: ``w ~= w_int * scale[c]``.
 
-    ``scale[c] = max|w[c]| / (2**(bits-1) - 1)``; all-zero channels get scale 1.
-    Returns ``(w_int as int8 tensor, scale as float64 tensor)``.
+    ``scale[c] = max(max|w[c]| / (2**(bits-1) - 1), min_scale[c])``; all-zero channels get
+    scale 1 (or ``min_scale``). Returns ``(w_int as int8 tensor, scale as float64 tensor)``.
     """
     qmax = (1 << (bits - 1)) - 1
     w = weight.detach().to(torch.float64)
     amax = w.reshape(w.shape[0], -1).abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    if min_scale is not None:
+        scale = torch.maximum(scale, min_scale.to(torch.float64))
     shape = (-1,) + (1,) * (w.dim() - 1)
     w_int = torch.clamp(torch.round(w / scale.reshape(shape)), -qmax, qmax).to(torch.int8)
     return w_int, scale
@@ -84,11 +87,11 @@ class QuantizedWeights(nn.Module):
     and scales that the lowering emits.
     """
 
-    def __init__(self, module: nn.Module, bits: int):
+    def __init__(self, module: nn.Module, bits: int, min_scale: torch.Tensor | None = None):
         super().__init__()
         self.module = module
         self.bits = bits
-        w_int, scale = quantize_weight_per_channel(module.weight, bits)
+        w_int, scale = quantize_weight_per_channel(module.weight, bits, min_scale)
         self.register_buffer("weight_int", w_int)
         self.register_buffer("weight_scale", scale)
         self.simulate = True  # False: compute with the float weights (reference runs)

@@ -96,7 +96,7 @@ def test_fuse_activations_annotates_single_user_producers_only():
         def forward(self, x):
             a = F.relu6(self.a(x))
             b = self.b(x)
-            return F.relu(b) + b  # b has two users: no fusion
+            return F.relu(b) + b + a  # b has two users: no fusion
 
     x = torch.randn(1, 1, 4, 4)
     gm = _run([fuse_activations], M(), x)
