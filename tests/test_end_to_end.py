@@ -117,12 +117,13 @@ def test_cli_compile_and_report(tmp_path):
         "    return m, (torch.randn(1, 1, 6, 6),), torch.randn(16, 1, 6, 6)\n"
     )
     out = tmp_path / "build"
+    # cwd outside the checkout: `python -m` puts the cwd first on sys.path
+    run = dict(capture_output=True, text=True, timeout=300, cwd=tmp_path)
     r = subprocess.run([sys.executable, "-m", "qcompile", "compile", f"{factory}:make", "-o", str(out), "--name", "tiny"],
-                       capture_output=True, text=True, timeout=300)
+                       **run)
     assert r.returncode == 0, r.stderr
     assert (out / "tiny.c").is_file() and (out / "tiny.h").is_file()
-    r = subprocess.run([sys.executable, "-m", "qcompile", "report", str(out)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "qcompile", "report", str(out)], **run)
     assert r.returncode == 0 and "Conv2D" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "qcompile", "compile", f"{factory}:nope", "-o", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "qcompile", "compile", f"{factory}:nope", "-o", str(out)], **run)
     assert r.returncode == 2 and "has no function 'nope'" in r.stderr
