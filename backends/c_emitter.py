@@ -31,13 +31,15 @@ from typing import Sequence
 import numpy as np
 
 from qcompile.backends import ir
+from qcompile.backends.c_layout import Layout, analyze, scratch_bytes
 from qcompile.backends.memory_plan import MemoryPlan
 from qcompile.errors import ConfigError, IRVerificationError
 
-__all__ = ["emit_c", "emit_op", "runtime_sources", "Emitted", "EmitContext", "RUNTIME_DIR", "RUNTIME_FILES"]
+__all__ = ["emit_c", "emit_op", "profile_regions", "runtime_sources", "Emitted", "EmitContext", "RUNTIME_DIR",
+           "RUNTIME_FILES"]
 
 RUNTIME_DIR = Path(__file__).parent / "runtime"
-RUNTIME_FILES = ("qc_kernels.h", "qc_kernels.c")
+RUNTIME_FILES = ("qc_kernels.h", "qc_kernels.c", "qc_conv.c")
 
 _INT8_PER_LINE = 16
 _INT32_PER_LINE = 10
@@ -141,11 +143,12 @@ class Emitted:
 
 @dataclass
 class EmitContext:
-    """Read-only view of the program and plan, plus the allocator of unique C identifiers."""
+    """Read-only view of the program, plan and layout decisions, plus the allocator of unique C identifiers."""
 
     program: ir.Program
     plan: MemoryPlan
     model: str
+    layout: "Layout" = None  # type: ignore[assignment]
     _used: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -180,6 +183,14 @@ class EmitContext:
 
     def shape(self, tid: int) -> tuple[int, ...]:
         return self.program.tensors[tid].shape
+
+    def strides(self, tid: int) -> tuple[int, int]:
+        """``(c_stride, p_stride)`` of tensor ``tid`` viewed as ``(C, H*W)`` in its chosen layout."""
+        c, h, w = _spatial(self.shape(tid)) if len(self.shape(tid)) in (2, 3) else (self.size(tid), 1, 1)
+        return (1, c) if self.layout.hwc(tid) else (h * w, 1)
+
+    def scratch_ptr(self, op: ir.Op) -> str:
+        return f"(uint32_t *)(void *)(arena + {self.layout.scratch[op.name]})"
 
     def size(self, tid: int) -> int:
         return self.program.tensors[tid].size
@@ -221,55 +232,213 @@ def _requant_arrays(ctx: EmitContext, op, multiplier: np.ndarray, shift: np.ndar
     return defs, m_id, s_id
 
 
+INT32_MAX = (1 << 31) - 1
+_PERM4 = np.array([0, 2, 1, 3])  # SXTAB16 order of a block of 4 values: (k0, k2), (k1, k3)
+
+
+def _pack_pairs(values: np.ndarray) -> np.ndarray:
+    """int16 values (last axis a multiple of 4, already in (k0,k2,k1,k3) order) -> uint32 words."""
+    v = values.astype(np.int64).reshape(-1, 2)
+    if v.size and (v.min() < -32768 or v.max() > 32767):
+        raise IRVerificationError("packed weight outside int16")
+    return ((v[:, 0] & 0xFFFF) | ((v[:, 1] & 0xFFFF) << 16)).astype(np.uint64)
+
+
+def _pack_gemm(w: np.ndarray, k_pad: int) -> np.ndarray:
+    """``(n_out, K)`` int weights -> the qc_conv/qc_fc word layout (channel pairs x 4-blocks)."""
+    n, k = w.shape
+    n_pad = n + (n & 1)
+    full = np.zeros((n_pad, k_pad), dtype=np.int64)
+    full[:n, :k] = w
+    blocks = full.reshape(n_pad // 2, 2, k_pad // 4, 4)[..., _PERM4].transpose(0, 2, 1, 3)
+    return _pack_pairs(blocks)
+
+
+def _requant_plan(weight_rows: np.ndarray, bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
+                  input_offset: int, output_offset: int) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
+    """Decide fast vs exact requantization for a layer; returns (fast, scale, bias', rq rows).
+
+    Fast (see qc_rq in qc_kernels.h) needs, for every channel: right shift >= 1, weights
+    times 2^(left+1) inside int16, every partial sum times 2^(left+1) inside int32 (bound
+    from the IR verifier: sum|w| * max|x + offset| + |bias|), and the rounding sum inside int32.
+    """
+    w = np.abs(weight_rows.astype(np.int64)).reshape(len(bias), -1)
+    xmax = max(abs(-128 + input_offset), abs(127 + input_offset))
+    bound = w.sum(axis=1) * xmax + np.abs(bias.astype(np.int64))
+    shift = shift.astype(np.int64)
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    scale = np.left_shift(np.ones_like(left), left + 1)
+    rnd = np.where(right >= 1, np.left_shift(np.ones_like(right), np.maximum(right - 1, 0)), 0) \
+        + output_offset * np.left_shift(np.ones_like(right), right)
+    fast = bool(np.all(right >= 1)
+                and np.all(bound * scale <= INT32_MAX)
+                and np.all(w.max(axis=1, initial=0) * scale <= 32767)
+                and np.all(bound * (scale // 2) + 2 + np.abs(rnd) <= INT32_MAX))
+    m = multiplier.astype(np.int64)
+    if fast:
+        rq = np.stack([m, right, rnd], axis=1)
+        return True, scale, bias.astype(np.int64) * scale, rq
+    rq = np.stack([m, shift, np.full_like(m, output_offset)], axis=1)
+    return False, np.ones_like(scale), bias.astype(np.int64), rq
+
+
+def _pad_channels(a: np.ndarray, groups: int, per_group: int, per_group_pad: int) -> np.ndarray:
+    """Per-channel rows (groups * per_group, ...) -> (groups * per_group_pad, ...) with zero rows."""
+    a = a.reshape(groups, per_group, *a.shape[1:])
+    out = np.zeros((groups, per_group_pad, *a.shape[2:]), dtype=a.dtype)
+    out[:, :per_group] = a
+    return out.reshape(groups * per_group_pad, *a.shape[2:])
+
+
+def _rq_array(ident: str, rq: np.ndarray, comment: str) -> str:
+    rows = [f"    {{{_c_int(m)}, {_c_int(s)}, {_c_int(r)}}}," for m, s, r in rq.tolist()]
+    return f"/* {_comment_text(comment)} */\nstatic const qc_rq {ident}[{len(rows)}] = {{\n" + "\n".join(rows) + "\n};\n"
+
+
+def _words_array(ident: str, words: np.ndarray, comment: str) -> str:
+    return _c_array("uint32_t", ident, words, comment)
+
+
+def _layer_arrays(ctx: EmitContext, op, words: np.ndarray, bias: np.ndarray, rq: np.ndarray,
+                  what: str, fast: bool) -> tuple[list[str], str, str, str]:
+    w_id, b_id, r_id = ctx.ident(op.name, "weight"), ctx.ident(op.name, "bias"), ctx.ident(op.name, "rq")
+    form = "pre-scaled by 2^(left+1), fast requantization" if fast else "exact requantization"
+    defs = [
+        _words_array(w_id, words, f"{op.name}: {what}; int16 pairs, {op.w_bits}-bit values, {form}"),
+        _c_array("int32_t", b_id, bias, f"{op.name}: bias per (padded) channel"),
+        _rq_array(r_id, rq, f"{op.name}: requantization {{multiplier, shift, round}} per (padded) channel"),
+    ]
+    return defs, w_id, b_id, r_id
+
+
+def _fused_padding(ctx: EmitContext, op: ir.Conv2D) -> tuple[int, tuple[int, int, int, int]]:
+    """(input tensor, padding) of a conv, with a fused Pad folded in."""
+    pad = ctx.layout.fused_pads.get(op.name)
+    if pad is None:
+        return op.input, tuple(op.padding)
+    return pad.input, tuple(a + b for a, b in zip(op.padding, pad.padding))
+
+
 @emit_op.register
 def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
-    c, h, w = _spatial(ctx.shape(op.input))
+    from qcompile.backends.c_layout import conv_k_pad, is_depthwise
+
+    src, (pt, pl, pb, pr) = _fused_padding(ctx, op)
+    c, h, w = _spatial(ctx.shape(src))
     co, ho, wo = _spatial(ctx.shape(op.output))
-    kh, kw = int(op.weight.shape[2]), int(op.weight.shape[3])
-    w_id, b_id = ctx.ident(op.name, "weight"), ctx.ident(op.name, "bias")
-    defs = [
-        _c_array("int8_t", w_id, op.weight,
-                 f"{op.name}: weight {_shape_text(op.weight.shape)}, {op.w_bits}-bit values"),
-        _c_array("int32_t", b_id, op.bias, f"{op.name}: bias ({co},)"),
-    ]
-    rq_defs, m_id, s_id = _requant_arrays(ctx, op, op.multiplier, op.shift)
-    p_id = ctx.ident(op.name, "params")
-    pt, pl, pb, pr = op.padding
-    params = _c_params("qc_conv2d_params", p_id, [
-        [("in_c", c), ("in_h", h), ("in_w", w)],
-        [("out_c", co), ("out_h", ho), ("out_w", wo)],
+    cig, kh, kw = (int(d) for d in op.weight.shape[1:])
+    in_cs, in_ps = ctx.strides(src)
+    out_cs, out_ps = ctx.strides(op.output)
+    note = f" (+ fused {ctx.layout.fused_pads[op.name].name})" if op.name in ctx.layout.fused_pads else ""
+    geometry = [
         [("kernel_h", kh), ("kernel_w", kw)],
         [("stride_h", op.stride[0]), ("stride_w", op.stride[1])],
         [("dilation_h", op.dilation[0]), ("dilation_w", op.dilation[1])],
-        [("pad_top", pt), ("pad_left", pl), ("pad_bottom", pb), ("pad_right", pr)],
-        [("groups", op.groups)],
-        [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
-        [("act_min", op.act_min), ("act_max", op.act_max)],
-        [("weight", w_id), ("bias", b_id), ("multiplier", m_id), ("shift", s_id)],
+        [("pad_top", pt), ("pad_left", pl)],
+    ]
+    fast, scale, bias, rq = _requant_plan(op.weight, op.bias, op.multiplier, op.shift, op.input_offset,
+                                          op.output_offset)
+    wq = op.weight.astype(np.int64) * scale[:, None, None, None]
+    p_id = ctx.ident(op.name, "params")
+    if is_depthwise(op, ctx.program):
+        c_pad = (c + 3) // 4 * 4
+        taps = np.zeros((c_pad, kh * kw), dtype=np.int64)
+        taps[:c] = wq.reshape(c, kh * kw)
+        # per 4-channel block, per tap: (c0, c2) (c1, c3)
+        words = _pack_pairs(taps.reshape(c_pad // 4, 4, kh * kw).transpose(0, 2, 1)[..., _PERM4])
+        bias_p = np.zeros(c_pad, dtype=np.int64)
+        bias_p[:c] = bias
+        rq_p = np.zeros((c_pad, 3), dtype=np.int64)
+        rq_p[:c] = rq
+        defs, w_id, b_id, r_id = _layer_arrays(ctx, op, words, bias_p, rq_p,
+                                               f"depthwise weight (taps {kh}x{kw}, channels {c_pad})", fast)
+        params = _c_params("qc_dwconv_params", p_id, [
+            [("channels", c), ("c_pad", c_pad), ("in_h", h), ("in_w", w), ("in_cs", in_cs), ("in_ps", in_ps)],
+            [("out_h", ho), ("out_w", wo), ("out_cs", out_cs), ("out_ps", out_ps)],
+            *geometry,
+            [("input_offset", op.input_offset), ("act_min", op.act_min), ("act_max", op.act_max)],
+            [("rq_fast", int(fast)), ("weight", w_id), ("bias", b_id), ("rq", r_id)],
+        ])
+        call = f"{ctx.header_comment(op, 'depthwise' + note)}\nqc_dwconv_s8(&{p_id}, {ctx.ptr(src)}, {ctx.ptr(op.output)});"
+        return Emitted((*defs, params), (call,))
+
+    groups = op.groups
+    cog = co // groups
+    cout_pad = cog + (cog & 1)
+    k_pad = conv_k_pad(op)
+    rows = wq.transpose(0, 2, 3, 1).reshape(co, kh * kw * cig)  # k = (ky * kw + kx) * cig + ci
+    words = np.concatenate([_pack_gemm(rows[g * cog:(g + 1) * cog], k_pad) for g in range(groups)])
+    bias_p = _pad_channels(bias, groups, cog, cout_pad)
+    rq_p = _pad_channels(rq, groups, cog, cout_pad)
+    defs, w_id, b_id, r_id = _layer_arrays(ctx, op, words, bias_p, rq_p,
+                                           f"weight (groups {groups}, channel pairs x k blocks, k_pad {k_pad})",
+                                           fast)
+    params = _c_params("qc_conv_params", p_id, [
+        [("in_c", c), ("in_h", h), ("in_w", w), ("in_cs", in_cs), ("in_ps", in_ps)],
+        [("out_c", co), ("out_h", ho), ("out_w", wo), ("out_cs", out_cs), ("out_ps", out_ps)],
+        *geometry,
+        [("groups", groups), ("cin_group", cig), ("cout_group", cog), ("cout_pad", cout_pad)],
+        [("k", cig * kh * kw), ("k_pad", k_pad)],
+        [("input_offset", op.input_offset), ("act_min", op.act_min), ("act_max", op.act_max)],
+        [("rq_fast", int(fast)), ("weight", w_id), ("bias", b_id), ("rq", r_id)],
     ])
-    return Emitted((*defs, *rq_defs, params),
-                   (_call(ctx, op, "qc_conv2d_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+    call = (f"{ctx.header_comment(op, 'im2col + GEMM' + note)}\n"
+            f"qc_conv_s8(&{p_id}, {ctx.ptr(src)}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)});")
+    return Emitted((*defs, params), (call,))
 
 
 @emit_op.register
 def _(op: ir.Dense, ctx: EmitContext) -> Emitted:
     fo, fi = (int(d) for d in op.weight.shape)
-    w_id, b_id = ctx.ident(op.name, "weight"), ctx.ident(op.name, "bias")
-    defs = [
-        _c_array("int8_t", w_id, op.weight,
-                 f"{op.name}: weight {_shape_text(op.weight.shape)}, {op.w_bits}-bit values"),
-        _c_array("int32_t", b_id, op.bias, f"{op.name}: bias ({fo},)"),
-    ]
-    rq_defs, m_id, s_id = _requant_arrays(ctx, op, op.multiplier, op.shift)
+    k_pad = (fi + 3) // 4 * 4
+    fast, scale, bias, rq = _requant_plan(op.weight, op.bias, op.multiplier, op.shift, op.input_offset,
+                                          op.output_offset)
+    wq = op.weight.astype(np.int64) * scale[:, None]
+    perm = ctx.layout.storage_perm(op.input)
+    note = ""
+    if perm is not None:
+        wq = wq[:, perm]  # column s multiplies the element stored at position s (channels-last input)
+        note = "columns permuted for the channels-last input"
+    out_pad = fo + (fo & 1)
+    defs, w_id, b_id, r_id = _layer_arrays(ctx, op, _pack_gemm(wq, k_pad), _pad_channels(bias, 1, fo, out_pad),
+                                           _pad_channels(rq, 1, fo, out_pad),
+                                           f"weight ({fo}, {fi}), channel pairs x k blocks", fast)
     p_id = ctx.ident(op.name, "params")
-    params = _c_params("qc_dense_params", p_id, [
-        [("in_features", fi), ("out_features", fo)],
-        [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
-        [("act_min", op.act_min), ("act_max", op.act_max)],
-        [("weight", w_id), ("bias", b_id), ("multiplier", m_id), ("shift", s_id)],
+    params = _c_params("qc_fc_params", p_id, [
+        [("in_features", fi), ("k_pad", k_pad), ("out_features", fo), ("out_pad", out_pad)],
+        [("input_offset", op.input_offset), ("act_min", op.act_min), ("act_max", op.act_max)],
+        [("rq_fast", int(fast)), ("weight", w_id), ("bias", b_id), ("rq", r_id)],
     ])
-    return Emitted((*defs, *rq_defs, params),
-                   (_call(ctx, op, "qc_dense_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+    call = (f"{ctx.header_comment(op, note)}\n"
+            f"qc_fc_s8(&{p_id}, {ctx.ptr(op.input)}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)});")
+    return Emitted((*defs, params), (call,))
+
+
+def _add_fast_fields(op: ir.Add) -> list[tuple[str, object]]:
+    """The fast-path shift/round fields of qc_add_params, or fast = 0 when not provably exact."""
+    def stage(m: int, s: int, extra_left: int, bound: int, min_right: int = 0) -> tuple[int, int, int, int] | None:
+        left, right = max(s, 0), max(-s, 0)
+        total = extra_left + left + 1
+        if right < min_right or bound * (1 << total) > INT32_MAX:
+            return None
+        out_bound = (bound * (1 << (total - 1)) * abs(m) >> 31) + 1
+        out_bound = (out_bound >> right) + 1
+        return total, right, (1 << (right - 1)) if right else 0, out_bound
+
+    xa = max(abs(-128 + op.input1_offset), abs(127 + op.input1_offset))
+    xb = max(abs(-128 + op.input2_offset), abs(127 + op.input2_offset))
+    a = stage(op.input1_multiplier, op.input1_shift, op.left_shift, xa)
+    b = stage(op.input2_multiplier, op.input2_shift, op.left_shift, xb)
+    names = ("fast", "in1_shift", "in1_right", "in1_round", "in2_shift", "in2_right", "in2_round",
+             "out_shift", "out_right", "out_round")
+    if a is not None and b is not None:
+        o = stage(op.output_multiplier, op.output_shift, 0, a[3] + b[3], min_right=1)
+        if o is not None:
+            rnd = o[2] + op.output_offset * (1 << o[1])
+            v_bound = (a[3] + b[3]) * (1 << (o[0] - 1)) + 2
+            if v_bound + abs(rnd) <= INT32_MAX and a[2] + (1 << 30) <= INT32_MAX:
+                return list(zip(names, (1, a[0], a[1], a[2], b[0], b[1], b[2], o[0], o[1], rnd)))
+    return list(zip(names, (0,) * len(names)))
 
 
 @emit_op.register
@@ -283,6 +452,8 @@ def _(op: ir.Add, ctx: EmitContext) -> Emitted:
         [("output_multiplier", op.output_multiplier), ("output_shift", op.output_shift)],
         [("output_offset", op.output_offset), ("left_shift", op.left_shift)],
         [("act_min", op.act_min), ("act_max", op.act_max)],
+        *[[kv] for kv in _add_fast_fields(op)[:1]],
+        _add_fast_fields(op)[1:4], _add_fast_fields(op)[4:7], _add_fast_fields(op)[7:],
     ])
     call = _call(ctx, op, "qc_add_s8", p_id, ctx.ptr(op.input1), ctx.ptr(op.input2), ctx.ptr(op.output))
     return Emitted((params,), (call,))
@@ -292,13 +463,14 @@ def _(op: ir.Add, ctx: EmitContext) -> Emitted:
 def _(op: ir.Mul, ctx: EmitContext) -> Emitted:
     size = ctx.size(op.output)
     if ctx.shape(op.input2) == ctx.shape(op.output):
-        channels, inner = size, 1  # element-wise: every element is its own "channel"
+        channels, inner, cs, ps = size, 1, 1, 1  # element-wise: every element is its own "channel"
     else:
         channels = int(ctx.shape(op.output)[0])
         inner = size // channels
+        cs, ps = ctx.strides(op.output)
     p_id = ctx.ident(op.name, "params")
     params = _c_params("qc_mul_params", p_id, [
-        [("channels", channels), ("inner", inner)],
+        [("channels", channels), ("inner", inner), ("c_stride", cs), ("i_stride", ps)],
         [("input1_offset", op.input1_offset), ("input2_offset", op.input2_offset)],
         [("output_offset", op.output_offset)],
         [("multiplier", op.multiplier), ("shift", op.shift)],
@@ -312,8 +484,11 @@ def _pool_geometry(ctx: EmitContext, op) -> list[list[tuple[str, object]]]:
     c, h, w = _spatial(ctx.shape(op.input))
     _, ho, wo = _spatial(ctx.shape(op.output))
     pt, pl, pb, pr = op.padding
+    in_cs, in_ps = ctx.strides(op.input)
+    out_cs, out_ps = ctx.strides(op.output)
     return [
         [("channels", c), ("in_h", h), ("in_w", w), ("out_h", ho), ("out_w", wo)],
+        [("in_cs", in_cs), ("in_ps", in_ps), ("out_cs", out_cs), ("out_ps", out_ps)],
         [("kernel_h", op.kernel[0]), ("kernel_w", op.kernel[1])],
         [("stride_h", op.stride[0]), ("stride_w", op.stride[1])],
         [("pad_top", pt), ("pad_left", pl), ("pad_bottom", pb), ("pad_right", pr)],
@@ -345,9 +520,10 @@ def _(op: ir.AvgPool, ctx: EmitContext) -> Emitted:
 @emit_op.register
 def _(op: ir.GlobalAvgPool, ctx: EmitContext) -> Emitted:
     channels = int(ctx.shape(op.input)[0])
+    cs, ps = ctx.strides(op.input) if len(ctx.shape(op.input)) in (2, 3) else (ctx.size(op.input) // channels, 1)
     p_id = ctx.ident(op.name, "params")
     params = _c_params("qc_global_avgpool_params", p_id, [
-        [("channels", channels), ("inner", ctx.size(op.input) // channels)],
+        [("channels", channels), ("inner", ctx.size(op.input) // channels), ("c_stride", cs), ("i_stride", ps)],
         [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
         [("multiplier", op.multiplier), ("shift", op.shift)],
     ])
@@ -369,8 +545,9 @@ def _(op: ir.PRelu, ctx: EmitContext) -> Emitted:
     channels = int(ctx.shape(op.input)[0])
     rq_defs, m_id, s_id = _requant_arrays(ctx, op, op.neg_multiplier, op.neg_shift, prefix="neg_")
     p_id = ctx.ident(op.name, "params")
+    cs, ps = ctx.strides(op.input) if len(ctx.shape(op.input)) in (2, 3) else (ctx.size(op.input) // channels, 1)
     params = _c_params("qc_prelu_params", p_id, [
-        [("channels", channels), ("inner", ctx.size(op.input) // channels)],
+        [("channels", channels), ("inner", ctx.size(op.input) // channels), ("c_stride", cs), ("i_stride", ps)],
         [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
         [("pos_multiplier", op.pos_multiplier), ("pos_shift", op.pos_shift)],
         [("neg_multiplier", m_id), ("neg_shift", s_id)],
@@ -384,16 +561,19 @@ def _(op: ir.Concat, ctx: EmitContext) -> Emitted:
     defs: list[str] = []
     calls: list[str] = [ctx.header_comment(op)]
     start = 0
+    out_cs, out_ps = ctx.strides(op.output)
     for k, (tid, offset, m, s) in enumerate(zip(op.inputs, op.input_offsets, op.multipliers, op.shifts)):
-        size = ctx.size(tid)
+        channels = int(ctx.shape(tid)[0])
+        in_cs, in_ps = ctx.strides(tid)
         p_id = ctx.ident(op.name, f"in{k}_params")
         defs.append(_c_params("qc_concat_params", p_id, [
-            [("size", size)],
+            [("channels", channels), ("pixels", ctx.size(tid) // channels)],
+            [("in_cs", in_cs), ("in_ps", in_ps), ("out_cs", out_cs), ("out_ps", out_ps)],
             [("input_offset", offset), ("output_offset", op.output_offset)],
             [("multiplier", m), ("shift", s)],
         ]))
-        calls.append(f"qc_concat_s8(&{p_id}, {ctx.ptr(tid)}, {ctx.ptr(op.output, start)});")
-        start += size
+        calls.append(f"qc_concat_s8(&{p_id}, {ctx.ptr(tid)}, {ctx.ptr(op.output, start * out_cs)});")
+        start += channels
     return Emitted(tuple(defs), ("\n".join(calls),))
 
 
@@ -401,9 +581,14 @@ def _(op: ir.Concat, ctx: EmitContext) -> Emitted:
 def _(op: ir.Pad, ctx: EmitContext) -> Emitted:
     c, h, w = _spatial(ctx.shape(op.input))
     pt, pl, pb, pr = op.padding
+    if op.name in ctx.layout.skipped:
+        return Emitted((), (ctx.header_comment(op, "fused into the convolution(s) reading it, no code"),))
     p_id = ctx.ident(op.name, "params")
+    in_cs, in_ps = ctx.strides(op.input)
+    out_cs, out_ps = ctx.strides(op.output)
     params = _c_params("qc_pad_params", p_id, [
         [("channels", c), ("in_h", h), ("in_w", w)],
+        [("in_cs", in_cs), ("in_ps", in_ps), ("out_cs", out_cs), ("out_ps", out_ps)],
         [("pad_top", pt), ("pad_left", pl), ("pad_bottom", pb), ("pad_right", pr)],
         [("value", op.value)],
     ])
@@ -452,20 +637,28 @@ def _check_inputs(program: ir.Program, plan: MemoryPlan, name: str) -> None:
                                   f"for this program?")
 
 
-def _arena_comment(program: ir.Program, plan: MemoryPlan) -> str:
-    lines = [f" * Arena: {plan.arena_size} bytes (lower bound for this op order: {plan.lower_bound}).",
+def _arena_comment(program: ir.Program, plan: MemoryPlan, layout: Layout) -> str:
+    lines = [f" * Arena: {layout.arena_size} bytes: planned tensors {plan.arena_size} (lower bound for this op "
+             f"order: {plan.lower_bound}) + {layout.arena_size - plan.arena_size} grown for kernel scratch.",
+             " * Tensors marked HWC are stored channels-last; the others in PyTorch order.",
              " *   offset     size  live ops    tensor"]
     for tid in sorted(plan.offsets, key=lambda t: (plan.offsets[t], t)):
         first, last = plan.lifetimes[tid]
         alias = " (in-place reshape)" if tid in plan.aliases else ""
         t = program.tensors[tid]
+        hwc = " HWC" if layout.hwc(tid) else ""
         lines.append(f" * {plan.offsets[tid]:8d} {t.size:8d}  [{first:3d},{last:3d}]  "
-                     f"{_comment_text(t.name)} {_shape_text(t.shape)}{alias}")
+                     f"{_comment_text(t.name)} {_shape_text(t.shape)}{hwc}{alias}")
+    for op_name in sorted(layout.scratch, key=lambda n: (layout.scratch[n], n)):
+        size = scratch_bytes(next(op for op in program.ops if op.name == op_name), program)
+        lines.append(f" * {layout.scratch[op_name]:8d} {size:8d}  scratch of {_comment_text(op_name)}")
     return "/*\n" + "\n".join(lines) + "\n */"
 
 
-def _emit_header(program: ir.Program, plan: MemoryPlan, name: str) -> str:
+def _emit_header(program: ir.Program, plan: MemoryPlan, name: str, layout: Layout, n_regions: int) -> str:
     macro = name.upper()
+    profile = (f"\n/* Profiling build: every kernel call is one instruction-count region ({n_regions} per run). */\n"
+               f"#define {macro}_PROFILE_REGIONS {n_regions}\n") if n_regions else ""
     tin, tout = program.input, program.output
     return f"""\
 /* {name}.h - generated by qcompile from program '{_comment_text(program.name)}'. Do not edit. */
@@ -488,9 +681,10 @@ extern "C" {{
 #define {macro}_OUTPUT_SCALE {_c_float(tout.scale)}
 #define {macro}_OUTPUT_ZERO_POINT {_c_macro_int(tout.zero_point)}
 
-/* Bytes of the static scratch arena inside {name}.c. */
-#define {macro}_ARENA_SIZE {plan.arena_size}
-
+/* Bytes of the static arena inside {name}.c: {plan.arena_size} planned for tensors
+   + {layout.arena_size - plan.arena_size} grown for kernel scratch (im2col). */
+#define {macro}_ARENA_SIZE {layout.arena_size}
+{profile}
 /*
  * Run the model on one sample: input holds {macro}_INPUT_SIZE int8 values, output receives
  * {macro}_OUTPUT_SIZE. The buffers must not overlap. Not reentrant (one static arena).
@@ -506,14 +700,41 @@ int {name}_run(const int8_t *input, int8_t *output);
 """
 
 
-def _emit_source(program: ir.Program, plan: MemoryPlan, name: str) -> str:
-    ctx = EmitContext(program, plan, name)
+_PROFILE_MACROS = """\
+/* Instruction-count regions (QEMU icount plugin markers; no-ops elsewhere). */
+#if defined(__arm__) || defined(__thumb__)
+#define QC_REGION_BEGIN() __asm__ volatile("mov r11, r11" ::: "memory")
+#define QC_REGION_END() __asm__ volatile("mov r10, r10" ::: "memory")
+#else
+#define QC_REGION_BEGIN() ((void)0)
+#define QC_REGION_END() ((void)0)
+#endif
+"""
+
+_KERNEL_CALL = re.compile(r"^(qc_\w+_s8)\(", re.M)
+
+
+def _profile(statement: str, op: ir.Op, regions: list[str]) -> str:
+    """Wrap every kernel call of ``statement`` in region markers; record one region name per call."""
+    lines = statement.splitlines()
+    calls = [i for i, line in enumerate(lines) if _KERNEL_CALL.match(line)]
+    for k, i in enumerate(reversed(calls)):
+        lines[i:i + 1] = ["QC_REGION_BEGIN();", lines[i], "QC_REGION_END();"]
+    for k in range(len(calls)):
+        regions.append(op.name if len(calls) == 1 else f"{op.name}[{k}]")
+    return "\n".join(lines)
+
+
+def _emit_source(program: ir.Program, plan: MemoryPlan, name: str, layout: Layout,
+                 profile: bool = False) -> tuple[str, list[str]]:
+    ctx = EmitContext(program, plan, name, layout)
     definitions: list[str] = []
     statements: list[str] = []
+    regions: list[str] = []
     for op in program.ops:
         emitted = emit_op(op, ctx)
         definitions.extend(emitted.definitions)
-        statements.extend(emitted.statements)
+        statements.extend(_profile(s, op, regions) if profile else s for s in emitted.statements)
     if program.outputs[0] == program.inputs[0]:
         statements.append(f"/* the graph output is the graph input */\n"
                           f"memmove(output, input, {program.output.size});")
@@ -522,11 +743,12 @@ def _emit_source(program: ir.Program, plan: MemoryPlan, name: str) -> str:
     parts = [
         f"/* {name}.c - generated by qcompile from program '{_comment_text(program.name)}'. Do not edit. */\n"
         f"#include \"{name}.h\"\n\n#include <string.h>\n\n#include \"qc_kernels.h\"\n",
+        *((_PROFILE_MACROS,) if profile else ()),
         *definitions,
     ]
     run_prologue = ""
-    if plan.arena_size > 0:
-        parts.append(f"{_arena_comment(program, plan)}\n"
+    if layout.arena_size > 0:
+        parts.append(f"{_arena_comment(program, plan, layout)}\n"
                      f"static union {{\n    int64_t align; /* 8-byte alignment in plain C99 */\n"
                      f"    int8_t bytes[{macro}_ARENA_SIZE];\n}} {name}_arena;\n")
         run_prologue = f"    int8_t *const arena = {name}_arena.bytes;\n\n"
@@ -536,7 +758,13 @@ def _emit_source(program: ir.Program, plan: MemoryPlan, name: str) -> str:
         f"    if (input == NULL || output == NULL) {{\n        return -1;\n    }}\n"
         f"{body}\n    return 0;\n}}\n"
     )
-    return "\n".join(parts)
+    return "\n".join(parts), regions
+
+
+def profile_regions(program: ir.Program, plan: MemoryPlan, name: str = "model") -> list[str]:
+    """Op name of every instruction-count region of ``emit_c(..., profile=True)``, in run order
+    (``op[k]`` for the k-th kernel call of an op with several, e.g. Concat)."""
+    return _emit_source(program, plan, name, analyze(program, plan), profile=True)[1]
 
 
 def _indent(statement: str) -> str:
@@ -552,7 +780,7 @@ def _emit_makefile(name: str) -> str:
 #   SRCS   += $({v}_SRCS)
 #   CFLAGS += $({v}_INC) $({v}_CFLAGS)
 {v}_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
-{v}_SRCS := $({v}_DIR)/{name}.c $({v}_DIR)/qc_kernels.c
+{v}_SRCS := $({v}_DIR)/{name}.c {" ".join(f"$({v}_DIR)/{f}" for f in RUNTIME_FILES if f.endswith(".c"))}
 {v}_INC := -I$({v}_DIR)
 # Suggested flags (the sources are C99 and warning-free under -Wall -Wextra -pedantic).
 {v}_CFLAGS := -std=c99 -O2 -Wall -Wextra -pedantic
@@ -560,10 +788,12 @@ def _emit_makefile(name: str) -> str:
 """
 
 
-def emit_c(program: ir.Program, plan: MemoryPlan, name: str) -> dict[str, str]:
+def emit_c(program: ir.Program, plan: MemoryPlan, name: str, *, profile: bool = False) -> dict[str, str]:
     """Generate the C sources of ``program`` with memory ``plan``; returns ``{file name: text}``.
 
-    Files: ``<name>.h``, ``<name>.c``, ``qc_kernels.h``, ``qc_kernels.c``, ``<name>.mk``.
+    Files: ``<name>.h``, ``<name>.c``, the runtime (:data:`RUNTIME_FILES`), ``<name>.mk``.
+    ``profile=True`` wraps every kernel call in instruction-count region markers
+    (:func:`profile_regions` names them) and defines ``<NAME>_PROFILE_REGIONS``.
     ``name`` must be a C identifier; it prefixes the public symbols (``<name>_run``) and
     upper-cased the macros (``<NAME>_INPUT_SIZE``...). Raises :class:`ConfigError` for a bad
     name and :class:`IRVerificationError` for programs the backend cannot express (more than
@@ -571,9 +801,11 @@ def emit_c(program: ir.Program, plan: MemoryPlan, name: str) -> dict[str, str]:
     """
     ir.verify(program)
     _check_inputs(program, plan, name)
+    layout = analyze(program, plan)
+    source, regions = _emit_source(program, plan, name, layout, profile)
     files = {
-        f"{name}.h": _emit_header(program, plan, name),
-        f"{name}.c": _emit_source(program, plan, name),
+        f"{name}.h": _emit_header(program, plan, name, layout, len(regions) if profile else 0),
+        f"{name}.c": source,
     }
     files.update(runtime_sources())
     files[f"{name}.mk"] = _emit_makefile(name)

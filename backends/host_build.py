@@ -25,7 +25,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from qcompile.backends import ir
-from qcompile.backends.c_emitter import emit_c
+from qcompile.backends.c_emitter import RUNTIME_FILES, emit_c
 from qcompile.backends.memory_plan import MemoryPlan, plan_memory
 from qcompile.errors import BuildError, IRVerificationError
 
@@ -183,7 +183,7 @@ def build_host_runner(program: ir.Program, plan: MemoryPlan | None, directory: s
     write_sources(files, directory)
     exe = directory / f"{name}_host"
     flags = [*cflags, *(SANITIZE_CFLAGS if sanitize else ())]
-    sources = [f"{name}.c", "qc_kernels.c", _MAIN_FILE]
+    sources = [f"{name}.c", *(f for f in RUNTIME_FILES if f.endswith(".c")), _MAIN_FILE]
     _run([cc, *flags, "-I.", *sources, "-o", exe.name], cwd=directory, timeout=timeout,
          what=f"compiling model '{name}' with {cc}")
     return exe

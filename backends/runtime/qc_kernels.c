@@ -1,5 +1,5 @@
 /*
- * qc_kernels.c - portable C99 reference kernels (see qc_kernels.h for the conventions).
+ * qc_kernels.c - element-wise, pooling, data-movement and softmax kernels (see qc_kernels.h for the conventions).
  *
  * Each kernel mirrors one rule of the reference interpreter (backends/interpreter.py) and
  * must stay bit-exact with it. Loop invariants are hoisted; window bounds are found once per
@@ -32,85 +32,39 @@ static int8_t qc_to_int8(int32_t v, int32_t act_min, int32_t act_max)
     return (int8_t)qc_clamp(v, act_min, act_max);
 }
 
-void qc_conv2d_s8(const qc_conv2d_params *p, const int8_t *input, int8_t *output)
-{
-    const int32_t in_plane = p->in_h * p->in_w;
-    const int32_t out_plane = p->out_h * p->out_w;
-    const int32_t cin_group = p->in_c / p->groups;
-    const int32_t cout_group = p->out_c / p->groups;
-    const int32_t taps = p->kernel_h * p->kernel_w;
-    const int32_t input_offset = p->input_offset;
-    int32_t co;
-
-    for (co = 0; co < p->out_c; ++co) {
-        const int8_t *in_group = input + (co / cout_group) * cin_group * in_plane;
-        const int8_t *w_co = p->weight + co * cin_group * taps;
-        const int32_t bias = p->bias[co];
-        const int32_t multiplier = p->multiplier[co];
-        const int32_t shift = p->shift[co];
-        int8_t *out_co = output + co * out_plane;
-        int32_t oy;
-
-        for (oy = 0; oy < p->out_h; ++oy) {
-            const int32_t iy0 = oy * p->stride_h - p->pad_top;
-            int32_t ky_lo, ky_hi, ox;
-            qc_window(iy0, p->dilation_h, p->kernel_h, p->in_h, &ky_lo, &ky_hi);
-
-            for (ox = 0; ox < p->out_w; ++ox) {
-                const int32_t ix0 = ox * p->stride_w - p->pad_left;
-                int32_t kx_lo, kx_hi, ci;
-                int32_t acc = bias;
-                qc_window(ix0, p->dilation_w, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
-
-                for (ci = 0; ci < cin_group; ++ci) {
-                    const int8_t *in_ch = in_group + ci * in_plane;
-                    const int8_t *w_ch = w_co + ci * taps;
-                    int32_t ky;
-                    for (ky = ky_lo; ky < ky_hi; ++ky) {
-                        const int8_t *in_row = in_ch + (iy0 + ky * p->dilation_h) * p->in_w;
-                        const int8_t *w_row = w_ch + ky * p->kernel_w;
-                        int32_t kx;
-                        for (kx = kx_lo; kx < kx_hi; ++kx) {
-                            acc += w_row[kx] * (in_row[ix0 + kx * p->dilation_w] + input_offset);
-                        }
-                    }
-                }
-                out_co[oy * p->out_w + ox] =
-                    qc_to_int8(qc_requantize(acc, multiplier, shift) + p->output_offset, p->act_min, p->act_max);
-            }
-        }
-    }
-}
-
-void qc_dense_s8(const qc_dense_params *p, const int8_t *input, int8_t *output)
-{
-    const int32_t input_offset = p->input_offset;
-    int32_t o;
-
-    for (o = 0; o < p->out_features; ++o) {
-        const int8_t *w_row = p->weight + o * p->in_features;
-        int32_t acc = p->bias[o];
-        int32_t i;
-        for (i = 0; i < p->in_features; ++i) {
-            acc += w_row[i] * (input[i] + input_offset);
-        }
-        output[o] = qc_to_int8(qc_requantize(acc, p->multiplier[o], p->shift[o]) + p->output_offset,
-                               p->act_min, p->act_max);
-    }
-}
-
 void qc_add_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output)
 {
-    const int64_t scale = (int64_t)1 << p->left_shift;
     int32_t i;
 
-    for (i = 0; i < p->size; ++i) {
-        const int32_t a = qc_requantize64((int64_t)(input1[i] + p->input1_offset) * scale,
-                                          p->input1_multiplier, p->input1_shift);
-        const int32_t b = qc_requantize64((int64_t)(input2[i] + p->input2_offset) * scale,
-                                          p->input2_multiplier, p->input2_shift);
-        const int32_t sum = qc_requantize64((int64_t)a + (int64_t)b, p->output_multiplier, p->output_shift);
-        output[i] = qc_to_int8(sum + p->output_offset, p->act_min, p->act_max);
+    if (p->fast) {
+        /* proved exact by the emitter: no saturation, right shifts >= 1 (see qc_add_params) */
+        const int32_t o1 = p->input1_offset, o2 = p->input2_offset;
+        const int32_t m1 = p->input1_multiplier, m2 = p->input2_multiplier, mo = p->output_multiplier;
+        const int32_t s1 = p->in1_shift, s2 = p->in2_shift, so = p->out_shift;
+        const int32_t r1 = p->in1_right, r2 = p->in2_right, ro = p->out_right;
+        const int32_t h1 = p->in1_round, h2 = p->in2_round, ho = p->out_round;
+        const int32_t lo = p->act_min, hi = p->act_max;
+        const int32_t g1 = r1 > 0 ? -1 : 0, g2 = r2 > 0 ? -1 : 0;  /* no rounding term for a zero shift */
+        for (i = 0; i < p->size; ++i) {
+            const int32_t va = qc_mulhi_round((int32_t)((uint32_t)(input1[i] + o1) << s1), m1);
+            const int32_t vb = qc_mulhi_round((int32_t)((uint32_t)(input2[i] + o2) << s2), m2);
+            const int32_t a = (va + h1 + ((va >> 31) & g1)) >> r1;
+            const int32_t b = (vb + h2 + ((vb >> 31) & g2)) >> r2;
+            const int32_t v = qc_mulhi_round((int32_t)((uint32_t)(a + b) << so), mo);
+            output[i] = qc_to_int8((v + ho + (v >> 31)) >> ro, lo, hi);
+        }
+        return;
+    }
+    {
+        const int64_t scale = (int64_t)1 << p->left_shift;
+        for (i = 0; i < p->size; ++i) {
+            const int32_t a = qc_requantize64((int64_t)(input1[i] + p->input1_offset) * scale,
+                                              p->input1_multiplier, p->input1_shift);
+            const int32_t b = qc_requantize64((int64_t)(input2[i] + p->input2_offset) * scale,
+                                              p->input2_multiplier, p->input2_shift);
+            const int32_t sum = qc_requantize64((int64_t)a + (int64_t)b, p->output_multiplier, p->output_shift);
+            output[i] = qc_to_int8(sum + p->output_offset, p->act_min, p->act_max);
+        }
     }
 }
 
@@ -120,12 +74,12 @@ void qc_mul_s8(const qc_mul_params *p, const int8_t *input1, const int8_t *input
 
     for (c = 0; c < p->channels; ++c) {
         const int32_t b = input2[c] + p->input2_offset;
-        const int8_t *x = input1 + c * p->inner;
-        int8_t *y = output + c * p->inner;
+        const int8_t *x = input1 + c * p->c_stride;
+        int8_t *y = output + c * p->c_stride;
         int32_t i;
         for (i = 0; i < p->inner; ++i) {
-            const int32_t prod = (x[i] + p->input1_offset) * b;
-            y[i] = qc_to_int8(qc_requantize(prod, p->multiplier, p->shift) + p->output_offset,
+            const int32_t prod = (x[i * p->i_stride] + p->input1_offset) * b;
+            y[i * p->i_stride] = qc_to_int8(qc_requantize(prod, p->multiplier, p->shift) + p->output_offset,
                               p->act_min, p->act_max);
         }
     }
@@ -133,11 +87,12 @@ void qc_mul_s8(const qc_mul_params *p, const int8_t *input1, const int8_t *input
 
 void qc_maxpool_s8(const qc_maxpool_params *p, const int8_t *input, int8_t *output)
 {
-    const int32_t in_plane = p->in_h * p->in_w;
+    const int32_t ps = p->in_ps;
     int32_t c;
 
     for (c = 0; c < p->channels; ++c) {
-        const int8_t *in_ch = input + c * in_plane;
+        const int8_t *in_ch = input + c * p->in_cs;
+        int8_t *out_ch = output + c * p->out_cs;
         int32_t oy;
         for (oy = 0; oy < p->out_h; ++oy) {
             const int32_t iy0 = oy * p->stride_h - p->pad_top;
@@ -149,15 +104,14 @@ void qc_maxpool_s8(const qc_maxpool_params *p, const int8_t *input, int8_t *outp
                 int32_t best = INT32_MIN; /* a window entirely in padding clamps to act_min */
                 qc_window(ix0, 1, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
                 for (ky = ky_lo; ky < ky_hi; ++ky) {
-                    const int8_t *in_row = in_ch + (iy0 + ky) * p->in_w;
+                    const int8_t *in_row = in_ch + (iy0 + ky) * p->in_w * ps;
                     int32_t kx;
                     for (kx = kx_lo; kx < kx_hi; ++kx) {
-                        if (in_row[ix0 + kx] > best) {
-                            best = in_row[ix0 + kx];
-                        }
+                        const int32_t v = in_row[(ix0 + kx) * ps];
+                        best = v > best ? v : best;
                     }
                 }
-                *output++ = qc_to_int8(best, p->act_min, p->act_max);
+                out_ch[(oy * p->out_w + ox) * p->out_ps] = qc_to_int8(best, p->act_min, p->act_max);
             }
         }
     }
@@ -165,11 +119,12 @@ void qc_maxpool_s8(const qc_maxpool_params *p, const int8_t *input, int8_t *outp
 
 void qc_avgpool_s8(const qc_avgpool_params *p, const int8_t *input, int8_t *output)
 {
-    const int32_t in_plane = p->in_h * p->in_w;
+    const int32_t ps = p->in_ps;
     int32_t c;
 
     for (c = 0; c < p->channels; ++c) {
-        const int8_t *in_ch = input + c * in_plane;
+        const int8_t *in_ch = input + c * p->in_cs;
+        int8_t *out_ch = output + c * p->out_cs;
         int32_t oy;
         for (oy = 0; oy < p->out_h; ++oy) {
             const int32_t iy0 = oy * p->stride_h - p->pad_top;
@@ -181,14 +136,14 @@ void qc_avgpool_s8(const qc_avgpool_params *p, const int8_t *input, int8_t *outp
                 int32_t acc = 0;
                 qc_window(ix0, 1, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
                 for (ky = ky_lo; ky < ky_hi; ++ky) {
-                    const int8_t *in_row = in_ch + (iy0 + ky) * p->in_w;
+                    const int8_t *in_row = in_ch + (iy0 + ky) * p->in_w * ps;
                     int32_t kx;
                     for (kx = kx_lo; kx < kx_hi; ++kx) {
-                        acc += in_row[ix0 + kx];
+                        acc += in_row[(ix0 + kx) * ps];
                     }
                 }
                 acc += (ky_hi - ky_lo) * (kx_hi - kx_lo) * p->input_offset;
-                *output++ = qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset,
+                out_ch[(oy * p->out_w + ox) * p->out_ps] = qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset,
                                        p->act_min, p->act_max);
             }
         }
@@ -200,11 +155,11 @@ void qc_global_avgpool_s8(const qc_global_avgpool_params *p, const int8_t *input
     int32_t c;
 
     for (c = 0; c < p->channels; ++c) {
-        const int8_t *x = input + c * p->inner;
+        const int8_t *x = input + c * p->c_stride;
         int32_t acc = p->inner * p->input_offset;
         int32_t i;
         for (i = 0; i < p->inner; ++i) {
-            acc += x[i];
+            acc += x[i * p->i_stride];
         }
         output[c] = qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset, -128, 127);
     }
@@ -225,54 +180,63 @@ void qc_prelu_s8(const qc_prelu_params *p, const int8_t *input, int8_t *output)
     int32_t c;
 
     for (c = 0; c < p->channels; ++c) {
-        const int8_t *x = input + c * p->inner;
-        int8_t *y = output + c * p->inner;
+        const int8_t *x = input + c * p->c_stride;
+        int8_t *y = output + c * p->c_stride;
         const int32_t neg_multiplier = p->neg_multiplier[c];
         const int32_t neg_shift = p->neg_shift[c];
         int32_t i;
         for (i = 0; i < p->inner; ++i) {
-            const int32_t v = x[i] + p->input_offset;
+            const int32_t v = x[i * p->i_stride] + p->input_offset;
             const int32_t r = v >= 0 ? qc_requantize(v, p->pos_multiplier, p->pos_shift)
                                      : qc_requantize(v, neg_multiplier, neg_shift);
-            y[i] = qc_to_int8(r + p->output_offset, -128, 127);
+            y[i * p->i_stride] = qc_to_int8(r + p->output_offset, -128, 127);
         }
     }
 }
 
 void qc_concat_s8(const qc_concat_params *p, const int8_t *input, int8_t *output)
 {
-    int32_t i;
+    const int same = p->multiplier == (INT32_C(1) << 30) && p->shift == 1 && p->input_offset + p->output_offset == 0;
+    int32_t c, i;
 
-    /* Same quantization on both sides: requantize((x - zp) * 1.0) + zp == x, a plain copy. */
-    if (p->multiplier == (INT32_C(1) << 30) && p->shift == 1 && p->input_offset + p->output_offset == 0) {
-        memcpy(output, input, (size_t)p->size);
+    if (same && p->in_cs == p->out_cs && p->in_ps == 1 && p->out_ps == 1) {
+        /* same quantization, planes contiguous: requantize((x - zp) * 1.0) + zp == x, a plain copy */
+        for (c = 0; c < p->channels; ++c) {
+            memcpy(output + c * p->out_cs, input + c * p->in_cs, (size_t)p->pixels);
+        }
         return;
     }
-    for (i = 0; i < p->size; ++i) {
-        output[i] = qc_to_int8(qc_requantize(input[i] + p->input_offset, p->multiplier, p->shift) + p->output_offset,
-                               -128, 127);
+    for (i = 0; i < p->pixels; ++i) {
+        const int8_t *x = input + i * p->in_ps;
+        int8_t *y = output + i * p->out_ps;
+        for (c = 0; c < p->channels; ++c) {
+            const int32_t v = x[c * p->in_cs];
+            y[c * p->out_cs] = same ? (int8_t)v
+                                    : qc_to_int8(qc_requantize(v + p->input_offset, p->multiplier, p->shift)
+                                                 + p->output_offset, -128, 127);
+        }
     }
 }
 
 void qc_pad_s8(const qc_pad_params *p, const int8_t *input, int8_t *output)
 {
     const int32_t out_w = p->pad_left + p->in_w + p->pad_right;
-    const int value = (int)p->value;
-    int32_t c;
+    const int32_t out_h = p->pad_top + p->in_h + p->pad_bottom;
+    const int8_t value = (int8_t)p->value;
+    int32_t c, y, x;
 
     for (c = 0; c < p->channels; ++c) {
-        int32_t y;
-        memset(output, value, (size_t)(p->pad_top * out_w));
-        output += p->pad_top * out_w;
-        for (y = 0; y < p->in_h; ++y) {
-            memset(output, value, (size_t)p->pad_left);
-            memcpy(output + p->pad_left, input, (size_t)p->in_w);
-            memset(output + p->pad_left + p->in_w, value, (size_t)p->pad_right);
-            output += out_w;
-            input += p->in_w;
+        const int8_t *in_ch = input + c * p->in_cs;
+        int8_t *out_ch = output + c * p->out_cs;
+        for (y = 0; y < out_h; ++y) {
+            const int32_t iy = y - p->pad_top;
+            const int row_ok = iy >= 0 && iy < p->in_h;
+            for (x = 0; x < out_w; ++x) {
+                const int32_t ix = x - p->pad_left;
+                out_ch[(y * out_w + x) * p->out_ps] =
+                    row_ok && ix >= 0 && ix < p->in_w ? in_ch[(iy * p->in_w + ix) * p->in_ps] : value;
+            }
         }
-        memset(output, value, (size_t)(p->pad_bottom * out_w));
-        output += p->pad_bottom * out_w;
     }
 }
 

@@ -1,25 +1,37 @@
 /*
- * qc_kernels.h - portable C99 integer kernels for qcompile-generated models.
+ * qc_kernels.h - C99 integer kernels for qcompile-generated models.
  *
- * One function per integer IR op kind (backends/ir.py). Every kernel reads int8 tensors
- * laid out contiguously in PyTorch logical order without the batch dimension ((C, H, W),
- * (C, L) seen as H = 1, or (F,)), accumulates in int32 and requantizes with exactly the
+ * One kernel (or a few variants the emitter chooses between at compile time) per integer IR
+ * op kind (backends/ir.py). Kernels accumulate in int32 and requantize with exactly the
  * arithmetic of qcompile.fixedpoint.requantize (TFLite / CMSIS-NN rounding). The reference
  * interpreter (backends/interpreter.py) is the specification; generated code is tested
- * against it bit for bit.
+ * against it bit for bit on the host and on Cortex-M0+/M3 (plain C), M4, M7 and M33 (DSP).
+ *
+ * Files: qc_kernels.c (element-wise, pooling, data movement, softmax), qc_conv.c
+ * (convolution, depthwise convolution, fully connected). On cores with the DSP extension
+ * (__ARM_FEATURE_DSP: Cortex-M4/M7/M33) the hot loops use SMLAD/SXTAB16 (ACLE <arm_acle.h>);
+ * elsewhere the same kernels run plain C on the same data layout.
+ *
+ * Memory layout. A (C, H, W) tensor (or (C, L) seen as H = 1) is addressed through two strides:
+ * element (c, y, x) lives at c * c_stride + (y * W + x) * p_stride. PyTorch order ("CHW") is
+ * c_stride = H*W, p_stride = 1; channels-last ("HWC", what the emitter uses inside the arena so
+ * that the reduction dimension of a convolution is contiguous) is c_stride = 1, p_stride = C.
+ * The graph input and output always hold PyTorch order. Element-wise kernels (Add, Lut, Mul of
+ * equal shapes) need every operand in the same layout; the emitter guarantees it.
  *
  * Conventions (shared with the IR):
  *   - "*_offset" fields are added to raw int8 values: input_offset = -zero_point_in,
  *     output_offset = +zero_point_out.
  *   - (multiplier, shift) pairs: real ~= multiplier * 2^(shift - 31), |multiplier| in
  *     [2^30, 2^31) or 0, shift in [-31, 30].
- *   - Output buffers must not overlap input buffers.
- *   - Accumulators are int32: a layer must keep every partial sum in int32 range (the
- *     interpreter checks the final sums; partial sums of realistic layers are far smaller).
+ *   - Outputs must not overlap inputs, except for the element-wise kernels (Add, Mul, Lut,
+ *     PRelu), which also accept output == input (in-place; the memory planner uses it).
+ *   - Accumulators are int32; the IR verifier proves no partial sum can overflow.
  *
  * Every kernel takes a constant parameter block (generated into flash next to the weights)
- * followed by its input and output pointers, so optimised variants (e.g. Arm DSP/MVE) can
- * share the signatures. No dynamic memory, no I/O, no floating point.
+ * followed by its input and output pointers (and, for kernels that need one, a scratch
+ * buffer inside the arena whose size the emitter computes). No dynamic memory, no I/O, no
+ * floating point.
  */
 #ifndef QC_KERNELS_H
 #define QC_KERNELS_H
@@ -92,37 +104,121 @@ static inline int32_t qc_requantize(int32_t acc, int32_t multiplier, int32_t shi
     return qc_requantize64((int64_t)acc, multiplier, shift);
 }
 
+/**
+ * Rounding high multiply (a * b + 2^31) >> 32 (the SMMULR instruction).
+ * qc_mulhi_round(2 * x, m) == qc_doubling_high_mult(x, m) for |2 * x| < 2^31.
+ */
+static inline int32_t qc_mulhi_round(int32_t a, int32_t b)
+{
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+#else
+    return (int32_t)(((int64_t)a * (int64_t)b + ((int64_t)1 << 31)) >> 32);
+#endif
+}
+
+/**
+ * Per-channel requantization record.
+ *
+ * "Fast" form (chosen by the emitter when it has proved, from the weights, biases and
+ * shifts, that nothing below can overflow and that right >= 1): the accumulator arrives
+ * pre-scaled by 2^(left + 1) (the emitter scales the weights and the bias), and
+ *   out = (mulhi_round(acc, multiplier) + round + sign) >> right,
+ * with sign = -1 for a negative product and round = 2^(right - 1) + output_offset * 2^right,
+ * which equals requantize(acc, multiplier, shift) + output_offset bit for bit.
+ * "Exact" form: {multiplier, shift, output_offset}, the portable qc_requantize.
+ */
+typedef struct {
+    int32_t multiplier;
+    int32_t shift;      /* fast: right shift (>= 1); exact: the IR shift */
+    int32_t round;      /* fast: rounding + output offset term; exact: output_offset */
+} qc_rq;
+
+/** Fast requantization of a pre-scaled accumulator (see qc_rq); the result includes the offset. */
+static inline int32_t qc_rq_fast(int32_t acc, const qc_rq *q)
+{
+    const int32_t v = qc_mulhi_round(acc, q->multiplier);
+    return (v + q->round + (v >> 31)) >> q->shift;
+}
+
+/** Exact requantization (see qc_rq); the result includes the output offset. */
+static inline int32_t qc_rq_exact(int32_t acc, const qc_rq *q)
+{
+    return qc_requantize(acc, q->multiplier, q->shift) + q->round;
+}
+
 /* ------------------------------------------------------------------ parameter blocks */
 
-/** Conv2D: grouped / depthwise 2-D convolution; 1-D convolutions use in_h = out_h = 1. */
+/**
+ * Conv2D through im2col + a register-blocked GEMM (2 output channels x 2 pixels).
+ *
+ * Weights: int16 values packed two per uint32 word (low half first). For each group, each
+ * pair of output channels (an odd count gets a zero channel) and each block of 4 reduction
+ * indices k (k = (ky * kernel_w + kx) * cin_group + ci, zero-padded to k_pad), 4 words:
+ * [ch0: (k0,k2) (k1,k3)] [ch1: (k0,k2) (k1,k3)]. bias and rq are indexed by the padded channel
+ * g * cout_pad + j (cout_pad = cout_group rounded up to even).
+ * Scratch: 4 * k_pad int16 (2 pixels, the same (k0,k2)(k1,k3) order, interleaved by block).
+ */
 typedef struct {
-    int32_t in_c, in_h, in_w;
-    int32_t out_c, out_h, out_w;
+    int32_t in_c, in_h, in_w, in_cs, in_ps;
+    int32_t out_c, out_h, out_w, out_cs, out_ps;
     int32_t kernel_h, kernel_w;
     int32_t stride_h, stride_w;
     int32_t dilation_h, dilation_w;
-    int32_t pad_top, pad_left, pad_bottom, pad_right;
-    int32_t groups;
-    int32_t input_offset, output_offset;
+    int32_t pad_top, pad_left;
+    int32_t groups, cin_group, cout_group, cout_pad;
+    int32_t k, k_pad;
+    int32_t input_offset;
     int32_t act_min, act_max;
-    const int8_t *weight;       /* (out_c, in_c / groups, kernel_h, kernel_w) */
-    const int32_t *bias;        /* (out_c,) at scale s_in * s_w[c] */
-    const int32_t *multiplier;  /* (out_c,) */
-    const int32_t *shift;       /* (out_c,) */
-} qc_conv2d_params;
+    int32_t rq_fast;            /* 1: weights/bias pre-scaled, rq in fast form */
+    const uint32_t *weight;
+    const int32_t *bias;
+    const qc_rq *rq;
+} qc_conv_params;
 
-/** Dense (fully connected). */
+/**
+ * Depthwise Conv2D (groups == in_c == out_c); fastest with a channels-last input. Weights:
+ * int16 pairs in uint32 words, for each block of 4 channels (zero-padded to c_pad) and each tap
+ * (ky * kernel_w + kx): (c0,c2) (c1,c3). bias and rq have c_pad entries.
+ */
 typedef struct {
-    int32_t in_features, out_features;
-    int32_t input_offset, output_offset;
+    int32_t channels, c_pad, in_h, in_w, in_cs, in_ps;
+    int32_t out_h, out_w, out_cs, out_ps;
+    int32_t kernel_h, kernel_w;
+    int32_t stride_h, stride_w;
+    int32_t dilation_h, dilation_w;
+    int32_t pad_top, pad_left;
+    int32_t input_offset;
     int32_t act_min, act_max;
-    const int8_t *weight;       /* (out_features, in_features) */
-    const int32_t *bias;        /* (out_features,) */
-    const int32_t *multiplier;  /* (out_features,) */
-    const int32_t *shift;       /* (out_features,) */
-} qc_dense_params;
+    int32_t rq_fast;
+    const uint32_t *weight;
+    const int32_t *bias;
+    const qc_rq *rq;
+} qc_dwconv_params;
 
-/** Add (TFLite int8 ADD): both inputs and the output have `size` elements. */
+/**
+ * Dense (fully connected). Weights packed like qc_conv_params with one group and
+ * k = in_features (columns permuted by the emitter when the input is stored channels-last).
+ * Scratch: k_pad int16.
+ */
+typedef struct {
+    int32_t in_features, k_pad, out_features, out_pad;
+    int32_t input_offset;
+    int32_t act_min, act_max;
+    int32_t rq_fast;
+    const uint32_t *weight;
+    const int32_t *bias;
+    const qc_rq *rq;
+} qc_fc_params;
+
+/**
+ * Add (TFLite int8 ADD): both inputs and the output have `size` elements in the same layout.
+ * fast = 1: the emitter proved the shortcut below exact (no saturation; output right shift >= 1);
+ * then in1_shift = left_shift + max(input1_shift, 0) + 1, in1_right = max(-input1_shift, 0)
+ * and likewise for input 2 and the output (out_round includes the output offset, like qc_rq).
+ */
 typedef struct {
     int32_t size;
     int32_t input1_offset, input2_offset;
@@ -132,14 +228,19 @@ typedef struct {
     int32_t output_offset;
     int32_t left_shift;
     int32_t act_min, act_max;
+    int32_t fast;
+    int32_t in1_shift, in1_right, in1_round;
+    int32_t in2_shift, in2_right, in2_round;
+    int32_t out_shift, out_right, out_round;
 } qc_add_params;
 
 /**
- * Mul (TFLite int8 MUL): input1 and the output are (channels, inner); input2 holds one value
- * per channel. An element-wise product of equal shapes is channels = size, inner = 1.
+ * Mul (TFLite int8 MUL): input1 and the output are (channels, inner) elements, element (c, i)
+ * at c * c_stride + i * i_stride; input2 holds one value per channel. An element-wise product
+ * of equal shapes is channels = size, inner = 1, c_stride = 1.
  */
 typedef struct {
-    int32_t channels, inner;
+    int32_t channels, inner, c_stride, i_stride;
     int32_t input1_offset, input2_offset;
     int32_t output_offset;
     int32_t multiplier, shift;
@@ -149,6 +250,7 @@ typedef struct {
 /** MaxPool on raw int8 values; padded positions are ignored. */
 typedef struct {
     int32_t channels, in_h, in_w, out_h, out_w;
+    int32_t in_cs, in_ps, out_cs, out_ps;
     int32_t kernel_h, kernel_w;
     int32_t stride_h, stride_w;
     int32_t pad_top, pad_left, pad_bottom, pad_right;
@@ -158,6 +260,7 @@ typedef struct {
 /** AvgPool with a fixed divisor folded into (multiplier, shift); padded positions add 0. */
 typedef struct {
     int32_t channels, in_h, in_w, out_h, out_w;
+    int32_t in_cs, in_ps, out_cs, out_ps;
     int32_t kernel_h, kernel_w;
     int32_t stride_h, stride_w;
     int32_t pad_top, pad_left, pad_bottom, pad_right;
@@ -166,9 +269,9 @@ typedef struct {
     int32_t act_min, act_max;
 } qc_avgpool_params;
 
-/** GlobalAvgPool: (channels, inner) -> (channels,). */
+/** GlobalAvgPool: (channels, inner) -> (channels,); element (c, i) at c * c_stride + i * i_stride. */
 typedef struct {
-    int32_t channels, inner;
+    int32_t channels, inner, c_stride, i_stride;
     int32_t input_offset, output_offset;
     int32_t multiplier, shift;
 } qc_global_avgpool_params;
@@ -179,18 +282,22 @@ typedef struct {
     const int8_t *table;        /* 256 entries */
 } qc_lut_params;
 
-/** PRelu on (channels, inner), one negative slope per channel. */
+/** PRelu on (channels, inner), one negative slope per channel; element (c, i) at c * c_stride + i * i_stride. */
 typedef struct {
-    int32_t channels, inner;
+    int32_t channels, inner, c_stride, i_stride;
     int32_t input_offset, output_offset;
     int32_t pos_multiplier, pos_shift;
     const int32_t *neg_multiplier;  /* (channels,) */
     const int32_t *neg_shift;       /* (channels,) */
 } qc_prelu_params;
 
-/** One input block of a channel Concat: `size` elements rescaled to the output quantization. */
+/**
+ * One input block of a channel Concat: (channels, pixels) rescaled to the output quantization.
+ * The caller passes the output pointer advanced to the block's first channel.
+ */
 typedef struct {
-    int32_t size;
+    int32_t channels, pixels;
+    int32_t in_cs, in_ps, out_cs, out_ps;
     int32_t input_offset, output_offset;
     int32_t multiplier, shift;
 } qc_concat_params;
@@ -198,11 +305,12 @@ typedef struct {
 /** Pad: constant padding of the two last dims of (channels, in_h, in_w). */
 typedef struct {
     int32_t channels, in_h, in_w;
+    int32_t in_cs, in_ps, out_cs, out_ps;
     int32_t pad_top, pad_left, pad_bottom, pad_right;
     int32_t value;
 } qc_pad_params;
 
-/** Softmax over rows of row_size elements; output scale 1/256. */
+/** Softmax over rows of row_size elements (PyTorch order); output scale 1/256. */
 typedef struct {
     int32_t rows, row_size;
     int32_t output_offset;
@@ -211,8 +319,10 @@ typedef struct {
 
 /* ------------------------------------------------------------------ kernels */
 
-void qc_conv2d_s8(const qc_conv2d_params *p, const int8_t *input, int8_t *output);
-void qc_dense_s8(const qc_dense_params *p, const int8_t *input, int8_t *output);
+/* scratch: 4 * k_pad int16 for qc_conv_s8, k_pad int16 for qc_fc_s8 (the emitter sizes it). */
+void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
+void qc_dwconv_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output);
+void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
 void qc_add_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 void qc_mul_s8(const qc_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 void qc_maxpool_s8(const qc_maxpool_params *p, const int8_t *input, int8_t *output);

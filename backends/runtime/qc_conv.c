@@ -1,0 +1,684 @@
+/*
+ * qc_conv.c - convolution, depthwise convolution and fully connected kernels
+ * (see qc_kernels.h for the conventions and the weight layouts).
+ *
+ * Standard / grouped convolution: partial im2col of 2 output pixels into an int16 scratch
+ * (input offset added, padded taps 0) then a GEMM that keeps a 2 output channels x 2 pixels
+ * block of accumulators in registers: per 4 reduction indices it reads 4 weight words and 4
+ * activation words and issues 8 SMLAD (16 MACs). Channels-last input with cin_group % 4 == 0
+ * is expanded a word (4 channels) at a time with SXTAB16; any other layout is gathered
+ * element by element. The pairing (k0,k2)(k1,k3) of each 4-block is what SXTAB16 produces
+ * from 4 consecutive int8 values; the emitter stores the weights in the same order.
+ *
+ * Without the DSP extension the same loops run on the same data with plain multiplies.
+ */
+#include "qc_kernels.h"
+
+#include <string.h>
+
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#define QC_DSP 1
+#else
+#define QC_DSP 0
+#endif
+
+/* ------------------------------------------------------------------ small helpers */
+
+static inline uint32_t qc_pack16(int32_t lo, int32_t hi)
+{
+    return (uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16);
+}
+
+static inline int32_t qc_lo16(uint32_t w)
+{
+    return (int32_t)(int16_t)(uint16_t)(w & 0xFFFFu);
+}
+
+static inline int32_t qc_hi16(uint32_t w)
+{
+    return (int32_t)(int16_t)(uint16_t)(w >> 16);
+}
+
+#if QC_DSP
+static inline uint32_t qc_load32(const int8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline uint32_t qc_ror8(uint32_t v)
+{
+    return (v >> 8) | (v << 24);
+}
+
+/* (off + sext(byte 0), off + sext(byte 2)) and the same for bytes 1, 3 (one SXTAB16 each). */
+static inline uint32_t qc_ext02(uint32_t off2, uint32_t v)
+{
+    return (uint32_t)__sxtab16((int16x2_t)off2, (int8x4_t)v);
+}
+
+static inline uint32_t qc_ext13(uint32_t off2, uint32_t v)
+{
+#if defined(__GNUC__)
+    uint32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(off2), "r"(v));
+    return r;
+#else
+    return (uint32_t)__sxtab16((int16x2_t)off2, (int8x4_t)qc_ror8(v));
+#endif
+}
+#endif
+
+/** sum += lo(a) * lo(b) + hi(a) * hi(b) (SMLAD). */
+static inline int32_t qc_dot2(uint32_t a, uint32_t b, int32_t sum)
+{
+#if QC_DSP
+    return __smlad((int16x2_t)a, (int16x2_t)b, sum);
+#else
+    return sum + qc_lo16(a) * qc_lo16(b) + qc_hi16(a) * qc_hi16(b);
+#endif
+}
+
+static inline int8_t qc_out8(int32_t v, int32_t lo, int32_t hi)
+{
+    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/*
+ * Window taps k in [0, count) read position start + k * step; return in [*lo, *hi) the taps
+ * that fall inside [0, limit). Positions grow with k, so the valid taps are contiguous.
+ */
+static void qc_window(int32_t start, int32_t step, int32_t count, int32_t limit, int32_t *lo, int32_t *hi)
+{
+    int32_t a = 0;
+    int32_t b = count;
+    while (a < count && start + a * step < 0) {
+        ++a;
+    }
+    while (b > a && start + (b - 1) * step >= limit) {
+        --b;
+    }
+    *lo = a;
+    *hi = b;
+}
+
+/* ------------------------------------------------------------------ im2col */
+
+/*
+ * One output pixel's receptive field of group g into dst: word 2*b + {0, 1} of every block b
+ * (dst advances by 4 words per block, so two pixels interleave). Values are x + input_offset,
+ * padded taps 0, and indices k >= K are 0.
+ */
+static void qc_im2col(const qc_conv_params *p, const int8_t *input, int32_t g, int32_t oy, int32_t ox,
+                      uint32_t *dst)
+{
+    const int32_t iy0 = oy * p->stride_h - p->pad_top;
+    const int32_t ix0 = ox * p->stride_w - p->pad_left;
+    const int32_t cig = p->cin_group;
+    const int32_t off = p->input_offset;
+    const int8_t *in_g = input + g * cig * p->in_cs;
+    int32_t ky, kx;
+
+#if QC_DSP
+    if (p->in_cs == 1 && (cig & 3) == 0) {
+        /* channels-last, whole blocks per tap: 4 channels per word, 2 SXTAB16 */
+        const uint32_t off2 = qc_pack16(off, off);
+        for (ky = 0; ky < p->kernel_h; ++ky) {
+            const int32_t iy = iy0 + ky * p->dilation_h;
+            for (kx = 0; kx < p->kernel_w; ++kx) {
+                const int32_t ix = ix0 + kx * p->dilation_w;
+                int32_t c;
+                if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
+                    for (c = 0; c < cig; c += 4) {
+                        dst[0] = 0;
+                        dst[1] = 0;
+                        dst += 4;
+                    }
+                } else {
+                    const int8_t *src = in_g + (iy * p->in_w + ix) * p->in_ps;
+                    for (c = 0; c < cig; c += 4) {
+                        const uint32_t v = qc_load32(src + c);
+                        dst[0] = qc_ext02(off2, v);
+                        dst[1] = qc_ext13(off2, v);
+                        dst += 4;
+                    }
+                }
+            }
+        }
+        return;
+    }
+#endif
+    {
+        /* general layout: element by element, 4 values per block */
+        int32_t vals[4];
+        int32_t n = 0;
+        int32_t k;
+        for (ky = 0; ky < p->kernel_h; ++ky) {
+            const int32_t iy = iy0 + ky * p->dilation_h;
+            const int row_ok = iy >= 0 && iy < p->in_h;
+            for (kx = 0; kx < p->kernel_w; ++kx) {
+                const int32_t ix = ix0 + kx * p->dilation_w;
+                const int ok = row_ok && ix >= 0 && ix < p->in_w;
+                const int32_t at = ok ? (iy * p->in_w + ix) * p->in_ps : 0;
+                int32_t c;
+                for (c = 0; c < cig; ++c) {
+                    vals[n++] = ok ? in_g[at + c * p->in_cs] + off : 0;
+                    if (n == 4) {
+                        dst[0] = qc_pack16(vals[0], vals[2]);
+                        dst[1] = qc_pack16(vals[1], vals[3]);
+                        dst += 4;
+                        n = 0;
+                    }
+                }
+            }
+        }
+        if (n != 0) {
+            for (k = n; k < 4; ++k) {
+                vals[k] = 0;
+            }
+            dst[0] = qc_pack16(vals[0], vals[2]);
+            dst[1] = qc_pack16(vals[1], vals[3]);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ GEMM blocks */
+
+#if QC_DSP && defined(__GNUC__)
+#define QC_ASM_GEMM 1
+/*
+ * The DSP inner loops in assembly: one LDM of the 4 weight words of a block (both channels),
+ * the activation words 2 at a time, 8 SMLAD; two blocks per iteration. GCC cannot be made to
+ * emit LDM for this register set, and spills with LDR (21 instructions per block instead of 12).
+ */
+__attribute__((noinline)) static void qc_dot_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t *acc)
+{
+    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+    const uint32_t *const x_end = x + 4 * blocks;
+
+    if (blocks & 1) {
+        __asm__ volatile(
+            "ldmia %[w]!, {r4, r5, r6, r7}\n\t"
+            "ldmia %[x]!, {r8, r9}\n\t"
+            "smlad %[a00], r4, r8, %[a00]\n\t"
+            "smlad %[a00], r5, r9, %[a00]\n\t"
+            "smlad %[a10], r6, r8, %[a10]\n\t"
+            "smlad %[a10], r7, r9, %[a10]\n\t"
+            "ldmia %[x]!, {r8, r9}\n\t"
+            "smlad %[a01], r4, r8, %[a01]\n\t"
+            "smlad %[a01], r5, r9, %[a01]\n\t"
+            "smlad %[a11], r6, r8, %[a11]\n\t"
+            "smlad %[a11], r7, r9, %[a11]\n\t"
+            : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11)
+            :
+            : "r4", "r5", "r6", "r7", "r8", "r9", "memory");
+    }
+    if (x != x_end) {
+        __asm__ volatile(
+            "1:\n\t"
+            "ldmia %[w]!, {r4, r5, r6, r7}\n\t"
+            "ldmia %[x]!, {r8, r9}\n\t"
+            "smlad %[a00], r4, r8, %[a00]\n\t"
+            "smlad %[a00], r5, r9, %[a00]\n\t"
+            "smlad %[a10], r6, r8, %[a10]\n\t"
+            "smlad %[a10], r7, r9, %[a10]\n\t"
+            "ldmia %[x]!, {r8, r9}\n\t"
+            "smlad %[a01], r4, r8, %[a01]\n\t"
+            "smlad %[a01], r5, r9, %[a01]\n\t"
+            "smlad %[a11], r6, r8, %[a11]\n\t"
+            "smlad %[a11], r7, r9, %[a11]\n\t"
+            "ldmia %[w]!, {r4, r5, r6, r7}\n\t"
+            "ldmia %[x]!, {r8, r9}\n\t"
+            "smlad %[a00], r4, r8, %[a00]\n\t"
+            "smlad %[a00], r5, r9, %[a00]\n\t"
+            "smlad %[a10], r6, r8, %[a10]\n\t"
+            "smlad %[a10], r7, r9, %[a10]\n\t"
+            "ldmia %[x]!, {r8, r9}\n\t"
+            "smlad %[a01], r4, r8, %[a01]\n\t"
+            "smlad %[a01], r5, r9, %[a01]\n\t"
+            "smlad %[a11], r6, r8, %[a11]\n\t"
+            "smlad %[a11], r7, r9, %[a11]\n\t"
+            "cmp %[x], %[end]\n\t"
+            "bne 1b\n\t"
+            : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11)
+            : [end] "r"(x_end)
+            : "r4", "r5", "r6", "r7", "r8", "r9", "cc", "memory");
+    }
+    acc[0] = a00;
+    acc[1] = a01;
+    acc[2] = a10;
+    acc[3] = a11;
+}
+
+/* 2 channels x 1 pixel over a compact activation vector (2 words per block). */
+__attribute__((noinline)) static void qc_dot_2x1(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t *acc)
+{
+    int32_t a0 = acc[0], a1 = acc[1];
+    const uint32_t *const x_end = x + 2 * blocks;
+
+    if (blocks & 1) {
+        __asm__ volatile(
+            "ldmia %[w]!, {r4, r5, r6, r7}\n\t"
+            "ldmia %[x]!, {r8, r9}\n\t"
+            "smlad %[a0], r4, r8, %[a0]\n\t"
+            "smlad %[a0], r5, r9, %[a0]\n\t"
+            "smlad %[a1], r6, r8, %[a1]\n\t"
+            "smlad %[a1], r7, r9, %[a1]\n\t"
+            : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(a0), [a1] "+r"(a1)
+            :
+            : "r4", "r5", "r6", "r7", "r8", "r9", "memory");
+    }
+    if (x != x_end) {
+        __asm__ volatile(
+            "1:\n\t"
+            "ldmia %[w]!, {r4, r5, r6, r7}\n\t"
+            "ldmia %[x]!, {r8, r9}\n\t"
+            "smlad %[a0], r4, r8, %[a0]\n\t"
+            "smlad %[a0], r5, r9, %[a0]\n\t"
+            "smlad %[a1], r6, r8, %[a1]\n\t"
+            "smlad %[a1], r7, r9, %[a1]\n\t"
+            "ldmia %[w]!, {r4, r5, r6, r7}\n\t"
+            "ldmia %[x]!, {r8, r9}\n\t"
+            "smlad %[a0], r4, r8, %[a0]\n\t"
+            "smlad %[a0], r5, r9, %[a0]\n\t"
+            "smlad %[a1], r6, r8, %[a1]\n\t"
+            "smlad %[a1], r7, r9, %[a1]\n\t"
+            "cmp %[x], %[end]\n\t"
+            "bne 1b\n\t"
+            : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(a0), [a1] "+r"(a1)
+            : [end] "r"(x_end)
+            : "r4", "r5", "r6", "r7", "r8", "r9", "cc", "memory");
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+}
+#else
+#define QC_ASM_GEMM 0
+#endif
+
+#define QC_CHUNK 32  /* output channels accumulated before one requantization pass */
+
+/*
+ * Requantize, clamp and store n accumulators to out[i * stride]. Kept out of line: the MAC
+ * loops then keep their registers, and this loop keeps its own.
+ */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void qc_requant_store(const int32_t *acc, int32_t n, const qc_rq *rq, int8_t *out, int32_t stride,
+                             int32_t lo, int32_t hi, int fast)
+{
+    int32_t i;
+#if QC_DSP && defined(__GNUC__)
+    if (fast && stride == 1 && n > 0) {
+        /* 13-15 instructions per output: LDM of the {multiplier, shift, round} record */
+        const int32_t *const end = acc + n;
+        int32_t a;
+        if (hi == 127) {
+            __asm__ volatile(
+                "1:\n\t"
+                "ldr %[a], [%[acc]], #4\n\t"
+                "ldmia %[q]!, {r4, r5, r6}\n\t"
+                "smmulr %[a], %[a], r4\n\t"
+                "add r6, r6, %[a], asr #31\n\t"
+                "add %[a], %[a], r6\n\t"
+                "asr %[a], %[a], r5\n\t"
+                "ssat %[a], #8, %[a]\n\t"
+                "cmp %[a], %[lo]\n\t"
+                "it lt\n\t"
+                "movlt %[a], %[lo]\n\t"
+                "strb %[a], [%[out]], #1\n\t"
+                "cmp %[acc], %[end]\n\t"
+                "bne 1b\n\t"
+                : [a] "=&r"(a), [acc] "+r"(acc), [q] "+r"(rq), [out] "+r"(out)
+                : [lo] "r"(lo), [end] "r"(end)
+                : "r4", "r5", "r6", "cc", "memory");
+        } else {
+            __asm__ volatile(
+                "1:\n\t"
+                "ldr %[a], [%[acc]], #4\n\t"
+                "ldmia %[q]!, {r4, r5, r6}\n\t"
+                "smmulr %[a], %[a], r4\n\t"
+                "add r6, r6, %[a], asr #31\n\t"
+                "add %[a], %[a], r6\n\t"
+                "asr %[a], %[a], r5\n\t"
+                "cmp %[a], %[lo]\n\t"
+                "it lt\n\t"
+                "movlt %[a], %[lo]\n\t"
+                "cmp %[a], %[hi]\n\t"
+                "it gt\n\t"
+                "movgt %[a], %[hi]\n\t"
+                "strb %[a], [%[out]], #1\n\t"
+                "cmp %[acc], %[end]\n\t"
+                "bne 1b\n\t"
+                : [a] "=&r"(a), [acc] "+r"(acc), [q] "+r"(rq), [out] "+r"(out)
+                : [lo] "r"(lo), [hi] "r"(hi), [end] "r"(end)
+                : "r4", "r5", "r6", "cc", "memory");
+        }
+        return;
+    }
+#endif
+    if (fast) {
+        for (i = 0; i < n; ++i) {
+            out[i * stride] = qc_out8(qc_rq_fast(acc[i], &rq[i]), lo, hi);
+        }
+    } else {
+        for (i = 0; i < n; ++i) {
+            out[i * stride] = qc_out8(qc_rq_exact(acc[i], &rq[i]), lo, hi);
+        }
+    }
+}
+
+/* acc0[0..1] += channels (0, 1) x pixel slot 0, acc1[0..1] the same for slot 1. */
+static void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t *acc0, int32_t *acc1)
+{
+#if QC_ASM_GEMM
+    int32_t acc[4];
+    acc[0] = acc0[0];
+    acc[1] = acc1[0];
+    acc[2] = acc0[1];
+    acc[3] = acc1[1];
+    qc_dot_2x2(w, x, blocks, acc);
+    acc0[0] = acc[0];
+    acc1[0] = acc[1];
+    acc0[1] = acc[2];
+    acc1[1] = acc[3];
+#else
+    int32_t a00 = acc0[0], a01 = acc1[0], a10 = acc0[1], a11 = acc1[1];
+    int32_t b;
+    for (b = 0; b < blocks; ++b) {
+        a00 = qc_dot2(w[0], x[0], a00);
+        a00 = qc_dot2(w[1], x[1], a00);
+        a01 = qc_dot2(w[0], x[2], a01);
+        a01 = qc_dot2(w[1], x[3], a01);
+        a10 = qc_dot2(w[2], x[0], a10);
+        a10 = qc_dot2(w[3], x[1], a10);
+        a11 = qc_dot2(w[2], x[2], a11);
+        a11 = qc_dot2(w[3], x[3], a11);
+        w += 4;
+        x += 4;
+    }
+    acc0[0] = a00;
+    acc1[0] = a01;
+    acc0[1] = a10;
+    acc1[1] = a11;
+#endif
+}
+
+/* acc[0..1] += channels (0, 1) x one pixel whose words are x[0], x[1] of every x_step words. */
+static void qc_mac_2x1(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t x_step, int32_t *acc)
+{
+#if QC_ASM_GEMM
+    if (x_step == 2) {
+        qc_dot_2x1(w, x, blocks, acc);
+        return;
+    }
+#endif
+    {
+        int32_t a0 = acc[0], a1 = acc[1];
+        int32_t b;
+        for (b = 0; b < blocks; ++b) {
+            a0 = qc_dot2(w[0], x[0], a0);
+            a0 = qc_dot2(w[1], x[1], a0);
+            a1 = qc_dot2(w[2], x[0], a1);
+            a1 = qc_dot2(w[3], x[1], a1);
+            w += 4;
+            x += x_step;
+        }
+        acc[0] = a0;
+        acc[1] = a1;
+    }
+}
+
+/* ------------------------------------------------------------------ kernels */
+
+void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, uint32_t *scratch)
+{
+    const int32_t n_pix = p->out_h * p->out_w;
+    const int32_t blocks = p->k_pad / 4;
+    const int fast = p->rq_fast != 0;
+    const int32_t cs = p->out_cs;
+    int32_t acc0[QC_CHUNK], acc1[QC_CHUNK];
+    int32_t g;
+
+    for (g = 0; g < p->groups; ++g) {
+        const uint32_t *w_g = p->weight + g * p->cout_pad * blocks * 2;
+        const int32_t *bias_g = p->bias + g * p->cout_pad;
+        const qc_rq *rq_g = p->rq + g * p->cout_pad;
+        int8_t *out_g = output + g * p->cout_group * cs;
+        int32_t pix = 0;
+        int32_t oy = 0, ox = 0;
+
+        while (pix < n_pix) {
+            const int two = pix + 1 < n_pix;
+            int8_t *o0 = out_g + pix * p->out_ps;
+            int8_t *o1 = o0 + p->out_ps;
+            int32_t c0;
+            qc_im2col(p, input, g, oy, ox, scratch);
+            if (++ox == p->out_w) {
+                ox = 0;
+                ++oy;
+            }
+            if (two) {
+                qc_im2col(p, input, g, oy, ox, scratch + 2);
+                if (++ox == p->out_w) {
+                    ox = 0;
+                    ++oy;
+                }
+            }
+            for (c0 = 0; c0 < p->cout_group; c0 += QC_CHUNK) {
+                const int32_t n = p->cout_group - c0 < QC_CHUNK ? p->cout_group - c0 : QC_CHUNK;
+                int32_t j;
+                memcpy(acc0, bias_g + c0, (size_t)(n + (n & 1)) * sizeof(int32_t));
+                if (two) {
+                    memcpy(acc1, acc0, (size_t)(n + (n & 1)) * sizeof(int32_t));
+                    for (j = 0; j < n; j += 2) {
+                        qc_mac_2x2(w_g + (c0 + j) * blocks * 2, scratch, blocks, acc0 + j, acc1 + j);
+                    }
+                    qc_requant_store(acc1, n, rq_g + c0, o1 + c0 * cs, cs, p->act_min, p->act_max, fast);
+                } else {
+                    for (j = 0; j < n; j += 2) {
+                        qc_mac_2x1(w_g + (c0 + j) * blocks * 2, scratch, blocks, 4, acc0 + j);
+                    }
+                }
+                qc_requant_store(acc0, n, rq_g + c0, o0 + c0 * cs, cs, p->act_min, p->act_max, fast);
+            }
+            pix += two ? 2 : 1;
+        }
+    }
+}
+
+void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output, uint32_t *scratch)
+{
+    const int32_t blocks = p->k_pad / 4;
+    const int32_t n = p->in_features;
+    const int32_t off = p->input_offset;
+    const int fast = p->rq_fast != 0;
+    int32_t acc[QC_CHUNK];
+    int32_t i = 0, c0;
+    uint32_t *dst = scratch;
+
+#if QC_DSP
+    {
+        const uint32_t off2 = qc_pack16(off, off);
+        for (; i + 4 <= n; i += 4) {
+            const uint32_t v = qc_load32(input + i);
+            dst[0] = qc_ext02(off2, v);
+            dst[1] = qc_ext13(off2, v);
+            dst += 2;
+        }
+    }
+#else
+    for (; i + 4 <= n; i += 4) {
+        dst[0] = qc_pack16(input[i] + off, input[i + 2] + off);
+        dst[1] = qc_pack16(input[i + 1] + off, input[i + 3] + off);
+        dst += 2;
+    }
+#endif
+    if (i < n) {
+        int32_t v[4] = {0, 0, 0, 0};
+        int32_t k;
+        for (k = 0; i + k < n; ++k) {
+            v[k] = input[i + k] + off;
+        }
+        dst[0] = qc_pack16(v[0], v[2]);
+        dst[1] = qc_pack16(v[1], v[3]);
+    }
+    for (c0 = 0; c0 < p->out_features; c0 += QC_CHUNK) {
+        const int32_t m = p->out_features - c0 < QC_CHUNK ? p->out_features - c0 : QC_CHUNK;
+        int32_t j;
+        memcpy(acc, p->bias + c0, (size_t)(m + (m & 1)) * sizeof(int32_t));
+        for (j = 0; j < m; j += 2) {
+            qc_mac_2x1(p->weight + (c0 + j) * blocks * 2, scratch, blocks, 2, acc + j);
+        }
+        qc_requant_store(acc, m, p->rq + c0, output + c0, 1, p->act_min, p->act_max, fast);
+    }
+}
+
+/* acc[0..3] += one 4-channel block over the taps of a window (see qc_dwconv_s8). */
+#if QC_DSP
+static inline void qc_dw_block(const int8_t *src_row, const uint32_t *w_blk, int32_t rows, int32_t n_x,
+                               int32_t step_x, int32_t step_y, int32_t w_row, uint32_t off2, int32_t *acc)
+{
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t ky, kx;
+    if (n_x == 2 && w_row == 6) {  /* a 3-wide window clipped at the left or right edge */
+        for (ky = 0; ky < rows; ++ky) {
+            const uint32_t v0 = qc_load32(src_row);
+            const uint32_t v1 = qc_load32(src_row + step_x);
+            uint32_t x02 = qc_ext02(off2, v0), x13 = qc_ext13(off2, v0);
+            a0 = __smlabb((int32_t)x02, (int32_t)w_blk[0], a0);
+            a2 = __smlatt((int32_t)x02, (int32_t)w_blk[0], a2);
+            a1 = __smlabb((int32_t)x13, (int32_t)w_blk[1], a1);
+            a3 = __smlatt((int32_t)x13, (int32_t)w_blk[1], a3);
+            x02 = qc_ext02(off2, v1);
+            x13 = qc_ext13(off2, v1);
+            a0 = __smlabb((int32_t)x02, (int32_t)w_blk[2], a0);
+            a2 = __smlatt((int32_t)x02, (int32_t)w_blk[2], a2);
+            a1 = __smlabb((int32_t)x13, (int32_t)w_blk[3], a1);
+            a3 = __smlatt((int32_t)x13, (int32_t)w_blk[3], a3);
+            src_row += step_y;
+            w_blk += 6;
+        }
+    } else if (n_x == 3 && w_row == 6) {
+        for (ky = 0; ky < rows; ++ky) {
+            const uint32_t v0 = qc_load32(src_row);
+            const uint32_t v1 = qc_load32(src_row + step_x);
+            const uint32_t v2 = qc_load32(src_row + 2 * step_x);
+            uint32_t x02 = qc_ext02(off2, v0), x13 = qc_ext13(off2, v0);
+            a0 = __smlabb((int32_t)x02, (int32_t)w_blk[0], a0);
+            a2 = __smlatt((int32_t)x02, (int32_t)w_blk[0], a2);
+            a1 = __smlabb((int32_t)x13, (int32_t)w_blk[1], a1);
+            a3 = __smlatt((int32_t)x13, (int32_t)w_blk[1], a3);
+            x02 = qc_ext02(off2, v1);
+            x13 = qc_ext13(off2, v1);
+            a0 = __smlabb((int32_t)x02, (int32_t)w_blk[2], a0);
+            a2 = __smlatt((int32_t)x02, (int32_t)w_blk[2], a2);
+            a1 = __smlabb((int32_t)x13, (int32_t)w_blk[3], a1);
+            a3 = __smlatt((int32_t)x13, (int32_t)w_blk[3], a3);
+            x02 = qc_ext02(off2, v2);
+            x13 = qc_ext13(off2, v2);
+            a0 = __smlabb((int32_t)x02, (int32_t)w_blk[4], a0);
+            a2 = __smlatt((int32_t)x02, (int32_t)w_blk[4], a2);
+            a1 = __smlabb((int32_t)x13, (int32_t)w_blk[5], a1);
+            a3 = __smlatt((int32_t)x13, (int32_t)w_blk[5], a3);
+            src_row += step_y;
+            w_blk += 6;
+        }
+    } else {
+        for (ky = 0; ky < rows; ++ky) {
+            const int8_t *src = src_row;
+            const uint32_t *w = w_blk;
+            for (kx = 0; kx < n_x; ++kx) {
+                const uint32_t v = qc_load32(src);
+                const uint32_t x02 = qc_ext02(off2, v);
+                const uint32_t x13 = qc_ext13(off2, v);
+                a0 = __smlabb((int32_t)x02, (int32_t)w[0], a0);
+                a2 = __smlatt((int32_t)x02, (int32_t)w[0], a2);
+                a1 = __smlabb((int32_t)x13, (int32_t)w[1], a1);
+                a3 = __smlatt((int32_t)x13, (int32_t)w[1], a3);
+                src += step_x;
+                w += 2;
+            }
+            src_row += step_y;
+            w_blk += w_row;
+        }
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+#endif
+
+/*
+ * Depthwise: for every output pixel and block of 4 channels, the valid taps of the window.
+ * Weights: per 4-channel block, per tap, 2 words (c0,c2) (c1,c3) (taps contiguous).
+ * Channels-last input: one word load + 2 SXTAB16 + 4 SMLAxy per tap (a 3x3 window unrolled);
+ * otherwise (and for the channels after the last whole block) one channel at a time.
+ * Accumulators of up to QC_CHUNK channels are requantized together.
+ */
+void qc_dwconv_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output)
+{
+    const int32_t off = p->input_offset;
+    const int32_t taps = p->kernel_h * p->kernel_w;
+    const int fast = p->rq_fast != 0;
+    const int32_t in_row = p->in_w * p->in_ps;
+    const int32_t step_y = p->dilation_h * in_row;
+    const int32_t step_x = p->dilation_w * p->in_ps;
+    int32_t acc[QC_CHUNK];
+    int32_t oy, ox;
+
+    for (oy = 0; oy < p->out_h; ++oy) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_top;
+        int32_t ky_lo, ky_hi;
+        qc_window(iy0, p->dilation_h, p->kernel_h, p->in_h, &ky_lo, &ky_hi);
+        for (ox = 0; ox < p->out_w; ++ox) {
+            const int32_t ix0 = ox * p->stride_w - p->pad_left;
+            int8_t *out_px = output + (oy * p->out_w + ox) * p->out_ps;
+            int32_t kx_lo, kx_hi, n_x, first, tap0, c0;
+            qc_window(ix0, p->dilation_w, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
+            n_x = kx_hi - kx_lo;
+            /* element index of the first valid tap (channel 0) and its tap index */
+            first = (iy0 + ky_lo * p->dilation_h) * in_row + (ix0 + kx_lo * p->dilation_w) * p->in_ps;
+            tap0 = ky_lo * p->kernel_w + kx_lo;
+            for (c0 = 0; c0 < p->channels; c0 += QC_CHUNK) {
+                const int32_t n = p->channels - c0 < QC_CHUNK ? p->channels - c0 : QC_CHUNK;
+                int32_t c = 0;
+                memcpy(acc, p->bias + c0, (size_t)n * sizeof(int32_t));
+#if QC_DSP
+                if (p->in_cs == 1) {
+                    const uint32_t off2 = qc_pack16(off, off);
+                    for (; c + 4 <= n; c += 4) {
+                        qc_dw_block(input + (first + c0 + c), p->weight + ((c0 + c) / 4 * taps + tap0) * 2,
+                                    ky_hi - ky_lo, n_x, step_x, step_y, 2 * p->kernel_w, off2, acc + c);
+                    }
+                }
+#endif
+                for (; c < n; ++c) {
+                    /* channel ch: word (ch & 1), half (ch >> 1) & 1 of each tap of block ch / 4 */
+                    const int32_t ch = c0 + c;
+                    const uint32_t *w_blk = p->weight + ((ch / 4) * taps + tap0) * 2 + (ch & 1);
+                    const int hi = (ch >> 1) & 1;
+                    int32_t a = acc[c];
+                    int32_t at = first + ch * p->in_cs;
+                    int32_t ky;
+                    for (ky = ky_lo; ky < ky_hi; ++ky) {
+                        int32_t kx;
+                        for (kx = 0; kx < n_x; ++kx) {
+                            const uint32_t ww = w_blk[2 * kx];
+                            a += (hi ? qc_hi16(ww) : qc_lo16(ww)) * (input[at + kx * step_x] + off);
+                        }
+                        at += step_y;
+                        w_blk += 2 * p->kernel_w;
+                    }
+                    acc[c] = a;
+                }
+                qc_requant_store(acc, n, p->rq + c0, out_px + c0 * p->out_cs, p->out_cs, p->act_min, p->act_max,
+                                 fast);
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+"""Cortex-M4 cost of the generated C: instructions per inference, flash, arena, bit-exactness.
+
+Run from the repository root (after ``pip install -e .``, with ``gcc-arm-none-eabi
+libnewlib-arm-none-eabi qemu-system-arm`` installed)::
+
+    python benchmarks/mcu.py --json benchmarks/results/mcu.json
+
+For every model: MACs (convolutions and Dense), instructions of one inference on QEMU
+``mps2-an386`` (Cortex-M4, exact counts, see ``backends/qemu.py``) built at ``-O2`` and ``-Os``,
+instructions per MAC, flash (``arm-none-eabi-size`` text + data of the whole firmware) and the
+bytes of the model's constant arrays, the arena (bytes, with the im2col scratch) next to the
+memory plan's lower bound, and whether the outputs equal the interpreter's bit for bit (on 4
+inputs). Next to them the TFLite Micro + CMSIS-NN anchors of ``shared/ANCHORS.md`` (same
+emulator, same counting method, the vendor's int8 models).
+
+Models: the 8 test-zoo models (``tests/zoo_models.py``) and, when ``qcompile.zoo.mlperf_tiny``
+exists, the 4 MLPerf Tiny models. They use the real pretrained weights when they are already in
+the cache (``--real`` fetches them); otherwise the same architectures with random weights and
+randomized BatchNorm statistics, which cost the same instructions up to data-dependent branches.
+``--profile`` adds per-operator instruction counts (one QEMU region per kernel call) to the JSON
+and prints them for the MLPerf models. ``--baseline REV`` also measures the portable kernels of
+git revision REV (e.g. the commit before the fast kernels) for a before/after column.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+try:
+    import qcompile
+    from qcompile.backends import ir
+    from qcompile.backends.c_emitter import emit_c
+    from qcompile.backends.c_layout import analyze
+    from qcompile.backends.qemu import run_c_qemu, toolchain_available
+except ImportError as exc:  # pragma: no cover - only without an install
+    sys.exit(f"cannot import qcompile ({exc}); run `pip install -e .` in the repository root first")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+# shared/ANCHORS.md: TFLM + CMSIS-NN on the same QEMU board, arm-none-eabi-gcc 12.2, Cortex-M4.
+ANCHORS = {
+    "resnet8": {"macs": 12_501_632, "tflm_cmsis_O2": 29_869_657, "tflm_cmsis_Os": 41_075_287,
+                "tflm_ref_O2": 107_543_765, "tflm_arena": 54_996, "tflm_code": 85_380},
+    "dscnn": {"macs": 2_656_768, "tflm_cmsis_O2": 7_715_614, "tflm_cmsis_Os": 9_251_920,
+              "tflm_ref_O2": 43_232_643, "tflm_arena": 22_944, "tflm_code": 93_016},
+    "mobilenetv1_025": {"macs": 7_489_664, "tflm_cmsis_O2": 24_987_053, "tflm_cmsis_Os": 29_912_120,
+                        "tflm_ref_O2": 101_362_709, "tflm_arena": 165_344, "tflm_code": 93_016},
+    "fc_autoencoder": {"macs": 264_192, "tflm_cmsis_O2": 675_732, "tflm_cmsis_Os": 947_254,
+                       "tflm_ref_O2": 2_043_218, "tflm_arena": 5_616, "tflm_code": 53_896},
+}
+TARGETS = {"resnet8": 15_000_000, "dscnn": 3_500_000}
+_CTYPE_BYTES = {"int8_t": 1, "int32_t": 4, "uint32_t": 4, "qc_rq": 12}
+
+
+def count_macs(program: ir.Program) -> int:
+    macs = 0
+    for op in program.ops:
+        if isinstance(op, ir.Conv2D):
+            out = program.tensors[op.output]
+            macs += out.size * int(np.prod(op.weight.shape[1:]))
+        elif isinstance(op, ir.Dense):
+            macs += int(op.weight.size)
+    return macs
+
+
+def const_bytes(source: str) -> int:
+    """Bytes of the ``static const`` arrays of a generated model (weights, biases, tables)."""
+    return sum(_CTYPE_BYTES[t] * int(n) for t, n in re.findall(r"static const (\w+) \w+\[(\d+)\]", source))
+
+
+def models(real: bool) -> list[tuple[str, torch.nn.Module, tuple[int, ...], str]]:
+    from zoo_models import ZOO, build, randomize_batchnorm
+
+    out = [(name, *build(name), "test zoo, random") for name in sorted(ZOO)]
+    try:
+        from qcompile.zoo import mlperf_tiny as mt
+    except ImportError:
+        return out
+    for name in ("resnet8", "dscnn", "fc_autoencoder", "mobilenetv1_025"):
+        weights = "random"
+        try:
+            if real or mt._have_all(mt.mlperf_cache_dir()):
+                model, shape = mt.load_mlperf_tiny(name)
+                weights = "pretrained"
+            else:
+                raise FileNotFoundError
+        except Exception:  # noqa: BLE001 - no cache / no network: same architecture, random weights
+            torch.manual_seed(0)
+            model = randomize_batchnorm(mt.build_mlperf_tiny(name), 0)
+            shape = {"resnet8": (3, 32, 32), "dscnn": (1, 50, 10), "fc_autoencoder": (640,),
+                     "mobilenetv1_025": (3, 96, 96)}[name]
+        out.append((name, model, shape, f"MLPerf Tiny, {weights}"))
+    return out
+
+
+def calibration(name: str, shape: tuple[int, ...], n: int) -> torch.Tensor:
+    torch.manual_seed(1)
+    try:
+        from qcompile.zoo import mlperf_tiny as mt
+        if name in ANCHORS:
+            return mt.synthetic_inputs(name, n, seed=1).float()
+    except Exception:  # noqa: BLE001
+        pass
+    return torch.randn(n, *shape)
+
+
+def baseline_emitter(rev: str, workdir: Path):
+    """``emit_c`` of git revision ``rev`` (its emitter and runtime, today's IR and planner)."""
+    tree = workdir / "baseline"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), rev],
+                       check=True, capture_output=True)
+    spec = importlib.util.spec_from_file_location("qc_baseline_emitter", tree / "backends" / "c_emitter.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module.emit_c, tree
+
+
+def measure(name: str, model, shape, origin: str, args, base) -> dict[str, Any]:
+    calib = calibration(name, shape, 32)
+    art = qcompile.compile(model, (calib[:1],), calib=calib, name=name, progress=False)
+    program, plan = art.program, art.plan
+    xq = art.quantize_input(calibration(name, shape, 4) * 1.3)
+    expected = art.run_int(xq)
+    row: dict[str, Any] = {"model": name, "origin": origin, "macs": count_macs(program)}
+    sources = emit_c(program, plan, name)
+    for opt in ("-O2", "-Os"):
+        run = run_c_qemu(program, plan, xq, name=name, cpu="cortex-m4", opt=opt, sources=sources)
+        key = opt[1:]
+        row[f"instr_{key}"] = run.instructions[0]
+        row[f"bit_exact_{key}"] = bool(np.array_equal(run.outputs, expected))
+        row[f"flash_{key}"] = run.text_bytes + run.data_bytes
+    row["instr_per_mac"] = round(row["instr_O2"] / max(row["macs"], 1), 3)
+    row["const_bytes"] = const_bytes(sources[f"{name}.c"])
+    row["weights_int8_bytes"] = int(sum(op.weight.size for op in program.ops if hasattr(op, "weight")))
+    layout = analyze(program, plan)
+    row["arena"] = layout.arena_size
+    row["arena_plan"] = plan.arena_size
+    row["arena_lower_bound"] = plan.lower_bound
+    if args.profile:
+        prof = run_c_qemu(program, plan, xq[:1], name=name, cpu="cortex-m4", profile=True)
+        row["per_op_O2"] = [{"op": op, "instructions": c} for op, c in prof.op_instructions[0]]
+    if base is not None:
+        base_emit, _ = base
+        run = run_c_qemu(program, plan, xq[:1], name=name, cpu="cortex-m4", sources=base_emit(program, plan, name))
+        row["baseline_instr_O2"] = run.instructions[0]
+    if name in ANCHORS:
+        row.update({f"anchor_{k}": v for k, v in ANCHORS[name].items()})
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--models", nargs="*", help="only these models")
+    ap.add_argument("--real", action="store_true", help="fetch the MLPerf Tiny pretrained weights if needed")
+    ap.add_argument("--profile", action="store_true", help="per-operator instruction counts")
+    ap.add_argument("--baseline", metavar="REV", help="also measure the kernels of git revision REV")
+    args = ap.parse_args(argv)
+    if not toolchain_available():
+        sys.exit("needs arm-none-eabi-gcc, arm-none-eabi-size and qemu-system-arm")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="qc_mcu_") as tmp:
+        base = baseline_emitter(args.baseline, Path(tmp)) if args.baseline else None
+        try:
+            for name, model, shape, origin in models(args.real):
+                if args.models and name not in args.models:
+                    continue
+                rows.append(measure(name, model, shape, origin, args, base))
+                print(f"{name}: {rows[-1]['instr_O2']:,} instructions (-O2)", file=sys.stderr)
+        finally:
+            if base is not None:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base[1])],
+                               capture_output=True)
+    table = []
+    for r in rows:
+        a = ANCHORS.get(r["model"], {})
+        table.append([
+            r["model"], r["macs"], r.get("baseline_instr_O2", ""), r["instr_O2"], r["instr_per_mac"], r["instr_Os"],
+            a.get("tflm_cmsis_O2", ""), f"{a['tflm_cmsis_O2'] / r['instr_O2']:.2f}x" if a else "",
+            r["flash_O2"], r["const_bytes"], r["arena"], r["arena_lower_bound"], a.get("tflm_arena", ""),
+            "yes" if r["bit_exact_O2"] and r["bit_exact_Os"] else "NO",
+        ])
+    print(tabulate(table, headers=["model", "MACs", "before -O2", "instr -O2", "instr/MAC", "instr -Os",
+                                   "TFLM+CMSIS -O2", "speedup vs TFLM", "flash", "const bytes", "arena",
+                                   "lower bound", "TFLM arena", "bit-exact"],
+                   intfmt=",", tablefmt="github"))
+    for r in rows:
+        if args.profile and r["model"] in ANCHORS:
+            print(f"\n{r['model']} per operator (-O2):")
+            print(tabulate([[p["op"], p["instructions"]] for p in r["per_op_O2"]], headers=["op", "instructions"],
+                           intfmt=","))
+    misses = [f"{r['model']} {r['instr_O2']:,} > {TARGETS[r['model']]:,}" for r in rows
+              if r["model"] in TARGETS and r["instr_O2"] > TARGETS[r["model"]]]
+    if misses:
+        print("\nabove target: " + "; ".join(misses))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+                "torch": torch.__version__, "cpu": "cortex-m4 (QEMU mps2-an386)",
+                "gcc": subprocess.run(["arm-none-eabi-gcc", "-dumpversion"], capture_output=True,
+                                      text=True).stdout.strip()}
+        args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    return 0 if all(r["bit_exact_O2"] and r["bit_exact_Os"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
