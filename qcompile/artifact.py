@@ -92,12 +92,22 @@ class Artifact:
 
         return emit_c(self.program, self.plan, self.name)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``<name>.c/.h``, the runtime kernels, a Makefile fragment, report.md and report.json."""
+    def save(self, directory: str | Path, harness: bool = False, cpu: str = "cortex-m4") -> Path:
+        """Write ``<name>.c/.h``, the runtime kernels, a Makefile fragment, report.md and report.json.
+
+        ``harness=True`` adds a bare-metal harness for QEMU's MPS2 board of ``cpu`` (startup,
+        linker script, semihosting I/O, a main that runs every input of a file) and a Makefile
+        (``make run IN=in.bin OUT=out.bin``, ``make icount``).
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        for fname, text in self.c_sources().items():
+        sources = self.c_sources()
+        for fname, text in sources.items():
             (out / fname).write_text(text)
+        if harness:
+            from qcompile.backends.qemu import write_harness_project
+
+            write_harness_project(out, self.name, list(sources), cpu)
         (out / "report.md").write_text(f"# qcompile report: {self.name}\n\n" + self.report(fmt="github") + "\n")
         (out / "report.json").write_text(json.dumps(_jsonable(self.report_data()), indent=2, sort_keys=True) + "\n")
         return out

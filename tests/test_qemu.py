@@ -57,3 +57,22 @@ def test_unknown_cpu_is_config_error():
     with pytest.raises(qcompile.ConfigError, match="cortex-m55"):
         art.verify(calib[:1], on="qemu", cpu="cortex-m55")
     assert "cortex-m4" in CPUS
+
+
+def test_saved_harness_builds_and_runs_with_make(tmp_path):
+    import subprocess
+
+    import numpy as np
+
+    model, shape = build("conv1d")
+    calib = torch.randn(32, *shape)
+    art = qcompile.compile(model, (calib[:1],), calib=calib, name="kws", progress=False)
+    art.save(tmp_path, harness=True, cpu="cortex-m33")
+    xq = art.quantize_input(calib[:5])
+    (tmp_path / "in.bin").write_bytes(xq.tobytes())
+    r = subprocess.run(["make", "-s", "icount", "IN=in.bin", "OUT=out.bin"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.int8).reshape(5, *art.program.output.shape)
+    np.testing.assert_array_equal(got, art.run_int(xq))
+    assert r.stdout.count("icount region") == 5
