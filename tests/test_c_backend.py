@@ -802,8 +802,9 @@ def test_emit_is_deterministic(tmp_path):
               "p = pickle.loads(open(sys.argv[1], 'rb').read()); f = emit_c(p, plan_memory(p), 'net'); "
               "print(hashlib.sha256(repr(sorted(f.items())).encode()).hexdigest())")
     other_seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"  # differs from this process's
+    # cwd outside the checkout: `python -c` puts the cwd first on sys.path
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "program.pkl")],
-                         env={**os.environ, "PYTHONHASHSEED": other_seed},
+                         env={**os.environ, "PYTHONHASHSEED": other_seed}, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == hashlib.sha256(repr(sorted(a.items())).encode()).hexdigest()
 
