@@ -60,6 +60,7 @@ def compile(  # noqa: A001 - the public name the product promises
     sample = torch.cat(batches)[:_SQNR_SAMPLES]
     art = Artifact(name=name, target=target, config=config, graph=gm, program=program, plan=plan,
                    records=ctx.records)
+    art.sample_input = art.quantize_input(sample[:1])
     int_values = interpret(program, art.quantize_input(sample), keep=True)
     art.sqnr = tensor_sqnr(program, int_values, capture_float(gm, sample))
     art.compile_seconds = time.perf_counter() - start

@@ -49,6 +49,8 @@ class Artifact:
     records: dict[str, Any] = field(default_factory=dict)
     compile_seconds: float = 0.0
     last_qemu_run: Any = None  # QemuRun of the latest verify(on="qemu"): instruction counts, sizes
+    sample_input: np.ndarray | None = None  # one quantized calibration sample (default for measure())
+    mcu: dict[str, Any] | None = None  # on-target measurements from measure(), shown in the report
 
     # -- quantization of the model boundary -------------------------------------------------
     def quantize_input(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -77,14 +79,54 @@ class Artifact:
     def arena_size(self) -> int:
         return self.plan.arena_size
 
+    # -- on-target measurement ---------------------------------------------------------------
+    def measure(self, xs: torch.Tensor | np.ndarray | None = None, cpu: str = "cortex-m4",
+                opt: str = "-O2") -> dict[str, Any]:
+        """Build for ``cpu``, run on QEMU, and record exact instruction counts and footprint.
+
+        Runs the normal firmware (bit-exactness is checked, instructions per inference) and a
+        profiling build (instructions per operator). Flash is ``text + data`` of the linked
+        firmware (harness included), static RAM ``data + bss`` (the arena included). The result
+        is stored in ``self.mcu`` and shown by :meth:`report` and ``report.json``.
+        """
+        from qcompile.backends.qemu import run_c_qemu
+
+        if xs is None:
+            xs = self.sample_input if self.sample_input is not None else np.zeros((1, *self.program.input.shape),
+                                                                                  np.int8)
+        self.verify(xs, on="qemu", cpu=cpu, opt=opt)
+        run = self.last_qemu_run
+        xq = run_input = np.asarray(xs) if isinstance(xs, np.ndarray) and xs.dtype == np.int8 else self.quantize_input(xs)
+        if run_input.shape == self.program.input.shape:
+            xq = run_input[None]
+        prof = run_c_qemu(self.program, self.plan, xq[:1], name=self.name, cpu=cpu, opt=opt, profile=True)
+        per_op: dict[str, int] = {}
+        for region, count in prof.op_instructions[0]:
+            op_name = region.split("[", 1)[0]
+            per_op[op_name] = per_op.get(op_name, 0) + count
+        self.mcu = {
+            "cpu": cpu, "opt": opt,
+            "instructions_per_inference": int(max(run.instructions)),
+            "instructions_per_op": per_op,
+            "flash_bytes": run.text_bytes + run.data_bytes,
+            "static_ram_bytes": run.data_bytes + run.bss_bytes,
+            "text_bytes": run.text_bytes, "data_bytes": run.data_bytes, "bss_bytes": run.bss_bytes,
+            "note": "QEMU TCG instruction counts (exact, deterministic; not cycles); sizes include the harness",
+        }
+        return self.mcu
+
     # -- reporting --------------------------------------------------------------------------
     def report_data(self) -> dict[str, Any]:
-        return {"summary": summary(self.program, self.plan), "layers": layer_rows(self.program, self.plan, self.sqnr),
+        layers = layer_rows(self.program, self.plan, self.sqnr)
+        if self.mcu is not None:
+            for row in layers:
+                row["instructions"] = self.mcu["instructions_per_op"].get(row["name"])
+        return {"summary": summary(self.program, self.plan), "layers": layers, "mcu": self.mcu,
                 "target": self.target, "compile_seconds": round(self.compile_seconds, 3)}
 
     def report(self, fmt: str = "simple") -> str:
         data = self.report_data()
-        return format_report(data["layers"], data["summary"], fmt)
+        return format_report(data["layers"], data["summary"], fmt, data["mcu"])
 
     # -- emitting ---------------------------------------------------------------------------
     def c_sources(self) -> dict[str, str]:

@@ -88,15 +88,18 @@ def summary(program: ir.Program, plan: MemoryPlan) -> dict[str, Any]:
     }
 
 
-def format_report(rows: list[dict[str, Any]], totals: dict[str, Any], fmt: str = "simple") -> str:
-    table = tabulate(
-        [[r["index"], r["op"], r["name"], "x".join(map(str, r["shape"])), r["w_bits"] or "-", r["a_bits"],
-          f"{r['in_scale']:.4g}", f"{r['out_scale']:.4g}", r["out_zero_point"], _fmt_db(r["sqnr_db"]),
-          r["param_bytes"], r["macs"], r["arena_offset"]] for r in rows],
-        headers=["#", "op", "name", "shape", "w_bits", "a_bits", "s_in", "s_out", "zp_out", "SQNR dB",
-                 "params B", "MACs", "arena off"],
-        tablefmt=fmt,
-    )
+def format_report(rows: list[dict[str, Any]], totals: dict[str, Any], fmt: str = "simple",
+                  mcu: dict[str, Any] | None = None) -> str:
+    headers = ["#", "op", "name", "shape", "w_bits", "a_bits", "s_in", "s_out", "zp_out", "SQNR dB",
+               "params B", "MACs", "arena off"]
+    body = [[r["index"], r["op"], r["name"], "x".join(map(str, r["shape"])), r["w_bits"] or "-", r["a_bits"],
+             f"{r['in_scale']:.4g}", f"{r['out_scale']:.4g}", r["out_zero_point"], _fmt_db(r["sqnr_db"]),
+             r["param_bytes"], r["macs"], r["arena_offset"]] for r in rows]
+    if mcu is not None:
+        headers.append(f"instr ({mcu['cpu']})")
+        for line, r in zip(body, rows):
+            line.append("-" if r.get("instructions") is None else r["instructions"])
+    table = tabulate(body, headers=headers, tablefmt=fmt)
     lines = [
         f"model '{totals['name']}': {totals['ops']} ops, {totals['macs']:,} MACs, "
         f"{totals['param_bytes']:,} B constants (flash)",
@@ -104,4 +107,11 @@ def format_report(rows: list[dict[str, Any]], totals: dict[str, Any], fmt: str =
         f"input {totals['input']['shape']} scale={totals['input']['scale']:.6g} zp={totals['input']['zero_point']}; "
         f"output {totals['output']['shape']} scale={totals['output']['scale']:.6g} zp={totals['output']['zero_point']}",
     ]
+    if mcu is not None:
+        per_mac = mcu["instructions_per_inference"] / max(totals["macs"], 1)
+        lines.append(
+            f"{mcu['cpu']} {mcu['opt']} (QEMU, instructions not cycles): {mcu['instructions_per_inference']:,} "
+            f"instructions per inference ({per_mac:.2f} per MAC); flash {mcu['flash_bytes']:,} B (text+data, "
+            f"harness included), static RAM {mcu['static_ram_bytes']:,} B (data+bss, arena included)"
+        )
     return table + "\n\n" + "\n".join(lines)

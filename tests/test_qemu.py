@@ -76,3 +76,24 @@ def test_saved_harness_builds_and_runs_with_make(tmp_path):
     got = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.int8).reshape(5, *art.program.output.shape)
     np.testing.assert_array_equal(got, art.run_int(xq))
     assert r.stdout.count("icount region") == 5
+
+
+def test_measure_puts_instruction_counts_and_footprint_in_the_report(tmp_path):
+    import json
+
+    model, shape = build("residual")
+    calib = torch.randn(32, *shape)
+    art = qcompile.compile(model, (calib[:1],), calib=calib, name="res", progress=False)
+    mcu = art.measure(cpu="cortex-m4")
+    per_op = mcu["instructions_per_op"]
+    kernels = {op.name for op in art.program.ops if type(op).__name__ != "Reshape"}
+    assert kernels <= set(per_op) and all(v > 0 for v in per_op.values())
+    # the kernels are the whole inference but for the run() call overhead
+    assert 0 < mcu["instructions_per_inference"] - sum(per_op.values()) < 0.02 * mcu["instructions_per_inference"]
+    assert mcu["static_ram_bytes"] >= art.arena_size and mcu["flash_bytes"] > 0
+    text = art.report()
+    assert "instr (cortex-m4)" in text and f"{mcu['instructions_per_inference']:,} instructions per inference" in text
+    art.save(tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["mcu"]["instructions_per_op"] == per_op
+    assert art.measure(cpu="cortex-m4")["instructions_per_op"] == per_op  # deterministic
