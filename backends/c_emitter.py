@@ -31,11 +31,11 @@ from typing import Sequence
 import numpy as np
 
 from qcompile.backends import ir
-from qcompile.backends.c_layout import Layout, analyze, scratch_bytes
+from qcompile.backends.c_layout import Layout, add_uses_tables, analyze, scratch_bytes
 from qcompile.backends.memory_plan import MemoryPlan
 from qcompile.errors import ConfigError, IRVerificationError
 
-__all__ = ["emit_c", "emit_op", "profile_regions", "runtime_sources", "Emitted", "EmitContext", "RUNTIME_DIR",
+__all__ = ["add_fast_fields", "emit_c", "emit_op", "profile_regions", "runtime_sources", "Emitted", "EmitContext", "RUNTIME_DIR",
            "RUNTIME_FILES"]
 
 RUNTIME_DIR = Path(__file__).parent / "runtime"
@@ -244,13 +244,14 @@ def _pack_pairs(values: np.ndarray) -> np.ndarray:
     return ((v[:, 0] & 0xFFFF) | ((v[:, 1] & 0xFFFF) << 16)).astype(np.uint64)
 
 
-def _pack_gemm(w: np.ndarray, k_pad: int) -> np.ndarray:
+def _pack_gemm(w: np.ndarray, k_pad: int, k_seq: bool = False) -> np.ndarray:
     """``(n_out, K)`` int weights -> the qc_conv/qc_fc word layout (channel pairs x 4-blocks)."""
     n, k = w.shape
     n_pad = n + (n & 1)
     full = np.zeros((n_pad, k_pad), dtype=np.int64)
     full[:n, :k] = w
-    blocks = full.reshape(n_pad // 2, 2, k_pad // 4, 4)[..., _PERM4].transpose(0, 2, 1, 3)
+    perm = np.arange(4) if k_seq else _PERM4
+    blocks = full.reshape(n_pad // 2, 2, k_pad // 4, 4)[..., perm].transpose(0, 2, 1, 3)
     return _pack_pairs(blocks)
 
 
@@ -258,7 +259,7 @@ def _requant_plan(weight_rows: np.ndarray, bias: np.ndarray, multiplier: np.ndar
                   input_offset: int, output_offset: int) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
     """Decide fast vs exact requantization for a layer; returns (fast, scale, bias', rq rows).
 
-    Fast (see qc_rq in qc_kernels.h) needs, for every channel: right shift >= 1, weights
+    Fast (see qc_rq in qc_kernels.h) needs, for every channel: right shift >= 1, multiplier >= 0, weights
     times 2^(left+1) inside int16, every partial sum times 2^(left+1) inside int32 (bound
     from the IR verifier: sum|w| * max|x + offset| + |bias|), and the rounding sum inside int32.
     """
@@ -271,6 +272,7 @@ def _requant_plan(weight_rows: np.ndarray, bias: np.ndarray, multiplier: np.ndar
     rnd = np.where(right >= 1, np.left_shift(np.ones_like(right), np.maximum(right - 1, 0)), 0) \
         + output_offset * np.left_shift(np.ones_like(right), right)
     fast = bool(np.all(right >= 1)
+                and np.all(multiplier >= 0)  # qc_conv.c's SMMLAR paths take the sign from the accumulator
                 and np.all(bound * scale <= INT32_MAX)
                 and np.all(w.max(axis=1, initial=0) * scale <= 32767)
                 and np.all(bound * (scale // 2) + 2 + np.abs(rnd) <= INT32_MAX))
@@ -299,13 +301,76 @@ def _words_array(ident: str, words: np.ndarray, comment: str) -> str:
     return _c_array("uint32_t", ident, words, comment)
 
 
+_W8_LIMIT = 1 << 23  # |sum w_o x| must stay below this (R - S = 256 * that, exactly in int32)
+
+
+def _pack_gemm_w8(w: np.ndarray, k_pad: int, k_seq: bool = False) -> np.ndarray:
+    """``(n_out, K)`` int8 weights -> the int8 ("w8") word layout of qc_conv/qc_fc (see qc_kernels.h).
+
+    Per channel pair (e, o) and 4-block (k0..k3): words (k0, k2), (k1, k3); each word holds bytes
+    [w_e(ka), w_o'(ka), w_e(kb), w_o'(kb)] with w_o' = w_o - (w_e < 0).
+    """
+    n, k = w.shape
+    n_pad = n + (n & 1)
+    full = np.zeros((n_pad, k_pad), dtype=np.int64)
+    full[:n, :k] = w
+    e, o = full[0::2], full[1::2]
+    o = o - (e < 0)
+    if o.size and o.min() < -128:
+        raise IRVerificationError("int8 weight pair outside int8")  # callers check _w8_ok first
+    e4 = e.reshape(n_pad // 2, k_pad // 4, 4) & 0xFF
+    o4 = o.reshape(n_pad // 2, k_pad // 4, 4) & 0xFF
+
+    def word(a: int, b: int) -> np.ndarray:
+        return e4[..., a] | (o4[..., a] << 8) | (e4[..., b] << 16) | (o4[..., b] << 24)
+
+    pairs = ((0, 1), (2, 3)) if k_seq else ((0, 2), (1, 3))
+    return np.stack([word(*pairs[0]), word(*pairs[1])], axis=-1).reshape(-1).astype(np.uint64)
+
+
+def _w8_plan(rows: np.ndarray, bias: np.ndarray, scale: np.ndarray, fast: bool, input_offset: int,
+             groups: int, per_group: int) -> int | None:
+    """The w8_shift of an int8-weight GEMM layer, or None when the int8 layout cannot be proved exact.
+
+    Needs: weights in [-128, 127] with w_o' = w_o - (w_e < 0) still >= -128; one pre-scale for the
+    whole layer (2^shift, shift <= 8; 0 for exact requantization); and for every odd channel of a
+    pair |sum w_o x| < 2^23 (x + offset in [-128 + offset, 127 + offset]); the bias is added after.
+    """
+    w = rows.astype(np.int64).reshape(len(bias), -1)
+    if w.size == 0 or w.min() < -128 or w.max() > 127:
+        return None
+    shift = 0
+    if fast:
+        if len(set(scale.tolist())) != 1:
+            return None
+        shift = int(scale[0]).bit_length() - 1
+        if shift > 8:
+            return None
+    xmax = max(abs(-128 + input_offset), abs(127 + input_offset))
+    wg = w.reshape(groups, per_group, -1)
+    even, odd = wg[:, 0:per_group - 1:2], wg[:, 1::2]
+    if np.any(odd - (even < 0) < -128):
+        return None
+    bound = np.abs(odd).sum(axis=2) * xmax
+    if bound.size and bound.max() >= _W8_LIMIT:
+        return None
+    return shift
+
+
 def _layer_arrays(ctx: EmitContext, op, words: np.ndarray, bias: np.ndarray, rq: np.ndarray,
-                  what: str, fast: bool) -> tuple[list[str], str, str, str]:
+                  what: str, fast: bool, w8: bool = False) -> tuple[list[str], str, str, str]:
     w_id, b_id, r_id = ctx.ident(op.name, "weight"), ctx.ident(op.name, "bias"), ctx.ident(op.name, "rq")
     form = "pre-scaled by 2^(left+1), fast requantization" if fast else "exact requantization"
+    if w8:
+        form = "fast requantization (accumulators scaled by 2^w8_shift)" if fast else "exact requantization"
+        storage = "int8 channel pairs [e, o', e, o'] (qc_kernels.h)"
+        bias_what = "bias per (padded) channel, pre-scaled by 2^w8_shift"
+    else:
+        storage = "int16 pairs"
+        bias_what = "bias per (padded) channel"
     defs = [
-        _words_array(w_id, words, f"{op.name}: {what}; int16 pairs, {op.w_bits}-bit values, {form}"),
-        _c_array("int32_t", b_id, bias, f"{op.name}: bias per (padded) channel"),
+        _words_array(w_id, words, f"{op.name}: {what}; {storage}, {op.w_bits}-bit values, {form}"),
+        _c_array("int32_t", b_id, bias, f"{op.name}: {bias_what}"),
         _rq_array(r_id, rq, f"{op.name}: requantization {{multiplier, shift, round}} per (padded) channel"),
     ]
     return defs, w_id, b_id, r_id
@@ -321,7 +386,7 @@ def _fused_padding(ctx: EmitContext, op: ir.Conv2D) -> tuple[int, tuple[int, int
 
 @emit_op.register
 def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
-    from qcompile.backends.c_layout import conv_k_pad, is_depthwise
+    from qcompile.backends.c_layout import conv_k_pad, conv_k_seq, is_depthwise
 
     src, (pt, pl, pb, pr) = _fused_padding(ctx, op)
     c, h, w = _spatial(ctx.shape(src))
@@ -366,13 +431,25 @@ def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
     cog = co // groups
     cout_pad = cog + (cog & 1)
     k_pad = conv_k_pad(op)
-    rows = wq.transpose(0, 2, 3, 1).reshape(co, kh * kw * cig)  # k = (ky * kw + kx) * cig + ci
-    words = np.concatenate([_pack_gemm(rows[g * cog:(g + 1) * cog], k_pad) for g in range(groups)])
+    raw = op.weight.astype(np.int64).transpose(0, 2, 3, 1).reshape(co, kh * kw * cig)
+    w8_shift = _w8_plan(raw, op.bias, scale, fast, op.input_offset, groups, cog)
+    w8 = w8_shift is not None
+    # element-wise im2col (qc_conv.c) on every core: store the weights in plain k order per pair
+    k_seq = conv_k_seq(op, src, ctx.program, ctx.layout.hwc_tensors)
+    if k_seq != (not (in_cs == 1 and cig % 4 == 0)):
+        raise IRVerificationError(f"Conv2D '{op.name}': im2col path and scratch size disagree")
+    if w8:  # k = (ky * kw + kx) * cig + ci
+        words = np.concatenate([_pack_gemm_w8(raw[g * cog:(g + 1) * cog], k_pad, k_seq) for g in range(groups)])
+    else:
+        rows = wq.transpose(0, 2, 3, 1).reshape(co, kh * kw * cig)
+        words = np.concatenate([_pack_gemm(rows[g * cog:(g + 1) * cog], k_pad, k_seq) for g in range(groups)])
     bias_p = _pad_channels(bias, groups, cog, cout_pad)
+    # the fused pixel-pair routine (qc_conv.c): fast form with pre-scale 2, positive multipliers
+    fused = w8 and fast and w8_shift == 1 and cog % 2 == 0
     rq_p = _pad_channels(rq, groups, cog, cout_pad)
     defs, w_id, b_id, r_id = _layer_arrays(ctx, op, words, bias_p, rq_p,
                                            f"weight (groups {groups}, channel pairs x k blocks, k_pad {k_pad})",
-                                           fast)
+                                           fast, w8)
     params = _c_params("qc_conv_params", p_id, [
         [("in_c", c), ("in_h", h), ("in_w", w), ("in_cs", in_cs), ("in_ps", in_ps)],
         [("out_c", co), ("out_h", ho), ("out_w", wo), ("out_cs", out_cs), ("out_ps", out_ps)],
@@ -380,7 +457,8 @@ def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
         [("groups", groups), ("cin_group", cig), ("cout_group", cog), ("cout_pad", cout_pad)],
         [("k", cig * kh * kw), ("k_pad", k_pad)],
         [("input_offset", op.input_offset), ("act_min", op.act_min), ("act_max", op.act_max)],
-        [("rq_fast", int(fast)), ("weight", w_id), ("bias", b_id), ("rq", r_id)],
+        [("rq_fast", int(fast)), ("w8", int(w8)), ("w8_shift", w8_shift or 0), ("fused", int(fused)), ("k_seq", int(k_seq))],
+        [("weight", w_id), ("bias", b_id), ("rq", r_id)],
     ])
     call = (f"{ctx.header_comment(op, 'im2col + GEMM' + note)}\n"
             f"qc_conv_s8(&{p_id}, {ctx.ptr(src)}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)});")
@@ -400,21 +478,28 @@ def _(op: ir.Dense, ctx: EmitContext) -> Emitted:
         wq = wq[:, perm]  # column s multiplies the element stored at position s (channels-last input)
         note = "columns permuted for the channels-last input"
     out_pad = fo + (fo & 1)
-    defs, w_id, b_id, r_id = _layer_arrays(ctx, op, _pack_gemm(wq, k_pad), _pad_channels(bias, 1, fo, out_pad),
-                                           _pad_channels(rq, 1, fo, out_pad),
-                                           f"weight ({fo}, {fi}), channel pairs x k blocks", fast)
+    raw = op.weight.astype(np.int64)
+    if perm is not None:
+        raw = raw[:, perm]
+    w8_shift = _w8_plan(raw, op.bias, scale, fast, op.input_offset, 1, fo)
+    w8 = w8_shift is not None
+    words = _pack_gemm_w8(raw, k_pad) if w8 else _pack_gemm(wq, k_pad)
+    bias_p = _pad_channels(bias, 1, fo, out_pad)
+    defs, w_id, b_id, r_id = _layer_arrays(ctx, op, words, bias_p, _pad_channels(rq, 1, fo, out_pad),
+                                           f"weight ({fo}, {fi}), channel pairs x k blocks", fast, w8)
     p_id = ctx.ident(op.name, "params")
     params = _c_params("qc_fc_params", p_id, [
         [("in_features", fi), ("k_pad", k_pad), ("out_features", fo), ("out_pad", out_pad)],
         [("input_offset", op.input_offset), ("act_min", op.act_min), ("act_max", op.act_max)],
-        [("rq_fast", int(fast)), ("weight", w_id), ("bias", b_id), ("rq", r_id)],
+        [("rq_fast", int(fast)), ("w8", int(w8)), ("w8_shift", w8_shift or 0)],
+        [("weight", w_id), ("bias", b_id), ("rq", r_id)],
     ])
     call = (f"{ctx.header_comment(op, note)}\n"
             f"qc_fc_s8(&{p_id}, {ctx.ptr(op.input)}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)});")
     return Emitted((*defs, params), (call,))
 
 
-def _add_fast_fields(op: ir.Add) -> list[tuple[str, object]]:
+def add_fast_fields(op: ir.Add) -> list[tuple[str, object]]:
     """The fast-path shift/round fields of qc_add_params, or fast = 0 when not provably exact."""
     def stage(m: int, s: int, extra_left: int, bound: int, min_right: int = 0) -> tuple[int, int, int, int] | None:
         left, right = max(s, 0), max(-s, 0)
@@ -452,10 +537,14 @@ def _(op: ir.Add, ctx: EmitContext) -> Emitted:
         [("output_multiplier", op.output_multiplier), ("output_shift", op.output_shift)],
         [("output_offset", op.output_offset), ("left_shift", op.left_shift)],
         [("act_min", op.act_min), ("act_max", op.act_max)],
-        *[[kv] for kv in _add_fast_fields(op)[:1]],
-        _add_fast_fields(op)[1:4], _add_fast_fields(op)[4:7], _add_fast_fields(op)[7:],
+        *[[kv] for kv in add_fast_fields(op)[:1]],
+        add_fast_fields(op)[1:4], add_fast_fields(op)[4:7], add_fast_fields(op)[7:],
     ])
-    call = _call(ctx, op, "qc_add_s8", p_id, ctx.ptr(op.input1), ctx.ptr(op.input2), ctx.ptr(op.output))
+    if add_uses_tables(op, ctx.program):
+        call = _call(ctx, op, "qc_add_table_s8", p_id, ctx.ptr(op.input1), ctx.ptr(op.input2), ctx.ptr(op.output),
+                     f"(int32_t *)(void *)(arena + {ctx.layout.scratch[op.name]})")
+    else:
+        call = _call(ctx, op, "qc_add_s8", p_id, ctx.ptr(op.input1), ctx.ptr(op.input2), ctx.ptr(op.output))
     return Emitted((params,), (call,))
 
 
@@ -650,7 +739,8 @@ def _arena_comment(program: ir.Program, plan: MemoryPlan, layout: Layout) -> str
         lines.append(f" * {plan.offsets[tid]:8d} {t.size:8d}  [{first:3d},{last:3d}]  "
                      f"{_comment_text(t.name)} {_shape_text(t.shape)}{hwc}{alias}")
     for op_name in sorted(layout.scratch, key=lambda n: (layout.scratch[n], n)):
-        size = scratch_bytes(next(op for op in program.ops if op.name == op_name), program)
+        size = scratch_bytes(next(op for op in program.ops if op.name == op_name), program, layout.hwc_tensors,
+                             layout.fused_pads)
         lines.append(f" * {layout.scratch[op_name]:8d} {size:8d}  scratch of {_comment_text(op_name)}")
     return "/*\n" + "\n".join(lines) + "\n */"
 
@@ -701,10 +791,24 @@ int {name}_run(const int8_t *input, int8_t *output);
 
 
 _PROFILE_MACROS = """\
-/* Instruction-count regions (QEMU icount plugin markers; no-ops elsewhere). */
+/*
+ * Instruction-count regions (QEMU icount plugin markers; no-ops elsewhere). Each marker sits in
+ * its own 16-byte aligned two-instruction function: QEMU 7.2 was seen to drop the plugin callback
+ * of a marker inside a translation block cut at a code page end, which an aligned function
+ * ending in a branch never is. Each region therefore also counts the marker function's return
+ * and the call of the END function: run_c_qemu subtracts these 2 (PROFILE_OVERHEAD).
+ */
 #if defined(__arm__) || defined(__thumb__)
-#define QC_REGION_BEGIN() __asm__ volatile("mov r11, r11" ::: "memory")
-#define QC_REGION_END() __asm__ volatile("mov r10, r10" ::: "memory")
+__attribute__((naked, noinline, used, aligned(16))) static void qc_region_begin(void)
+{
+    __asm__ volatile("mov r11, r11\\n\\tbx lr");
+}
+__attribute__((naked, noinline, used, aligned(16))) static void qc_region_end(void)
+{
+    __asm__ volatile("mov r10, r10\\n\\tbx lr");
+}
+#define QC_REGION_BEGIN() __asm__ volatile("bl qc_region_begin" ::: "lr", "memory")
+#define QC_REGION_END() __asm__ volatile("bl qc_region_end" ::: "lr", "memory")
 #else
 #define QC_REGION_BEGIN() ((void)0)
 #define QC_REGION_END() ((void)0)

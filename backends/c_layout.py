@@ -15,8 +15,10 @@
   convolution padding (no copy), when the plan keeps the Pad's input intact until the last of
   those convolutions has run.
 * **Scratch.** Convolutions and Dense ops through the GEMM kernels need a small int16 buffer
-  (im2col of 2 output pixels; the expanded input vector). It goes into a gap of the arena that
-  is free while the op runs, or past the planned arena (which then grows by that much).
+  (im2col of 2 output pixels, plus one compact row when the receptive field is gathered element
+  by element; the expanded input vector), and a large fast Add its two 256-entry int32 tables
+  (``qc_add_table_s8``). It goes into a gap of the arena that is free while the op runs, or past
+  the planned arena (which then grows by that much).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import numpy as np
 from qcompile.backends import ir
 from qcompile.backends.memory_plan import MemoryPlan
 
-__all__ = ["Layout", "analyze", "conv_k_pad", "is_depthwise", "scratch_bytes"]
+__all__ = ["Layout", "analyze", "add_uses_tables", "conv_k_pad", "conv_k_seq", "is_depthwise", "scratch_bytes"]
 
 _ALIGN = 8
 
@@ -57,13 +59,41 @@ def conv_k_pad(op: ir.Conv2D) -> int:
     return (cig * kh * kw + 3) // 4 * 4
 
 
-def scratch_bytes(op: ir.Op, program: ir.Program) -> int:
-    """Bytes of scratch the op's kernel needs (0 for none)."""
+def conv_k_seq(op: ir.Conv2D, src: int, program: ir.Program, hwc: frozenset[int]) -> bool:
+    """Whether qc_conv_s8 gathers the receptive field element by element (k_seq = 1 in the emitted
+    parameters): unless the input ``src`` (a fused Pad's input, else the conv's) has channel stride
+    1 and cin_group % 4 == 0."""
+    s = _spatial(program.tensors[src].shape)
+    unit_cs = src in hwc or (s is not None and s[1] * s[2] == 1)
+    return not (unit_cs and int(op.weight.shape[1]) % 4 == 0)
+
+
+def scratch_bytes(op: ir.Op, program: ir.Program, hwc: frozenset[int] | None = None,
+                  fused: dict[str, ir.Pad] | None = None) -> int:
+    """Bytes of scratch the op's kernel needs (0 for none). ``hwc``/``fused``: the layout decisions
+    (computed when not given; a fused Pad changes which tensor a convolution reads)."""
     if isinstance(op, ir.Conv2D) and not is_depthwise(op, program):
-        return 2 * 2 * conv_k_pad(op)  # 2 pixels x k_pad int16
+        # 2 pixels x k_pad int16, + k_pad int16 for the element-wise im2col's compact row
+        hwc = _layouts(program) if hwc is None else hwc
+        pad = (fused or {}).get(op.name)
+        src = pad.input if pad is not None else op.input
+        return (6 if conv_k_seq(op, src, program, hwc) else 4) * conv_k_pad(op)
     if isinstance(op, ir.Dense):
         return 2 * ((int(op.weight.shape[1]) + 3) // 4 * 4)
+    if isinstance(op, ir.Add) and add_uses_tables(op, program):
+        return ADD_TABLE_BYTES
     return 0
+
+
+ADD_TABLE_BYTES = 2 * 256 * 4   # qc_add_table_s8: one int32 table per input
+ADD_TABLE_MIN_SIZE = 1024       # below this, building the tables costs more than it saves
+
+
+def add_uses_tables(op: ir.Add, program: ir.Program) -> bool:
+    """Whether an Add runs through qc_add_table_s8 (fast form proved, large enough)."""
+    from qcompile.backends.c_emitter import add_fast_fields  # the emitter owns the exactness proof
+
+    return program.tensors[op.output].size >= ADD_TABLE_MIN_SIZE and add_fast_fields(op)[0][1] == 1
 
 
 @dataclass
@@ -186,7 +216,8 @@ def _fusable_pads(program: ir.Program, plan: MemoryPlan) -> dict[str, ir.Pad]:
     return fused
 
 
-def _place_scratch(program: ir.Program, plan: MemoryPlan, fused: dict[str, ir.Pad]) -> tuple[dict[str, int], int]:
+def _place_scratch(program: ir.Program, plan: MemoryPlan, fused: dict[str, ir.Pad],
+                   hwc: frozenset[int]) -> tuple[dict[str, int], int]:
     t = program.tensors
     index = {op.name: i for i, op in enumerate(program.ops)}
     life = dict(plan.lifetimes)
@@ -197,7 +228,7 @@ def _place_scratch(program: ir.Program, plan: MemoryPlan, fused: dict[str, ir.Pa
     offsets: dict[str, int] = {}
     arena = plan.arena_size
     for i, op in enumerate(program.ops):
-        size = scratch_bytes(op, program)
+        size = scratch_bytes(op, program, hwc, fused)
         if size == 0:
             continue
         busy = sorted((plan.offsets[tid], plan.offsets[tid] + t[tid].size)
@@ -216,6 +247,6 @@ def analyze(program: ir.Program, plan: MemoryPlan) -> Layout:
     """Layouts, pad fusions and scratch placement for emitting ``program`` with ``plan``."""
     fused = _fusable_pads(program, plan)
     hwc = _layouts(program)
-    scratch, arena = _place_scratch(program, plan, fused)
+    scratch, arena = _place_scratch(program, plan, fused, hwc)
     skipped = frozenset(p.name for p in fused.values())
     return Layout(program, hwc, fused, skipped, scratch, arena)

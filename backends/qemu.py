@@ -26,6 +26,9 @@ __all__ = ["CPUS", "Cpu", "QemuRun", "build_firmware", "run_c_qemu", "toolchain_
 
 HARNESS_DIR = Path(__file__).parent / "harness"
 HARNESS_FILES = ("startup.c", "semihost.c", "semihost.h", "mps2.ld")
+# Instructions a profiling region counts besides its kernel call: the BEGIN marker function's
+# return and the call of the END marker function (see the profile macros in c_emitter.py).
+PROFILE_OVERHEAD = 2
 CFLAGS = ("-mthumb", "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-ffunction-sections",
           "-fdata-sections")
 
@@ -223,5 +226,6 @@ def run_c_qemu(program: ir.Program, plan: MemoryPlan, xs: np.ndarray, *, name: s
     regions = profile_regions(program, plan, name)
     if len(counts) != n * len(regions):
         raise BuildError(f"profiling run gave {len(counts)} regions, expected {n} x {len(regions)}")
+    counts = [c - PROFILE_OVERHEAD for c in counts]
     per_op = [list(zip(regions, counts[k * len(regions):(k + 1) * len(regions)])) for k in range(n)]
     return QemuRun(outputs, [sum(c for _, c in ops) for ops in per_op], text, data, bss, per_op)

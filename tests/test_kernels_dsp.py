@@ -4,7 +4,8 @@ The runtime picks, per layer and at run time, between fast paths and fallbacks: 
 channels-last input in whole 4-channel words or element by element; GEMM blocks of 2 channels
 x 2 pixels, the 1-pixel tail, odd channel counts, more channels than one accumulator chunk;
 depthwise 3x3 windows unrolled (full and clipped at an edge), general windows, channels past
-the last block of 4, and the channel-by-channel path for PyTorch-order inputs; fast and exact
+the last block of 4, and the channel-by-channel path for PyTorch-order inputs; int8 and int16
+weight layouts of the GEMM kernels; fast and exact
 requantization; the fast and the general Add; strided pools, pads, concats, PReLU and Mul in
 both layouts; Dense on a flattened channels-last tensor (permuted weight columns); a Pad fused
 into the following convolution. On Cortex-M4/M7/M33 the DSP versions run, on Cortex-M3 (the
@@ -38,6 +39,20 @@ def _exact_requant(b: Builder) -> None:
     b.ops[-1] = dataclasses.replace(op, multiplier=m, shift=s)
 
 
+def _int16_weights(b: Builder) -> None:
+    """Force the int16 weight layout of the last conv/dense (reduction length >= 520): channel 1
+    all +-127, so sum |w_o| * max |x + offset| >= 2^23 breaks the bound of the int8 ("w8")
+    channel pairs (see qc_kernels.h). Channel 3 gets a bias far beyond 2^23 (fine for both
+    layouts: only sum w_o x is bounded)."""
+    op = b.ops[-1]
+    w, bias = op.weight.copy(), op.bias.copy()
+    rows = w.reshape(w.shape[0], -1)
+    assert rows.shape[1] >= 520
+    rows[1] = np.where(rows[1] < 0, -127, 127)
+    bias[3] = (1 << 26) + 5
+    b.ops[-1] = dataclasses.replace(op, weight=w, bias=bias)
+
+
 def _join(b: Builder, branches: list[int]) -> ir.Program:
     """Flatten every branch and concatenate them (roughly identity rescales) into the graph output."""
     flats = [b.reshape(t, (b.size(t),)) if len(b.shape(t)) > 1 else t for t in branches]
@@ -67,6 +82,9 @@ def conv_program() -> ir.Program:
     ]
     b.conv(a8, 10, (3, 3), padding=(1, 1, 1, 1))
     _exact_requant(b)                                                      # exact requantization
+    outs.append(b.ops[-1].output)
+    b.conv(_hwc(b, x, 64), 6, (3, 3), padding=(1, 1, 1, 1))
+    _int16_weights(b)                                                      # int16 weight layout
     outs.append(b.ops[-1].output)
     return _join(b, [b.conv(o, 3, (1, 1)) if len(b.shape(o)) == 3 else o for o in outs])
 
@@ -110,6 +128,15 @@ def misc_program() -> ir.Program:
     b.dense(b.gap(c), 6)
     _exact_requant(b)
     outs.append(b.ops[-1].output)
+    w1, w2 = _hwc(b, x, 32), _hwc(b, x, 32)                             # >= 1024 elements: table Add
+    for subtract, act in ((False, (-128, 127)), (True, (-20, 90))):
+        b.add(w1, w2, subtract=subtract)
+        b.ops[-1] = dataclasses.replace(b.ops[-1], act_min=act[0], act_max=act[1])
+        outs.append(b.ops[-1].output)
+    wide = _hwc(b, x, 16)
+    b.dense(b.reshape(wide, (b.size(wide),)), 7)
+    _int16_weights(b)                                                   # int16 weight layout
+    outs.append(b.ops[-1].output)
     outs = [b.conv(o, 3, (1, 1)) if len(b.shape(o)) == 3 else o for o in outs]
     return _join(b, outs)
 
@@ -130,10 +157,12 @@ def test_programs_exercise_the_variants():
     assert analyze(conv, plan_memory(conv)).fused_pads
     src = emit_c(conv, plan_memory(conv), "m")["m.c"]
     assert ".rq_fast = 1" in src and ".rq_fast = 0" in src and "qc_conv_s8(" in src
+    assert ".w8 = 1" in src and ".w8 = 0" in src
     src = emit_c(dw, plan_memory(dw), "m")["m.c"]
     assert "qc_dwconv_s8(" in src and "qc_conv_s8(" in src
     src = emit_c(misc, plan_memory(misc), "m")["m.c"]
     assert ".fast = 1" in src and ".fast = 0" in src and "columns permuted" in src
+    assert ".w8 = 1" in src and ".w8 = 0" in src and "qc_add_table_s8(" in src and "qc_add_s8(" in src
 
 
 def test_host_plain_c(program):

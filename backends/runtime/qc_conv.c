@@ -10,6 +10,14 @@
  * element by element. The pairing (k0,k2)(k1,k3) of each 4-block is what SXTAB16 produces
  * from 4 consecutive int8 values; the emitter stores the weights in the same order.
  *
+ * Weights are stored one byte each (the "w8" channel-pair layout of qc_kernels.h: one SXTB16
+ * per weight word serves both channels of a pair) unless the emitter could not prove that layout
+ * exact for a layer, which then keeps int16 pairs. On DSP cores, layers with fast requantization
+ * run a whole pixel pair (every channel pair: MACs, channel split, requantization, stores) in one
+ * assembly routine, qc_w8_pair_full / qc_w8_pair_clamp. Inputs that are not channels-last with
+ * whole 4-channel words (e.g. the PyTorch-order graph input) are gathered element by element in
+ * plain k order (k_seq = 1: the emitter pairs those layers' weights (k0,k1)(k2,k3)).
+ *
  * Without the DSP extension the same loops run on the same data with plain multiplies.
  */
 #include "qc_kernels.h"
@@ -112,7 +120,7 @@ static void qc_window(int32_t start, int32_t step, int32_t count, int32_t limit,
  * padded taps 0, and indices k >= K are 0.
  */
 static void qc_im2col(const qc_conv_params *p, const int8_t *input, int32_t g, int32_t oy, int32_t ox,
-                      uint32_t *dst)
+                      uint32_t *dst, int16_t *tmp)
 {
     const int32_t iy0 = oy * p->stride_h - p->pad_top;
     const int32_t ix0 = ox * p->stride_w - p->pad_left;
@@ -122,6 +130,37 @@ static void qc_im2col(const qc_conv_params *p, const int8_t *input, int32_t g, i
     int32_t ky, kx;
 
 #if QC_DSP
+    if (p->in_cs == 1 && (cig & 3) == 0 && p->dilation_w == 1 && p->in_ps == cig) {
+        /* channels-last, one group: the valid taps of a kernel row are one contiguous run of
+           bytes; expand it a word (4 channels) at a time, zero the taps in the padding */
+        const uint32_t off2 = qc_pack16(off, off);
+        const int32_t row_words = p->kernel_w * cig / 4;
+        int32_t kx_lo, kx_hi;
+        qc_window(ix0, 1, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
+        for (ky = 0; ky < p->kernel_h; ++ky) {
+            const int32_t iy = iy0 + ky * p->dilation_h;
+            uint32_t *const row_end = dst + 4 * row_words;
+            if (iy >= 0 && iy < p->in_h && kx_hi > kx_lo) {
+                const int8_t *src = in_g + (iy * p->in_w + ix0 + kx_lo) * cig;
+                uint32_t *const run_end = dst + 4 * (kx_hi * cig / 4);
+                for (; dst < row_end - 4 * ((p->kernel_w - kx_lo) * cig / 4); dst += 4) {
+                    dst[0] = 0;
+                    dst[1] = 0;
+                }
+                for (; dst < run_end; dst += 4) {
+                    const uint32_t v = qc_load32(src);
+                    src += 4;
+                    dst[0] = qc_ext02(off2, v);
+                    dst[1] = qc_ext13(off2, v);
+                }
+            }
+            for (; dst < row_end; dst += 4) {
+                dst[0] = 0;
+                dst[1] = 0;
+            }
+        }
+        return;
+    }
     if (p->in_cs == 1 && (cig & 3) == 0) {
         /* channels-last, whole blocks per tap: 4 channels per word, 2 SXTAB16 */
         const uint32_t off2 = qc_pack16(off, off);
@@ -151,35 +190,70 @@ static void qc_im2col(const qc_conv_params *p, const int8_t *input, int32_t g, i
     }
 #endif
     {
-        /* general layout: element by element, 4 values per block */
-        int32_t vals[4];
+        /* general layout: element by element into the int16 halves of the block words; the
+           pairing is (k0,k2)(k1,k3) or, when the emitter chose it for this layer, (k0,k1)(k2,k3) */
+        static const uint8_t pos_ext[4] = {0, 2, 1, 3};
+        static const uint8_t pos_seq[4] = {0, 1, 2, 3};
+        const uint8_t *const pos = p->k_seq ? pos_seq : pos_ext;
+        unsigned char *d = (unsigned char *)dst;
         int32_t n = 0;
-        int32_t k;
+        if (p->k_seq) {
+            /* plain k order into a compact int16 row (tmp), then 8 bytes per block into this
+               pixel's half of the interleaved blocks */
+            int16_t *t = tmp;
+            int32_t b;
+            for (ky = 0; ky < p->kernel_h; ++ky) {
+                const int32_t iy = iy0 + ky * p->dilation_h;
+                if (iy < 0 || iy >= p->in_h) {
+                    memset(t, 0, (size_t)(p->kernel_w * cig) * sizeof(int16_t));
+                    t += p->kernel_w * cig;
+                    continue;
+                }
+                for (kx = 0; kx < p->kernel_w; ++kx) {
+                    const int32_t ix = ix0 + kx * p->dilation_w;
+                    int32_t c;
+                    if (ix < 0 || ix >= p->in_w) {
+                        for (c = 0; c < cig; ++c) {
+                            *t++ = 0;
+                        }
+                    } else {
+                        const int8_t *src = in_g + (iy * p->in_w + ix) * p->in_ps;
+                        for (c = 0; c < cig; ++c) {
+                            *t++ = (int16_t)(*src + off);
+                            src += p->in_cs;
+                        }
+                    }
+                }
+            }
+            while (t < tmp + p->k_pad) {
+                *t++ = 0;
+            }
+            for (b = 0; b < p->k_pad / 4; ++b) {
+                memcpy(dst + 4 * b, tmp + 4 * b, 8);
+            }
+            return;
+        }
         for (ky = 0; ky < p->kernel_h; ++ky) {
             const int32_t iy = iy0 + ky * p->dilation_h;
             const int row_ok = iy >= 0 && iy < p->in_h;
             for (kx = 0; kx < p->kernel_w; ++kx) {
                 const int32_t ix = ix0 + kx * p->dilation_w;
-                const int ok = row_ok && ix >= 0 && ix < p->in_w;
-                const int32_t at = ok ? (iy * p->in_w + ix) * p->in_ps : 0;
                 int32_t c;
-                for (c = 0; c < cig; ++c) {
-                    vals[n++] = ok ? in_g[at + c * p->in_cs] + off : 0;
-                    if (n == 4) {
-                        dst[0] = qc_pack16(vals[0], vals[2]);
-                        dst[1] = qc_pack16(vals[1], vals[3]);
-                        dst += 4;
-                        n = 0;
+                if (row_ok && ix >= 0 && ix < p->in_w) {
+                    const int8_t *src = in_g + (iy * p->in_w + ix) * p->in_ps;
+                    for (c = 0; c < cig; ++c, ++n) {
+                        const int16_t v = (int16_t)(src[c * p->in_cs] + off);
+                        memcpy(d + 2 * ((n >> 2) * 8 + pos[n & 3]), &v, 2);
+                    }
+                } else {
+                    for (c = 0; c < cig; ++c, ++n) {
+                        memset(d + 2 * ((n >> 2) * 8 + pos[n & 3]), 0, 2);
                     }
                 }
             }
         }
-        if (n != 0) {
-            for (k = n; k < 4; ++k) {
-                vals[k] = 0;
-            }
-            dst[0] = qc_pack16(vals[0], vals[2]);
-            dst[1] = qc_pack16(vals[1], vals[3]);
+        for (; (n & 3) != 0; ++n) {
+            memset(d + 2 * ((n >> 2) * 8 + pos[n & 3]), 0, 2);
         }
     }
 }
@@ -294,9 +368,249 @@ __attribute__((noinline)) static void qc_dot_2x1(const uint32_t *w, const uint32
     acc[0] = a0;
     acc[1] = a1;
 }
+
+/*
+ * int8 weights (see "w8" in qc_kernels.h): per block one LDM of the 2 raw weight words of the
+ * channel pair, 2 SXTB16, 8 SMLAD; acc = {S(p0), S(p1), R(p0), R(p1)}.
+ */
+#define QC_W8_BLOCK_2X2 \
+    "ldmia %[w]!, {r4, r5}\n\t" \
+    "sxtb16 r6, r4\n\t" \
+    "sxtb16 r7, r5\n\t" \
+    "ldmia %[x]!, {r8, r9}\n\t" \
+    "smlad %[a00], r6, r8, %[a00]\n\t" \
+    "smlad %[a00], r7, r9, %[a00]\n\t" \
+    "smlad %[a10], r4, r8, %[a10]\n\t" \
+    "smlad %[a10], r5, r9, %[a10]\n\t" \
+    "ldmia %[x]!, {r8, r9}\n\t" \
+    "smlad %[a01], r6, r8, %[a01]\n\t" \
+    "smlad %[a01], r7, r9, %[a01]\n\t" \
+    "smlad %[a11], r4, r8, %[a11]\n\t" \
+    "smlad %[a11], r5, r9, %[a11]\n\t"
+
+__attribute__((noinline)) static void qc_dot_2x2_w8(const uint32_t *w, const uint32_t *x, int32_t blocks,
+                                                    int32_t *acc)
+{
+    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+    const uint32_t *const x_end = x + 4 * blocks;
+
+    if (blocks & 1) {
+        __asm__ volatile(QC_W8_BLOCK_2X2
+            : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11)
+            :
+            : "r4", "r5", "r6", "r7", "r8", "r9", "memory");
+    }
+    if (x != x_end) {
+        __asm__ volatile(
+            "1:\n\t"
+            QC_W8_BLOCK_2X2
+            QC_W8_BLOCK_2X2
+            "cmp %[x], %[end]\n\t"
+            "bne 1b\n\t"
+            : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11)
+            : [end] "r"(x_end)
+            : "r4", "r5", "r6", "r7", "r8", "r9", "cc", "memory");
+    }
+    acc[0] = a00;
+    acc[1] = a01;
+    acc[2] = a10;
+    acc[3] = a11;
+}
+
+#define QC_W8_BLOCK_2X1 \
+    "ldmia %[w]!, {r4, r5}\n\t" \
+    "ldmia %[x]!, {r8, r9}\n\t" \
+    "sxtb16 r6, r4\n\t" \
+    "sxtb16 r7, r5\n\t" \
+    "smlad %[a0], r6, r8, %[a0]\n\t" \
+    "smlad %[a0], r7, r9, %[a0]\n\t" \
+    "smlad %[a1], r4, r8, %[a1]\n\t" \
+    "smlad %[a1], r5, r9, %[a1]\n\t"
+
+/* int8 weights, 2 channels x 1 pixel over a compact activation vector; acc = {S, R}. */
+__attribute__((noinline)) static void qc_dot_2x1_w8(const uint32_t *w, const uint32_t *x, int32_t blocks,
+                                                    int32_t *acc)
+{
+    int32_t a0 = acc[0], a1 = acc[1];
+    const uint32_t *const x_end = x + 2 * blocks;
+
+    if (blocks & 1) {
+        __asm__ volatile(QC_W8_BLOCK_2X1
+            : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(a0), [a1] "+r"(a1)
+            :
+            : "r4", "r5", "r6", "r7", "r8", "r9", "memory");
+    }
+    if (x != x_end) {
+        __asm__ volatile(
+            "1:\n\t"
+            QC_W8_BLOCK_2X1
+            QC_W8_BLOCK_2X1
+            "cmp %[x], %[end]\n\t"
+            "bne 1b\n\t"
+            : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(a0), [a1] "+r"(a1)
+            : [end] "r"(x_end)
+            : "r4", "r5", "r6", "r7", "r8", "r9", "cc", "memory");
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+}
+
+/*
+ * Fused int8-weight pixel pair (conv with rq_fast, w8_shift 1, multipliers >= 0, channels-last
+ * output, even channel count): for every channel pair, the whole reduction (2 x 2 block, 13
+ * instructions per 16 MACs), the channel split with the pre-scaled bias, the fast requantization
+ * and the stores, in registers. Requantization per output: SMMLAR (multiply-high + round term),
+ * the sign correction from the accumulator's sign (equivalent to the product's: see
+ * qc_rq_fast; for a zero product both give the output offset), a shift and SSAT.
+ */
+typedef struct {
+    const uint32_t *w;          /*  0: first channel pair's weights */
+    const uint32_t *x;          /*  4: im2col of the 2 pixels */
+    const uint32_t *x_end;      /*  8 */
+    const int32_t *bias;        /* 12: pre-scaled by 2 */
+    const qc_rq *rq;            /* 16 */
+    int8_t *out0, *out1;        /* 20, 24 */
+    const uint32_t *w_end;      /* 28 */
+    int32_t odd;                /* 32: blocks & 1 */
+    int32_t lo, hi;             /* 36, 40 */
+} qc_w8_job;
+
+#define QC_W8F_BLOCK \
+    "ldmia r0!, {r4, r5}\n\t" \
+    "sxtb16 r6, r4\n\t" \
+    "sxtb16 r7, r5\n\t" \
+    "ldmia r1!, {r8, r9}\n\t" \
+    "smlad r3, r6, r8, r3\n\t" \
+    "smlad r3, r7, r9, r3\n\t" \
+    "smlad r11, r4, r8, r11\n\t" \
+    "smlad r11, r5, r9, r11\n\t" \
+    "ldmia r1!, {r8, r9}\n\t" \
+    "smlad r10, r6, r8, r10\n\t" \
+    "smlad r10, r7, r9, r10\n\t" \
+    "smlad r12, r4, r8, r12\n\t" \
+    "smlad r12, r5, r9, r12\n\t"
+
+#define QC_W8F_RQ(acc, m, sh, rnd) \
+    "smmlar r1, " acc ", " m ", " rnd "\n\t" \
+    "add r1, r1, " acc ", asr #31\n\t" \
+    "asr r1, r1, " sh "\n\t" \
+    "ssat " acc ", #8, r1\n\t"
+
+#define QC_W8F_CLAMP(acc) \
+    "cmp " acc ", r4\n\t" \
+    "it lt\n\t" \
+    "movlt " acc ", r4\n\t" \
+    "cmp " acc ", r5\n\t" \
+    "it gt\n\t" \
+    "movgt " acc ", r5\n\t"
+
+#define QC_W8F_HEAD \
+    "push {r0, r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t" \
+    "ldr r0, [r0, #0]\n\t" \
+    "1:\n\t" \
+    "ldr lr, [sp]\n\t" \
+    "ldrd r1, r2, [lr, #4]\n\t" \
+    "movs r3, #0\n\t" \
+    "mov r10, r3\n\t" \
+    "mov r11, r3\n\t" \
+    "mov r12, r3\n\t" \
+    "ldr r4, [lr, #32]\n\t" \
+    "cbz r4, 2f\n\t" \
+    QC_W8F_BLOCK \
+    "2:\n\t" \
+    "cmp r1, r2\n\t" \
+    "beq 4f\n\t" \
+    "3:\n\t" \
+    QC_W8F_BLOCK \
+    QC_W8F_BLOCK \
+    "cmp r1, r2\n\t" \
+    "bne 3b\n\t" \
+    "4:\n\t" \
+    "ldr lr, [sp]\n\t" \
+    "ldr r1, [lr, #12]\n\t" \
+    "ldmia r1!, {r4, r5}\n\t" \
+    "str r1, [lr, #12]\n\t" \
+    "sub r11, r11, r3\n\t" \
+    "sub r12, r12, r10\n\t" \
+    "add r11, r5, r11, asr #7\n\t" \
+    "add r12, r5, r12, asr #7\n\t" \
+    "add r3, r4, r3, lsl #1\n\t" \
+    "add r10, r4, r10, lsl #1\n\t" \
+    "ldr r1, [lr, #16]\n\t" \
+    "ldmia r1!, {r4, r5, r6, r7, r8, r9}\n\t" \
+    "str r1, [lr, #16]\n\t" \
+    QC_W8F_RQ("r3", "r4", "r5", "r6") \
+    QC_W8F_RQ("r10", "r4", "r5", "r6") \
+    QC_W8F_RQ("r11", "r7", "r8", "r9") \
+    QC_W8F_RQ("r12", "r7", "r8", "r9")
+
+#define QC_W8F_TAIL \
+    "ldrd r1, r2, [lr, #20]\n\t" \
+    "strb r3, [r1], #1\n\t" \
+    "strb r11, [r1], #1\n\t" \
+    "strb r10, [r2], #1\n\t" \
+    "strb r12, [r2], #1\n\t" \
+    "strd r1, r2, [lr, #20]\n\t" \
+    "ldr r1, [lr, #28]\n\t" \
+    "cmp r0, r1\n\t" \
+    "bne 1b\n\t" \
+    "pop {r0, r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t"
+
+/* Outputs in the full int8 range (act_min = -128, act_max = 127). */
+__attribute__((naked, noinline)) static void qc_w8_pair_full(const qc_w8_job *job)
+{
+    (void)job;
+    __asm__ volatile(QC_W8F_HEAD QC_W8F_TAIL);
+}
+
+/* Outputs clamped to [lo, hi]. */
+__attribute__((naked, noinline)) static void qc_w8_pair_clamp(const qc_w8_job *job)
+{
+    (void)job;
+    __asm__ volatile(QC_W8F_HEAD
+                     "ldrd r4, r5, [lr, #36]\n\t"
+                     QC_W8F_CLAMP("r3") QC_W8F_CLAMP("r10") QC_W8F_CLAMP("r11") QC_W8F_CLAMP("r12")
+                     QC_W8F_TAIL);
+}
 #else
 #define QC_ASM_GEMM 0
 #endif
+
+/* SXTB16: (sext byte 0, sext byte 2) as two int16 halves. */
+static inline uint32_t qc_sxtb16(uint32_t v)
+{
+#if QC_DSP
+    return (uint32_t)__sxtb16((int8x4_t)v);
+#else
+    return qc_pack16((int8_t)(uint8_t)(v & 0xFFu), (int8_t)(uint8_t)((v >> 16) & 0xFFu));
+#endif
+}
+
+/* R-accumulator step of the int8 layout: wraps modulo 2^32 like SMLAD (no signed overflow in C). */
+static inline int32_t qc_dot2_wrap(uint32_t a, uint32_t b, int32_t sum)
+{
+#if QC_DSP
+    return __smlad((int16x2_t)a, (int16x2_t)b, sum);
+#else
+    return (int32_t)((uint32_t)sum + (uint32_t)(qc_lo16(a) * qc_lo16(b)) + (uint32_t)(qc_hi16(a) * qc_hi16(b)));
+#endif
+}
+
+/*
+ * Recover the two channels of every pair of an int8-weight GEMM (started from 0): acc[2i] = S
+ * (channel e), acc[2i + 1] = R; afterwards both hold the accumulators scaled by 2^shift plus
+ * the bias (pre-scaled by 2^shift, like the int16 layout's).
+ */
+static void qc_w8_split(int32_t *acc, const int32_t *bias, int32_t n, int32_t shift)
+{
+    int32_t i;
+    for (i = 0; i < n; i += 2) {
+        const int32_t s = acc[i];
+        const uint32_t d = (uint32_t)acc[i + 1] - (uint32_t)s;  /* 256 * sum w_o x, exactly */
+        acc[i] = (int32_t)((uint32_t)s << shift) + bias[i];
+        acc[i + 1] = ((int32_t)d >> (8 - shift)) + bias[i + 1];
+    }
+}
 
 #define QC_CHUNK 32  /* output channels accumulated before one requantization pass */
 
@@ -316,7 +630,25 @@ static void qc_requant_store(const int32_t *acc, int32_t n, const qc_rq *rq, int
         /* 13-15 instructions per output: LDM of the {multiplier, shift, round} record */
         const int32_t *const end = acc + n;
         int32_t a;
-        if (hi == 127) {
+        if (hi == 127 && lo == -128) {
+            /* 9 instructions per output: SMMLAR adds the round term; the sign correction comes
+               from the accumulator (the emitter's fast form has multipliers >= 0, so the
+               product has the accumulator's sign or is 0, where both give the same result) */
+            __asm__ volatile(
+                "1:\n\t"
+                "ldr %[a], [%[acc]], #4\n\t"
+                "ldmia %[q]!, {r4, r5, r6}\n\t"
+                "smmlar r6, %[a], r4, r6\n\t"
+                "add r6, r6, %[a], asr #31\n\t"
+                "asr r6, r6, r5\n\t"
+                "ssat r6, #8, r6\n\t"
+                "strb r6, [%[out]], #1\n\t"
+                "cmp %[acc], %[end]\n\t"
+                "bne 1b\n\t"
+                : [a] "=&r"(a), [acc] "+r"(acc), [q] "+r"(rq), [out] "+r"(out)
+                : [end] "r"(end)
+                : "r4", "r5", "r6", "cc", "memory");
+        } else if (hi == 127) {
             __asm__ volatile(
                 "1:\n\t"
                 "ldr %[a], [%[acc]], #4\n\t"
@@ -372,7 +704,7 @@ static void qc_requant_store(const int32_t *acc, int32_t n, const qc_rq *rq, int
 }
 
 /* acc0[0..1] += channels (0, 1) x pixel slot 0, acc1[0..1] the same for slot 1. */
-static void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t *acc0, int32_t *acc1)
+static void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t *acc0, int32_t *acc1, int w8)
 {
 #if QC_ASM_GEMM
     int32_t acc[4];
@@ -380,7 +712,11 @@ static void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int
     acc[1] = acc1[0];
     acc[2] = acc0[1];
     acc[3] = acc1[1];
-    qc_dot_2x2(w, x, blocks, acc);
+    if (w8) {
+        qc_dot_2x2_w8(w, x, blocks, acc);
+    } else {
+        qc_dot_2x2(w, x, blocks, acc);
+    }
     acc0[0] = acc[0];
     acc1[0] = acc[1];
     acc0[1] = acc[2];
@@ -388,6 +724,26 @@ static void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int
 #else
     int32_t a00 = acc0[0], a01 = acc1[0], a10 = acc0[1], a11 = acc1[1];
     int32_t b;
+    if (w8) {
+        for (b = 0; b < blocks; ++b) {
+            const uint32_t e0 = qc_sxtb16(w[0]), e1 = qc_sxtb16(w[1]);
+            a00 = qc_dot2(e0, x[0], a00);
+            a00 = qc_dot2(e1, x[1], a00);
+            a01 = qc_dot2(e0, x[2], a01);
+            a01 = qc_dot2(e1, x[3], a01);
+            a10 = qc_dot2_wrap(w[0], x[0], a10);
+            a10 = qc_dot2_wrap(w[1], x[1], a10);
+            a11 = qc_dot2_wrap(w[0], x[2], a11);
+            a11 = qc_dot2_wrap(w[1], x[3], a11);
+            w += 2;
+            x += 4;
+        }
+        acc0[0] = a00;
+        acc1[0] = a01;
+        acc0[1] = a10;
+        acc1[1] = a11;
+        return;
+    }
     for (b = 0; b < blocks; ++b) {
         a00 = qc_dot2(w[0], x[0], a00);
         a00 = qc_dot2(w[1], x[1], a00);
@@ -408,14 +764,33 @@ static void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int
 }
 
 /* acc[0..1] += channels (0, 1) x one pixel whose words are x[0], x[1] of every x_step words. */
-static void qc_mac_2x1(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t x_step, int32_t *acc)
+static void qc_mac_2x1(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t x_step, int32_t *acc, int w8)
 {
 #if QC_ASM_GEMM
     if (x_step == 2) {
-        qc_dot_2x1(w, x, blocks, acc);
+        if (w8) {
+            qc_dot_2x1_w8(w, x, blocks, acc);
+        } else {
+            qc_dot_2x1(w, x, blocks, acc);
+        }
         return;
     }
 #endif
+    if (w8) {
+        int32_t a0 = acc[0], a1 = acc[1];
+        int32_t b;
+        for (b = 0; b < blocks; ++b) {
+            a0 = qc_dot2(qc_sxtb16(w[0]), x[0], a0);
+            a0 = qc_dot2(qc_sxtb16(w[1]), x[1], a0);
+            a1 = qc_dot2_wrap(w[0], x[0], a1);
+            a1 = qc_dot2_wrap(w[1], x[1], a1);
+            w += 2;
+            x += x_step;
+        }
+        acc[0] = a0;
+        acc[1] = a1;
+        return;
+    }
     {
         int32_t a0 = acc[0], a1 = acc[1];
         int32_t b;
@@ -441,10 +816,14 @@ void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, ui
     const int fast = p->rq_fast != 0;
     const int32_t cs = p->out_cs;
     int32_t acc0[QC_CHUNK], acc1[QC_CHUNK];
+    int16_t *const tmp = (int16_t *)(void *)(scratch + p->k_pad);  /* k_seq layers: k_pad int16 more */
     int32_t g;
 
+    const int w8 = p->w8 != 0;
+    const int32_t wpc = w8 ? blocks : 2 * blocks;  /* weight words per output channel */
+
     for (g = 0; g < p->groups; ++g) {
-        const uint32_t *w_g = p->weight + g * p->cout_pad * blocks * 2;
+        const uint32_t *w_g = p->weight + g * p->cout_pad * wpc;
         const int32_t *bias_g = p->bias + g * p->cout_pad;
         const qc_rq *rq_g = p->rq + g * p->cout_pad;
         int8_t *out_g = output + g * p->cout_group * cs;
@@ -456,13 +835,46 @@ void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, ui
             int8_t *o0 = out_g + pix * p->out_ps;
             int8_t *o1 = o0 + p->out_ps;
             int32_t c0;
-            qc_im2col(p, input, g, oy, ox, scratch);
+#if QC_ASM_GEMM
+            if (two && p->fused && cs == 1) {
+                qc_w8_job job;
+                qc_im2col(p, input, g, oy, ox, scratch, tmp);
+                if (++ox == p->out_w) {
+                    ox = 0;
+                    ++oy;
+                }
+                qc_im2col(p, input, g, oy, ox, scratch + 2, tmp);
+                if (++ox == p->out_w) {
+                    ox = 0;
+                    ++oy;
+                }
+                job.w = w_g;
+                job.x = scratch;
+                job.x_end = scratch + 4 * blocks;
+                job.bias = bias_g;
+                job.rq = rq_g;
+                job.out0 = o0;
+                job.out1 = o1;
+                job.w_end = w_g + p->cout_pad * blocks;
+                job.odd = blocks & 1;
+                job.lo = p->act_min;
+                job.hi = p->act_max;
+                if (p->act_min == -128 && p->act_max == 127) {
+                    qc_w8_pair_full(&job);
+                } else {
+                    qc_w8_pair_clamp(&job);
+                }
+                pix += 2;
+                continue;
+            }
+#endif
+            qc_im2col(p, input, g, oy, ox, scratch, tmp);
             if (++ox == p->out_w) {
                 ox = 0;
                 ++oy;
             }
             if (two) {
-                qc_im2col(p, input, g, oy, ox, scratch + 2);
+                qc_im2col(p, input, g, oy, ox, scratch + 2, tmp);
                 if (++ox == p->out_w) {
                     ox = 0;
                     ++oy;
@@ -471,17 +883,27 @@ void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, ui
             for (c0 = 0; c0 < p->cout_group; c0 += QC_CHUNK) {
                 const int32_t n = p->cout_group - c0 < QC_CHUNK ? p->cout_group - c0 : QC_CHUNK;
                 int32_t j;
-                memcpy(acc0, bias_g + c0, (size_t)(n + (n & 1)) * sizeof(int32_t));
+                if (w8) {
+                    memset(acc0, 0, (size_t)(n + (n & 1)) * sizeof(int32_t));
+                } else {
+                    memcpy(acc0, bias_g + c0, (size_t)(n + (n & 1)) * sizeof(int32_t));
+                }
                 if (two) {
                     memcpy(acc1, acc0, (size_t)(n + (n & 1)) * sizeof(int32_t));
                     for (j = 0; j < n; j += 2) {
-                        qc_mac_2x2(w_g + (c0 + j) * blocks * 2, scratch, blocks, acc0 + j, acc1 + j);
+                        qc_mac_2x2(w_g + (c0 + j) * wpc, scratch, blocks, acc0 + j, acc1 + j, w8);
+                    }
+                    if (w8) {
+                        qc_w8_split(acc1, bias_g + c0, n, p->w8_shift);
                     }
                     qc_requant_store(acc1, n, rq_g + c0, o1 + c0 * cs, cs, p->act_min, p->act_max, fast);
                 } else {
                     for (j = 0; j < n; j += 2) {
-                        qc_mac_2x1(w_g + (c0 + j) * blocks * 2, scratch, blocks, 4, acc0 + j);
+                        qc_mac_2x1(w_g + (c0 + j) * wpc, scratch, blocks, 4, acc0 + j, w8);
                     }
+                }
+                if (w8) {
+                    qc_w8_split(acc0, bias_g + c0, n, p->w8_shift);
                 }
                 qc_requant_store(acc0, n, rq_g + c0, o0 + c0 * cs, cs, p->act_min, p->act_max, fast);
             }
@@ -529,9 +951,16 @@ void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output, uint32
     for (c0 = 0; c0 < p->out_features; c0 += QC_CHUNK) {
         const int32_t m = p->out_features - c0 < QC_CHUNK ? p->out_features - c0 : QC_CHUNK;
         int32_t j;
-        memcpy(acc, p->bias + c0, (size_t)(m + (m & 1)) * sizeof(int32_t));
+        if (p->w8) {
+            memset(acc, 0, (size_t)(m + (m & 1)) * sizeof(int32_t));
+        } else {
+            memcpy(acc, p->bias + c0, (size_t)(m + (m & 1)) * sizeof(int32_t));
+        }
         for (j = 0; j < m; j += 2) {
-            qc_mac_2x1(p->weight + (c0 + j) * blocks * 2, scratch, blocks, 2, acc + j);
+            qc_mac_2x1(p->weight + (c0 + j) * (p->w8 ? blocks : 2 * blocks), scratch, blocks, 2, acc + j, p->w8);
+        }
+        if (p->w8) {
+            qc_w8_split(acc, p->bias + c0, m, p->w8_shift);
         }
         qc_requant_store(acc, m, p->rq + c0, output + c0, 1, p->act_min, p->act_max, fast);
     }

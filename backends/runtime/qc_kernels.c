@@ -68,6 +68,50 @@ void qc_add_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input
     }
 }
 
+void qc_add_table_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
+                     int32_t *scratch)
+{
+    /* p->fast must be 1: the input stages of the fast path depend on one int8 value each, so they
+       are tabulated once (2 x 256 entries), and each element costs two loads, an add and the
+       output stage. */
+    const int32_t o1 = p->input1_offset, o2 = p->input2_offset;
+    const int32_t m1 = p->input1_multiplier, m2 = p->input2_multiplier, mo = p->output_multiplier;
+    const int32_t s1 = p->in1_shift, s2 = p->in2_shift, so = p->out_shift;
+    const int32_t r1 = p->in1_right, r2 = p->in2_right, ro = p->out_right;
+    const int32_t h1 = p->in1_round, h2 = p->in2_round, ho = p->out_round;
+    const int32_t lo = p->act_min, hi = p->act_max;
+    const int32_t g1 = r1 > 0 ? -1 : 0, g2 = r2 > 0 ? -1 : 0;
+    const int32_t *const ta = scratch + 128;
+    const int32_t *const tb = scratch + 384;
+    const int32_t n = p->size;
+    int32_t i;
+
+    for (i = -128; i < 128; ++i) {
+        const int32_t va = qc_mulhi_round((int32_t)((uint32_t)(i + o1) << s1), m1);
+        const int32_t vb = qc_mulhi_round((int32_t)((uint32_t)(i + o2) << s2), m2);
+        scratch[128 + i] = (va + h1 + ((va >> 31) & g1)) >> r1;
+        scratch[384 + i] = (vb + h2 + ((vb >> 31) & g2)) >> r2;
+    }
+    if (lo == -128 && hi == 127) {
+        for (i = 0; i < n; ++i) {
+            const int32_t v = qc_mulhi_round((int32_t)((uint32_t)(ta[input1[i]] + tb[input2[i]]) << so), mo);
+            const int32_t r = (v + ho + (v >> 31)) >> ro;
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+            int32_t q;
+            __asm__("ssat %0, #8, %1" : "=r"(q) : "r"(r));
+            output[i] = (int8_t)q;
+#else
+            output[i] = qc_to_int8(r, -128, 127);
+#endif
+        }
+        return;
+    }
+    for (i = 0; i < n; ++i) {
+        const int32_t v = qc_mulhi_round((int32_t)((uint32_t)(ta[input1[i]] + tb[input2[i]]) << so), mo);
+        output[i] = qc_to_int8((v + ho + (v >> 31)) >> ro, lo, hi);
+    }
+}
+
 void qc_mul_s8(const qc_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output)
 {
     int32_t c;

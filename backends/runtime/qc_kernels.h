@@ -123,7 +123,7 @@ static inline int32_t qc_mulhi_round(int32_t a, int32_t b)
  * Per-channel requantization record.
  *
  * "Fast" form (chosen by the emitter when it has proved, from the weights, biases and
- * shifts, that nothing below can overflow and that right >= 1): the accumulator arrives
+ * shifts, that nothing below can overflow, that right >= 1 and multiplier >= 0): the accumulator arrives
  * pre-scaled by 2^(left + 1) (the emitter scales the weights and the bias), and
  *   out = (mulhi_round(acc, multiplier) + round + sign) >> right,
  * with sign = -1 for a negative product and round = 2^(right - 1) + output_offset * 2^right,
@@ -152,12 +152,33 @@ static inline int32_t qc_rq_exact(int32_t acc, const qc_rq *q)
 /* ------------------------------------------------------------------ parameter blocks */
 
 /**
+ * Weight storage of the GEMM kernels (conv, dense): w8 = 1 is one byte per weight, w8 = 0 int16.
+ *
+ * int8 ("w8"): a pair of output channels (e, o) and a pair of reduction indices (ka, kb) share
+ * one uint32 word, bytes (low first) [w_e(ka), w_o'(ka), w_e(kb), w_o'(kb)], where
+ * w_o' = w_o - (w_e < 0 ? 1 : 0) (the emitter proves it fits int8). Read as two int16 halves, the
+ * word is then exactly (w_e(ka) + 256 w_o(ka), w_e(kb) + 256 w_o(kb)), and SXTB16 of it is
+ * (w_e(ka), w_e(kb)). One SMLAD of each against an activation pair gives
+ *   S = sum w_e x    and    R = sum (w_e + 256 w_o) x = S + 256 sum w_o x   (mod 2^32),
+ * so both channels cost one weight load and ONE sign extension per 2 x 2 weights, and
+ * sum w_o x = (R - S) / 256 exactly (the emitter proves |sum w_o x| < 2^23).
+ * S and R start from 0; afterwards acc_e = S * 2^w8_shift + bias_e and
+ * acc_o = (R - S) / 256 * 2^w8_shift + bias_o, where w8_shift is the fast-requantization
+ * pre-scale (left + 1, the same for every channel) or 0 and the bias is pre-scaled by it.
+ * fused = 1 (the emitter proved: w8, rq_fast, w8_shift = 1, multipliers >= 0, even cout_group):
+ * on DSP cores, channels-last outputs go through one assembly routine per pixel pair that keeps
+ * the accumulators in registers from the first MAC to the int8 store.
+ */
+
+/**
  * Conv2D through im2col + a register-blocked GEMM (2 output channels x 2 pixels).
  *
  * Weights: int16 values packed two per uint32 word (low half first). For each group, each
  * pair of output channels (an odd count gets a zero channel) and each block of 4 reduction
  * indices k (k = (ky * kernel_w + kx) * cin_group + ci, zero-padded to k_pad), 4 words:
- * [ch0: (k0,k2) (k1,k3)] [ch1: (k0,k2) (k1,k3)]. bias and rq are indexed by the padded channel
+ * [ch0: (k0,k2) (k1,k3)] [ch1: (k0,k2) (k1,k3)]. With k_seq = 1 (layers whose im2col goes
+ * element by element: input not channels-last or cin_group % 4 != 0) the pairs are (k0,k1)
+ * (k2,k3) instead, in the weights and in the scratch, so the im2col stores plain k order. bias and rq are indexed by the padded channel
  * g * cout_pad + j (cout_pad = cout_group rounded up to even).
  * Scratch: 4 * k_pad int16 (2 pixels, the same (k0,k2)(k1,k3) order, interleaved by block).
  */
@@ -173,6 +194,9 @@ typedef struct {
     int32_t input_offset;
     int32_t act_min, act_max;
     int32_t rq_fast;            /* 1: weights/bias pre-scaled, rq in fast form */
+    int32_t w8, w8_shift;       /* int8 weights (see above); int16 pairs when w8 = 0 */
+    int32_t fused;              /* see above */
+    int32_t k_seq;              /* 1: each 4-block pairs (k0,k1)(k2,k3) instead of (k0,k2)(k1,k3) */
     const uint32_t *weight;
     const int32_t *bias;
     const qc_rq *rq;
@@ -208,6 +232,7 @@ typedef struct {
     int32_t input_offset;
     int32_t act_min, act_max;
     int32_t rq_fast;
+    int32_t w8, w8_shift;       /* int8 weights, see qc_conv_params */
     const uint32_t *weight;
     const int32_t *bias;
     const qc_rq *rq;
@@ -324,6 +349,9 @@ void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, ui
 void qc_dwconv_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output);
 void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
 void qc_add_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
+/* Fast Add (p->fast = 1) through two 256-entry tables built in scratch (512 int32). */
+void qc_add_table_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
+                     int32_t *scratch);
 void qc_mul_s8(const qc_mul_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 void qc_maxpool_s8(const qc_maxpool_params *p, const int8_t *input, int8_t *output);
 void qc_avgpool_s8(const qc_avgpool_params *p, const int8_t *input, int8_t *output);
