@@ -1,16 +1,26 @@
 """Graph passes: each a small FX -> FX function ``(GraphModule, PassContext) -> PassResult``."""
+from qcompile.passes.absorb_high_bias import absorb_high_bias
 from qcompile.passes.calibrate import calibrate
+from qcompile.passes.correct_bias import correct_bias
+from qcompile.passes.equalize_cross_layer import equalize_cross_layer
 from qcompile.passes.fold_batchnorm import fold_batchnorm
 from qcompile.passes.fuse_activations import fuse_activations
 from qcompile.passes.insert_observers import insert_observers
 from qcompile.passes.quantize_weights import quantize_weights
+from qcompile.passes.record_batchnorm_statistics import record_batchnorm_statistics
 from qcompile.passes.remove_identities import remove_identities
+from qcompile.passes.split_outlier_channels import split_outlier_channels
 
 __all__ = [
     "remove_identities",
+    "record_batchnorm_statistics",
     "fold_batchnorm",
+    "equalize_cross_layer",
+    "absorb_high_bias",
+    "split_outlier_channels",
     "fuse_activations",
     "insert_observers",
     "calibrate",
     "quantize_weights",
+    "correct_bias",
 ]

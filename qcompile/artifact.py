@@ -16,7 +16,7 @@ from qcompile.backends.interpreter import interpret
 from qcompile.backends.memory_plan import MemoryPlan
 from qcompile.config import QuantConfig
 from qcompile.errors import ConfigError, VerificationError
-from qcompile.report import format_report, layer_rows, summary
+from qcompile.report import format_passes, format_report, layer_rows, pass_summary, summary
 
 __all__ = ["Artifact"]
 
@@ -122,11 +122,13 @@ class Artifact:
             for row in layers:
                 row["instructions"] = self.mcu["instructions_per_op"].get(row["name"])
         return {"summary": summary(self.program, self.plan), "layers": layers, "mcu": self.mcu,
-                "target": self.target, "compile_seconds": round(self.compile_seconds, 3)}
+                "target": self.target, "compile_seconds": round(self.compile_seconds, 3),
+                "passes": pass_summary(self.records)}
 
     def report(self, fmt: str = "simple") -> str:
         data = self.report_data()
-        return format_report(data["layers"], data["summary"], fmt, data["mcu"])
+        passes = format_passes(self.records)
+        return format_report(data["layers"], data["summary"], fmt, data["mcu"]) + ("\n" + passes if passes else "")
 
     # -- emitting ---------------------------------------------------------------------------
     def c_sources(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from qcompile.observers import Observer, qparams_from_range
 
-__all__ = ["QuantMode", "ActQuant", "QuantizedWeights", "quantize_weight_per_channel"]
+__all__ = ["QuantMode", "ActQuant", "QuantizedWeights", "quantize_weight_per_channel", "mse_clip_factors"]
 
 
 class QuantMode(enum.Enum):
@@ -62,19 +62,52 @@ class ActQuant(nn.Module):
         return f"mode={self.mode.value}, scale={self.scale}, zero_point={self.zero_point}"
 
 
+CLIP_GRID = torch.linspace(0.3, 1.0, 71, dtype=torch.float64)
+
+
+def mse_clip_factors(weight: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
+    """Per output channel (or one shared) shrink factor ``alpha`` of ``max|w|`` minimizing the
+    squared weight quantization error ``||w - s * clamp(round(w / s))||^2`` with
+    ``s = alpha * max|w| / qmax``: the MSE clipping of Banner et al. 2019 / Nagel et al. 2021
+    (sec. 3.4.1), searched on a grid. ``alpha = 1`` is in the grid, so it never does worse than
+    min/max on the weights."""
+    qmax = (1 << (bits - 1)) - 1
+    w = weight.detach().to(torch.float64).reshape(weight.shape[0], -1)
+    amax = w.abs().amax(dim=1)
+    if not per_channel:
+        amax = amax.max().expand_as(amax)
+    scale = (CLIP_GRID.reshape(-1, 1) * amax.reshape(1, -1) / qmax).clamp_min(1e-300)  # (A, C)
+    q = torch.clamp(torch.round(w.unsqueeze(0) / scale.unsqueeze(2)), -qmax, qmax) * scale.unsqueeze(2)
+    err = (q - w.unsqueeze(0)).pow(2).sum(dim=2)                                            # (A, C)
+    if not per_channel:
+        return CLIP_GRID[err.sum(dim=1).argmin()].expand(w.shape[0]).clone()
+    return CLIP_GRID[err.argmin(dim=0)]
+
+
 def quantize_weight_per_channel(weight: torch.Tensor, bits: int,
-                                min_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                min_scale: torch.Tensor | None = None,
+                                per_channel: bool = True,
+                                clip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel quantization: ``w ~= w_int * scale[c]``.
 
     ``scale[c] = max(max|w[c]| / (2**(bits-1) - 1), min_scale[c])``; all-zero channels get
-    scale 1 (or ``min_scale``). Returns ``(w_int as int8 tensor, scale as float64 tensor)``.
+    scale 1 (or ``min_scale``). With ``per_channel=False`` every channel gets the same scale
+    (the largest of the per-channel ones): per-tensor quantization in a per-channel container.
+    ``clip`` (per channel, in ``(0, 1]``) shrinks ``max|w|`` before the scale is taken
+    (see :func:`mse_clip_factors`). Returns ``(w_int as int8 tensor, scale as float64 tensor)``.
     """
     qmax = (1 << (bits - 1)) - 1
     w = weight.detach().to(torch.float64)
     amax = w.reshape(w.shape[0], -1).abs().amax(dim=1)
+    if not per_channel:
+        amax = amax.max().expand_as(amax).clone()
+    if clip is not None:
+        amax = amax * clip.to(torch.float64)
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
     if min_scale is not None:
         scale = torch.maximum(scale, min_scale.to(torch.float64))
+        if not per_channel:
+            scale = scale.max().expand_as(scale).clone()
     shape = (-1,) + (1,) * (w.dim() - 1)
     w_int = torch.clamp(torch.round(w / scale.reshape(shape)), -qmax, qmax).to(torch.int8)
     return w_int, scale
@@ -87,11 +120,13 @@ class QuantizedWeights(nn.Module):
     and scales that the lowering emits.
     """
 
-    def __init__(self, module: nn.Module, bits: int, min_scale: torch.Tensor | None = None):
+    def __init__(self, module: nn.Module, bits: int, min_scale: torch.Tensor | None = None,
+                 per_channel: bool = True, clip: torch.Tensor | None = None):
         super().__init__()
         self.module = module
         self.bits = bits
-        w_int, scale = quantize_weight_per_channel(module.weight, bits, min_scale)
+        self.per_channel = per_channel
+        w_int, scale = quantize_weight_per_channel(module.weight, bits, min_scale, per_channel, clip)
         self.register_buffer("weight_int", w_int)
         self.register_buffer("weight_scale", scale)
         self.simulate = True  # False: compute with the float weights (reference runs)
@@ -109,4 +144,4 @@ class QuantizedWeights(nn.Module):
         return m._conv_forward(x, w, m.bias)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}"
+        return f"bits={self.bits}, per_channel={self.per_channel}"

@@ -17,6 +17,8 @@ __all__ = [
     "MovingAverageObserver",
     "PercentileObserver",
     "MSEObserver",
+    "KLObserver",
+    "BestObserver",
     "make_observer",
     "qparams_from_range",
     "fake_quantize_np",
@@ -152,6 +154,75 @@ class MSEObserver(_SamplingObserver):
         return lo, hi
 
 
+class KLObserver(_SamplingObserver):
+    """Entropy calibration (TensorRT, Migacz 2017): the clipping threshold ``T`` minimizing
+    ``KL(P || Q)`` between the histogram ``P`` of the values clipped to ``[-T, T]`` (outliers
+    folded into the last bin) and its quantized version ``Q`` with the int8 levels available on
+    that side. Works on ``|x|``; the range is ``(max(min, -T), min(max, T))``.
+    """
+
+    BINS = 2048
+    STEP = 8  # thresholds tried: every STEP-th bin edge
+
+    def range(self) -> tuple[float, float]:
+        s = self.samples()
+        a = np.abs(s)
+        amax = float(a.max()) if a.size else 0.0
+        if amax <= 0:
+            return self.min, self.max
+        one_sided = self.min >= 0 or self.max <= 0
+        levels = 255 if one_sided else 128
+        hist, edges = np.histogram(a, bins=self.BINS, range=(0.0, amax))
+        hist = hist.astype(np.float64)
+        best_t, best_kl = amax, math.inf
+        for i in range(max(levels, self.STEP), self.BINS + 1, self.STEP):
+            p = hist[:i].copy()
+            p[i - 1] += hist[i:].sum()
+            nz = p > 0
+            # quantize hist[:i] into `levels` groups, spread each group's mass over its non-empty bins
+            groups = np.minimum((np.arange(i) * levels) // i, levels - 1)
+            mass = np.bincount(groups, weights=hist[:i], minlength=levels)
+            count = np.bincount(groups, weights=(hist[:i] > 0).astype(np.float64), minlength=levels)
+            q = np.where(hist[:i] > 0, mass[groups] / np.maximum(count[groups], 1), 0.0)
+            ps, qs = p.sum(), q.sum()
+            if ps <= 0 or qs <= 0:
+                continue
+            pn, qn = p[nz] / ps, np.maximum(q[nz] / qs, 1e-12)
+            kl = float(np.sum(pn * np.log(pn / qn)))
+            if kl < best_kl:
+                best_kl, best_t = kl, float(edges[i])
+        return max(self.min, -best_t), min(self.max, best_t)
+
+
+def _quant_mse(s: np.ndarray, lo: float, hi: float) -> float:
+    scale, zp = qparams_from_range(lo, hi)
+    return float(np.mean((fake_quantize_np(s, scale, zp) - s) ** 2))
+
+
+class BestObserver(_SamplingObserver):
+    """Per tensor, the candidate clipping (min/max, percentile, MSE search, KL) with the lowest
+    quantization MSE on the calibration values; ``chosen`` names the winner (for the report)."""
+
+    def __init__(self, percentile: float = 99.99) -> None:
+        super().__init__()
+        self.p = percentile
+        self.chosen: str | None = None
+
+    def _as(self, cls: type, *args: object) -> Observer:
+        o = cls(*args)
+        o.min, o.max, o.count, o._chunks, o._kept = self.min, self.max, self.count, self._chunks, self._kept
+        return o
+
+    def range(self) -> tuple[float, float]:
+        cands = {"minmax": (self.min, self.max), "percentile": self._as(PercentileObserver, self.p).range(),
+                 "mse": self._as(MSEObserver).range(), "kl": self._as(KLObserver).range()}
+        s = self.samples()
+        s = s[:: max(1, s.size // MSEObserver.EVAL_CAP)]
+        errs = {k: _quant_mse(s, *r) for k, r in cands.items()}
+        self.chosen = min(errs, key=errs.get)
+        return cands[self.chosen]
+
+
 def make_observer(kind: str, *, percentile: float = 99.99, averaging_constant: float = 0.01) -> Observer:
     """Observer by the name used in :class:`qcompile.QuantConfig`."""
     if kind == "minmax":
@@ -162,4 +233,8 @@ def make_observer(kind: str, *, percentile: float = 99.99, averaging_constant: f
         return PercentileObserver(percentile)
     if kind == "mse":
         return MSEObserver()
+    if kind == "kl":
+        return KLObserver()
+    if kind == "best":
+        return BestObserver(percentile)
     raise ValueError(kind)

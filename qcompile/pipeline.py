@@ -3,12 +3,17 @@ from __future__ import annotations
 
 from qcompile.pass_manager import Pipeline
 from qcompile.passes import (
+    absorb_high_bias,
     calibrate,
+    correct_bias,
+    equalize_cross_layer,
     fold_batchnorm,
     fuse_activations,
     insert_observers,
     quantize_weights,
+    record_batchnorm_statistics,
     remove_identities,
+    split_outlier_channels,
 )
 
 __all__ = ["default_pipeline"]
@@ -18,13 +23,21 @@ def default_pipeline() -> Pipeline:
     """A fresh, editable pipeline: read top to bottom.
 
     Runs after :func:`qcompile.frontend.trace` (tracing, shape propagation, support check)
-    and before :func:`qcompile.backends.lower.lower`.
+    and before :func:`qcompile.backends.lower.lower`. The float-graph rewrites (CLE, bias
+    absorption, outlier splitting) run after BN folding, so they see the weights that get
+    quantized, and before the observers, so ranges are measured on the rewritten graph. Each
+    is switched in :class:`qcompile.QuantConfig` and records what it did in ``art.records``.
     """
     return Pipeline([
-        remove_identities,   # dropout / Identity / contiguous vanish in eval mode
-        fold_batchnorm,      # BN is affine: fold into the producer's weights
-        fuse_activations,    # ReLU/ReLU6/clamp become requantization bounds
-        insert_observers,    # one observer per independently quantized tensor
-        calibrate,           # ranges from calibration data, then frozen
-        quantize_weights,    # int8 per-channel weights; graph now simulates the integer program
+        remove_identities,            # dropout / Identity / contiguous vanish in eval mode
+        record_batchnorm_statistics,  # BN mean/std of pre-activations, for the data-free passes below
+        fold_batchnorm,               # BN is affine: fold into the producer's weights
+        equalize_cross_layer,         # even out per-channel weight ranges across conv pairs (float-exact)
+        absorb_high_bias,             # move always-positive pre-activation floors into the next bias
+        split_outlier_channels,       # halve outlier weights by duplicating their channel (off by default)
+        fuse_activations,             # ReLU/ReLU6/clamp become requantization bounds
+        insert_observers,             # one observer per independently quantized tensor
+        calibrate,                    # ranges from calibration data, then frozen
+        quantize_weights,             # 2..8-bit per-channel/per-tensor weights; graph simulates the integer program
+        correct_bias,                 # cancel the mean output shift the weight rounding introduced
     ])

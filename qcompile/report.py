@@ -9,7 +9,7 @@ from tabulate import tabulate
 from qcompile.backends import ir
 from qcompile.backends.memory_plan import MemoryPlan
 
-__all__ = ["op_macs", "op_param_bytes", "layer_rows", "summary", "format_report"]
+__all__ = ["op_macs", "op_param_bytes", "layer_rows", "summary", "format_report", "pass_summary", "format_passes"]
 
 
 def op_macs(program: ir.Program, op: ir.Op) -> int:
@@ -115,3 +115,46 @@ def format_report(rows: list[dict[str, Any]], totals: dict[str, Any], fmt: str =
             f"harness included), static RAM {mcu['static_ram_bytes']:,} B (data+bss, arena included)"
         )
     return table + "\n\n" + "\n".join(lines)
+
+
+def pass_summary(records: dict[str, Any]) -> dict[str, Any]:
+    """What the quantization passes did, JSON-friendly (the "passes" section of report.json)."""
+    out: dict[str, Any] = {}
+    for name in ("equalize_cross_layer", "absorb_high_bias", "split_outlier_channels", "quantize_weights",
+                 "correct_bias"):
+        if name in records:
+            out[name] = records[name]
+    if "calibrate" in records:
+        out["calibrate"] = {k: v for k, v in records["calibrate"].items() if k != "qparams"}
+    return out
+
+
+def format_passes(records: dict[str, Any]) -> str:
+    """One line per quantization pass: what it changed."""
+    p = pass_summary(records)
+    lines = ["passes:"]
+    if "equalize_cross_layer" in p:
+        r = p["equalize_cross_layer"]
+        if not r.get("enabled"):
+            lines.append("  equalize_cross_layer: off")
+        else:
+            r6 = ", ".join(f"{d['node']}: {d['action']}" for d in r["relu6"]) or "none"
+            lines.append(f"  equalize_cross_layer: {len(r['pairs'])} pairs, {r['sweeps']} sweeps; ReLU6: {r6}")
+    if "absorb_high_bias" in p:
+        r = p["absorb_high_bias"]
+        lines.append("  absorb_high_bias: off" if not r.get("enabled") else
+                     f"  absorb_high_bias: {len(r['pairs'])} pairs, "
+                     f"{sum(x['channels'] for x in r['pairs'])} channels")
+    if "split_outlier_channels" in p:
+        r = p["split_outlier_channels"]
+        lines.append("  split_outlier_channels: off" if not r.get("enabled") else
+                     f"  split_outlier_channels: ratio {r['ratio']}, {sum(x['split'] for x in r['pairs'])} channels "
+                     f"split in {len(r['pairs'])} pairs, +{r['extra_macs']:,} MACs, +{r['extra_bytes']:,} B")
+    if "quantize_weights" in p and isinstance(p["quantize_weights"], dict) and "bits" in p["quantize_weights"]:
+        r = p["quantize_weights"]
+        lines.append(f"  quantize_weights: {len(r['layers'])} layers, {r['bits']}-bit "
+                     f"{'per-channel' if r['per_channel'] else 'per-tensor'}")
+    if "correct_bias" in p:
+        r = p["correct_bias"]
+        lines.append(f"  correct_bias: {r['mode']}" + (f", {r['layers']} layers" if "layers" in r else ""))
+    return "\n".join(lines) if len(lines) > 1 else ""

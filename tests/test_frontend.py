@@ -90,7 +90,7 @@ def test_quant_config_validates():
     with pytest.raises(ConfigError, match="activation_observer"):
         qcompile.QuantConfig(activation_observer="histogramm")
     with pytest.raises(ConfigError, match="weight_bits"):
-        qcompile.QuantConfig(weight_bits=4)
+        qcompile.QuantConfig(weight_bits=9)
 
 
 def test_nan_inside_model_is_calibration_error():
