@@ -94,24 +94,6 @@ static inline int8_t qc_out8(int32_t v, int32_t lo, int32_t hi)
     return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
 }
 
-/*
- * Window taps k in [0, count) read position start + k * step; return in [*lo, *hi) the taps
- * that fall inside [0, limit). Positions grow with k, so the valid taps are contiguous.
- */
-static void qc_window(int32_t start, int32_t step, int32_t count, int32_t limit, int32_t *lo, int32_t *hi)
-{
-    int32_t a = 0;
-    int32_t b = count;
-    while (a < count && start + a * step < 0) {
-        ++a;
-    }
-    while (b > a && start + (b - 1) * step >= limit) {
-        --b;
-    }
-    *lo = a;
-    *hi = b;
-}
-
 /* ------------------------------------------------------------------ im2col */
 
 /*

@@ -38,6 +38,24 @@
 
 #include <stdint.h>
 
+/*
+ * Window taps k in [0, count) read position start + k * step; return in [*lo, *hi) the taps
+ * that fall inside [0, limit). Positions grow with k, so the valid taps are contiguous.
+ */
+static inline void qc_window(int32_t start, int32_t step, int32_t count, int32_t limit, int32_t *lo, int32_t *hi)
+{
+    int32_t a = 0;
+    int32_t b = count;
+    while (a < count && start + a * step < 0) {
+        ++a;
+    }
+    while (b > a && start + (b - 1) * step >= limit) {
+        --b;
+    }
+    *lo = a;
+    *hi = b;
+}
+
 #ifdef __cplusplus
 extern "C" {
 #endif
