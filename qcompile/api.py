@@ -60,8 +60,9 @@ def compile(  # noqa: A001 - the public name the product promises
     sample = torch.cat(batches)[:_SQNR_SAMPLES]
     art = Artifact(name=name, target=target, config=config, graph=gm, program=program, plan=plan,
                    records=ctx.records)
-    art.sample_input = art.quantize_input(sample[:1])
-    int_values = interpret(program, art.quantize_input(sample), keep=True)
+    sample_q = art.quantize_input(sample)
+    art.sample_input = sample_q[:1]
+    int_values = interpret(program, sample_q, keep=True)
     art.sqnr = tensor_sqnr(program, int_values, capture_float(gm, sample))
     art.compile_seconds = time.perf_counter() - start
     return art

@@ -63,6 +63,11 @@ class Artifact:
         t = self.program.output
         return torch.from_numpy((np.asarray(yq).astype(np.float32) - t.zero_point) * np.float32(t.scale))
 
+    def _int8_batch(self, xs: torch.Tensor | np.ndarray) -> np.ndarray:
+        """int8 samples as given, float samples quantized; a single sample gets a batch dim."""
+        xq = np.asarray(xs) if isinstance(xs, np.ndarray) and xs.dtype == np.int8 else self.quantize_input(xs)
+        return xq[None] if xq.shape == self.program.input.shape else xq
+
     # -- running ----------------------------------------------------------------------------
     def run_int(self, xq: np.ndarray) -> np.ndarray:
         """int8 input ``(N, *in_shape)`` or ``in_shape`` -> int8 output, through the reference interpreter."""
@@ -96,9 +101,7 @@ class Artifact:
                                                                                   np.int8)
         self.verify(xs, on="qemu", cpu=cpu, opt=opt)
         run = self.last_qemu_run
-        xq = run_input = np.asarray(xs) if isinstance(xs, np.ndarray) and xs.dtype == np.int8 else self.quantize_input(xs)
-        if run_input.shape == self.program.input.shape:
-            xq = run_input[None]
+        xq = self._int8_batch(xs)
         prof = run_c_qemu(self.program, self.plan, xq[:1], name=self.name, cpu=cpu, opt=opt, profile=True)
         per_op: dict[str, int] = {}
         for region, count in prof.op_instructions[0]:
@@ -164,9 +167,7 @@ class Artifact:
         board for it. ``xs``: float samples (quantized with the input scale) or int8 samples.
         Returns the outputs of the C code; raises :class:`VerificationError` on any mismatch.
         """
-        xq = np.asarray(xs) if isinstance(xs, np.ndarray) and xs.dtype == np.int8 else self.quantize_input(xs)
-        if xq.shape == self.program.input.shape:
-            xq = xq[None]
+        xq = self._int8_batch(xs)
         expected = self.run_int(xq)
         if on == "host":
             from qcompile.backends.host_build import run_c_host

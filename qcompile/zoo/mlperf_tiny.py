@@ -324,18 +324,9 @@ def _dw_block(c_in: int, c_out: int, stride: int, hw: tuple[int, int]) -> nn.Seq
     )
 
 
-class DSCNN(nn.Module):
-    """MLPerf Tiny keyword spotting: DS-CNN (``DepthwiseSeparableConv2D_ARM``), 50x10x1 input."""
-
-    def __init__(self, num_classes: int = 12, filters: int = 64, blocks: int = 4) -> None:
-        super().__init__()
-        self.conv0 = _tf_conv(1, filters, (10, 4), 2, (50, 10))   # symmetric: padding (4, 1)
-        self.bn0 = nn.BatchNorm2d(filters, eps=_BN_EPS)
-        self.relu0 = nn.ReLU()
-        self.blocks = nn.Sequential(*[_dw_block(filters, filters, 1, (25, 5)) for _ in range(blocks)])
-        self.pool = nn.AvgPool2d((25, 5))
-        self.fc = nn.Linear(filters, num_classes)
-        self.softmax = nn.Softmax(dim=-1)
+class _DepthwiseSeparableNet(nn.Module):
+    """Shared body of DS-CNN and MobileNetV1: stem conv-BN-ReLU, depthwise-separable blocks
+    (:func:`_dw_block`), average pool, dense, softmax; subclasses build the layers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.relu0(self.bn0(self.conv0(x))))
@@ -348,6 +339,20 @@ class DSCNN(nn.Module):
             out += [(f"depthwise_conv2d{_sfx(i)}", b[0]), (f"batch_normalization_{2 * i + 1}", b[1]),
                     (f"conv2d_{i + 1}", b[3]), (f"batch_normalization_{2 * i + 2}", b[4])]
         return out + [("dense", self.fc)]
+
+
+class DSCNN(_DepthwiseSeparableNet):
+    """MLPerf Tiny keyword spotting: DS-CNN (``DepthwiseSeparableConv2D_ARM``), 50x10x1 input."""
+
+    def __init__(self, num_classes: int = 12, filters: int = 64, blocks: int = 4) -> None:
+        super().__init__()
+        self.conv0 = _tf_conv(1, filters, (10, 4), 2, (50, 10))   # symmetric: padding (4, 1)
+        self.bn0 = nn.BatchNorm2d(filters, eps=_BN_EPS)
+        self.relu0 = nn.ReLU()
+        self.blocks = nn.Sequential(*[_dw_block(filters, filters, 1, (25, 5)) for _ in range(blocks)])
+        self.pool = nn.AvgPool2d((25, 5))
+        self.fc = nn.Linear(filters, num_classes)
+        self.softmax = nn.Softmax(dim=-1)
 
 
 class FCAutoencoder(nn.Module):
@@ -372,7 +377,7 @@ class FCAutoencoder(nn.Module):
         return out + [(f"dense_{len(self.body) // 3}", self.out)]
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(_DepthwiseSeparableNet):
     """MLPerf Tiny visual wake words: MobileNetV1 alpha=0.25, 96x96x3 input, 2 classes."""
 
     #: (pointwise filters, depthwise stride) of the 13 depthwise-separable blocks
@@ -392,18 +397,6 @@ class MobileNetV1(nn.Module):
         self.pool = nn.AvgPool2d(hw)
         self.fc = nn.Linear(c, num_classes)
         self.softmax = nn.Softmax(dim=-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.relu0(self.bn0(self.conv0(x))))
-        x = torch.flatten(self.pool(x), 1)
-        return self.softmax(self.fc(x))
-
-    def keras_map(self) -> list[tuple[str, nn.Module]]:
-        out: list[tuple[str, nn.Module]] = [("conv2d", self.conv0), ("batch_normalization", self.bn0)]
-        for i, b in enumerate(self.blocks):
-            out += [(f"depthwise_conv2d{_sfx(i)}", b[0]), (f"batch_normalization_{2 * i + 1}", b[1]),
-                    (f"conv2d_{i + 1}", b[3]), (f"batch_normalization_{2 * i + 2}", b[4])]
-        return out + [("dense", self.fc)]
 
 
 def _sfx(i: int) -> str:
