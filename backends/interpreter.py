@@ -90,16 +90,23 @@ def _(op: ir.Conv2D, program, x):
         wg = w[g * cog:(g + 1) * cog].reshape(cog, cig * kh * kw)
         out[:, g * cog:(g + 1) * cog] = np.rint(patch @ wg.T).astype(np.int64).transpose(0, 3, 1, 2)
     acc = _check_acc(op, out + op.bias.astype(np.int64)[None, :, None, None])
-    y = requantize(acc, op.multiplier[None, :, None, None], op.shift[None, :, None, None])
-    return _clamp(y + op.output_offset, op.act_min, op.act_max)
+    return _output_stage(op, acc.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
 @run_op.register
 def _(op: ir.Dense, program, x):
     xf = (x.reshape(x.shape[0], -1) + op.input_offset).astype(np.float64)
     acc = np.rint(xf @ op.weight.astype(np.float64).T).astype(np.int64) + op.bias.astype(np.int64)
-    acc = _check_acc(op, acc)
-    y = requantize(acc, op.multiplier[None, :], op.shift[None, :])
+    return _output_stage(op, _check_acc(op, acc))
+
+
+def _output_stage(op, acc: np.ndarray) -> np.ndarray:
+    """int32 accumulators, channels last, to int8: fixed-point requantization, or with
+    ``op.thresholds`` the count of per-channel thresholds reached; then the clamp."""
+    if op.thresholds is None:
+        y = requantize(acc, op.multiplier, op.shift)
+    else:
+        y = (acc[..., None] >= op.thresholds.astype(np.int64)).sum(axis=-1)
     return _clamp(y + op.output_offset, op.act_min, op.act_max)
 
 

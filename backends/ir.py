@@ -13,7 +13,14 @@ Conventions shared by every op:
 * Convolutions and pools accept rank-2 ``(C, L)`` tensors (1-D) as ``H = 1``.
 
 Weights are stored as int8 arrays holding values of ``w_bits`` bits (symmetric, so in
-``[-(2**(b-1) - 1), 2**(b-1) - 1]``); biases are int32 at scale ``s_in * s_w[c]``.
+``[-(2**(b-1) - 1), 2**(b-1) - 1]``); biases are int32 at scale ``s_in * s_w[c]``. A layer with a
+:class:`Codebook` (piecewise-linear weights) instead stores ``w_bits``-bit *codes* that index a
+per-channel table of int8 levels; ``weight`` then holds the decoded levels, so every backend
+computes with ``weight`` and only the storage differs. :func:`storage_bits` gives the container
+each width is stored in.
+
+A layer with ``thresholds`` (nonuniform-to-uniform activation quantization) replaces the
+fixed-point requantization by comparisons: ``out = output_offset + #{k : acc >= T[c, k]}``.
 """
 from __future__ import annotations
 
@@ -42,8 +49,38 @@ __all__ = [
     "Softmax",
     "Op",
     "Program",
+    "Codebook",
+    "storage_bits",
+    "weight_storage_bytes",
     "verify",
 ]
+
+STORAGE_BITS = {2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
+
+
+def storage_bits(w_bits: int) -> int:
+    """Bits per weight in flash: 2- and 4-bit values are packed (four / two per byte, low bits
+    first, the CMSIS-NN s4 order), 3-bit values take a 4-bit slot, 5..7-bit values a byte."""
+    return STORAGE_BITS[int(w_bits)]
+
+
+@dataclass(frozen=True, eq=False)
+class Codebook:
+    """Per-output-channel table of int8 weight levels indexed by ``bits``-bit codes.
+
+    ``levels[c, codes[c, ...]]`` are the layer's int8 weights. Produced by piecewise-linear
+    quantization (:mod:`qcompile.passes.quantize_weights_piecewise`): a dense center grid and a
+    sparse tail grid per channel, both realized exactly on the channel's int8 grid.
+    """
+
+    codes: np.ndarray   # uint8, the weight's shape, values < 2**bits
+    levels: np.ndarray  # int8 (Co, 2**bits)
+    bits: int
+
+    def decode(self) -> np.ndarray:
+        co = self.levels.shape[0]
+        flat = self.codes.reshape(co, -1).astype(np.intp)
+        return np.take_along_axis(self.levels, flat, axis=1).reshape(self.codes.shape).astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -99,6 +136,8 @@ class Conv2D:
     act_min: int
     act_max: int
     w_bits: int = 8
+    codebook: Codebook | None = None
+    thresholds: np.ndarray | None = None
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -124,6 +163,8 @@ class Dense:
     act_min: int
     act_max: int
     w_bits: int = 8
+    codebook: Codebook | None = None
+    thresholds: np.ndarray | None = None
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -453,6 +494,42 @@ def _check_weights(op, weight: np.ndarray, bias: np.ndarray, n_out: int, w_bits:
     _check(bool(np.all((bias.astype(np.int64) >= INT32_MIN) & (bias.astype(np.int64) <= INT32_MAX))), op, "bias")
 
 
+def _check_weighted(op, n_out: int) -> None:
+    """Weights (or their codebook), bias, accumulator bound and the output stage of a conv/dense."""
+    cb = op.codebook
+    if cb is None:
+        _check_weights(op, op.weight, op.bias, n_out, op.w_bits)
+    else:
+        _check(cb.bits == op.w_bits, op, f"codebook has {cb.bits}-bit codes, layer says {op.w_bits}")
+        _check(cb.codes.shape == op.weight.shape and cb.codes.dtype == np.uint8, op, "codes: uint8, weight's shape")
+        _check(cb.levels.dtype == np.int8 and cb.levels.shape == (n_out, 1 << cb.bits), op,
+               f"levels must be int8 ({n_out}, {1 << cb.bits})")
+        _check(int(cb.codes.max(initial=0)) < (1 << cb.bits), op, "code outside the codebook")
+        _check(bool(np.array_equal(cb.decode(), op.weight)), op, "weight differs from the decoded codebook")
+        _check_weights(op, op.weight, op.bias, n_out, 8)
+    _check_accumulator_bound(op, op.weight, op.bias, op.input_offset)
+    _check_requant(op, op.multiplier, op.shift)
+    _check(op.multiplier.shape == (n_out,), op, "per-channel multiplier shape")
+    _check_int8(op, -op.input_offset, op.output_offset, op.act_min, op.act_max)
+    _check(op.act_min <= op.act_max, op, "act_min > act_max")
+    t = op.thresholds
+    if t is not None:
+        _check(t.dtype == np.int32 and t.ndim == 2 and t.shape[0] == n_out, op, f"thresholds must be int32 ({n_out}, L)")
+        _check(bool(np.all(np.diff(t.astype(np.int64), axis=1) >= 0)), op, "thresholds must not decrease")
+        _check(op.output_offset + t.shape[1] <= 127, op, "output levels exceed int8")
+
+
+def weight_storage_bytes(op: Op) -> int:
+    """Flash bytes of a conv/dense layer's weights as stored: packed codes or values, plus the
+    codebook's int8 levels (0 for ops without weights)."""
+    if not isinstance(op, (Conv2D, Dense)):
+        return 0
+    bits = storage_bits(op.w_bits)
+    per_row = -(-int(np.prod(op.weight.shape[1:])) * bits // 8)
+    table = op.codebook.levels.size if op.codebook is not None else 0
+    return op.weight.shape[0] * per_row + table
+
+
 def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case per op kind
     t = p.tensors
     out = t[op.output]
@@ -470,21 +547,11 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         eh = (h + pt + pb - op.dilation[0] * (kh - 1) - 1) // op.stride[0] + 1
         ew = (w + pl + pr - op.dilation[1] * (kw - 1) - 1) // op.stride[1] + 1
         _check((ho, wo) == (eh, ew), op, f"output spatial {(ho, wo)}, expected {(eh, ew)}")
-        _check_weights(op, op.weight, op.bias, co, op.w_bits)
-        _check_accumulator_bound(op, op.weight, op.bias, op.input_offset)
-        _check_requant(op, op.multiplier, op.shift)
-        _check(op.multiplier.shape == (co,), op, "per-channel multiplier shape")
-        _check_int8(op, -op.input_offset, op.output_offset, op.act_min, op.act_max)
-        _check(op.act_min <= op.act_max, op, "act_min > act_max")
+        _check_weighted(op, co)
     elif isinstance(op, Dense):
         fi = t[op.input].size
         _check(op.weight.shape == (out.size, fi), op, f"weight {op.weight.shape}, expected {(out.size, fi)}")
-        _check_weights(op, op.weight, op.bias, out.size, op.w_bits)
-        _check_accumulator_bound(op, op.weight, op.bias, op.input_offset)
-        _check_requant(op, op.multiplier, op.shift)
-        _check(op.multiplier.shape == (out.size,), op, "per-channel multiplier shape")
-        _check_int8(op, -op.input_offset, op.output_offset, op.act_min, op.act_max)
-        _check(op.act_min <= op.act_max, op, "act_min > act_max")
+        _check_weighted(op, out.size)
     elif isinstance(op, Add):
         _check(t[op.input1].shape == out.shape == t[op.input2].shape, op, "shapes must match")
         for m, s in ((op.input1_multiplier, op.input1_shift), (op.input2_multiplier, op.input2_shift),

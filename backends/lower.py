@@ -20,6 +20,7 @@ from qcompile.errors import UnsupportedOpError
 from qcompile.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier
 from qcompile.frontend import source_location
 from qcompile.nn import QuantizedWeights
+from qcompile.piecewise import PiecewiseQuantizedWeights
 from qcompile.ops import Kind, clamp_range, info, lut_function
 from qcompile.quantization import tensor_qparams
 
@@ -125,10 +126,13 @@ def _lower_weighted(lw: _Lowering, node: Node) -> None:
     mult, shift = _requant(s_in * s_w / s_out)
     out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), info(node).shape[1:])
     lo, hi = lw.act_bounds(node, s_out, zp_out)
+    codebook = None
+    if isinstance(qmod, PiecewiseQuantizedWeights):
+        codebook = ir.Codebook(qmod.codes.numpy().astype(np.uint8), qmod.levels.numpy().astype(np.int8), qmod.bits)
     common = dict(name=node.name, input=lw.tid(x), output=out, bias=bias_int, input_offset=-zp_in,
                   output_offset=zp_out, multiplier=mult, shift=shift, act_min=lo, act_max=hi, w_bits=qmod.bits)
     if isinstance(mod, nn.Linear):
-        lw.ops.append(ir.Dense(weight=w_int, **common))
+        lw.ops.append(ir.Dense(weight=w_int, codebook=codebook, **common))
         return
     one_d = isinstance(mod, nn.Conv1d)
     k = w_int.shape[2:]
@@ -145,8 +149,11 @@ def _lower_weighted(lw: _Lowering, node: Node) -> None:
     if one_d:
         pads = [(0, 0)] + pads
     padding = (pads[0][0], pads[1][0], pads[0][1], pads[1][1])
-    lw.ops.append(ir.Conv2D(weight=w_int.reshape(w_int.shape[0], w_int.shape[1], kh, kw), stride=stride,
-                            padding=padding, dilation=dilation, groups=mod.groups, **common))
+    shape4 = (w_int.shape[0], w_int.shape[1], kh, kw)
+    if codebook is not None:
+        codebook = ir.Codebook(codebook.codes.reshape(shape4), codebook.levels, codebook.bits)
+    lw.ops.append(ir.Conv2D(weight=w_int.reshape(shape4), stride=stride, padding=padding, dilation=dilation,
+                            groups=mod.groups, codebook=codebook, **common))
 
 
 def _lower_add_sub(lw: _Lowering, node: Node) -> None:

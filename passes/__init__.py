@@ -7,6 +7,7 @@ from qcompile.passes.fold_batchnorm import fold_batchnorm
 from qcompile.passes.fuse_activations import fuse_activations
 from qcompile.passes.insert_observers import insert_observers
 from qcompile.passes.quantize_weights import quantize_weights
+from qcompile.passes.quantize_weights_piecewise import quantize_weights_piecewise
 from qcompile.passes.record_batchnorm_statistics import record_batchnorm_statistics
 from qcompile.passes.remove_identities import remove_identities
 from qcompile.passes.split_outlier_channels import split_outlier_channels
@@ -22,5 +23,6 @@ __all__ = [
     "insert_observers",
     "calibrate",
     "quantize_weights",
+    "quantize_weights_piecewise",
     "correct_bias",
 ]

@@ -5,11 +5,12 @@ from dataclasses import dataclass
 
 from qcompile.errors import ConfigError
 
-__all__ = ["QuantConfig", "OBSERVERS", "TARGETS", "BIAS_CORRECTIONS", "CLE_RELU6"]
+__all__ = ["QuantConfig", "OBSERVERS", "TARGETS", "BIAS_CORRECTIONS", "CLE_RELU6", "WEIGHT_QUANTIZERS"]
 
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl", "best")
 BIAS_CORRECTIONS = ("auto", "empirical", "analytic", "none")
 CLE_RELU6 = ("skip", "replace", "auto")
+WEIGHT_QUANTIZERS = ("uniform", "pwlq")
 TARGETS = ("cortex-m", "generic")
 
 
@@ -25,6 +26,9 @@ class QuantConfig:
       minimizing the weight quantization MSE), ``"output_mse"`` (per-channel clipping minimizing
       the layer's output MSE on calibration data) or ``"auto"``: ``"output_mse"`` below 8 bits,
       else min/max.
+    * ``weight_quantizer``: ``"uniform"`` (symmetric uniform levels) or ``"pwlq"``
+      (piecewise-linear: a dense center and a sparse tail grid per channel, Fang et al. 2020;
+      3..8 bits, stored as codes plus a per-channel level table, see :mod:`qcompile.piecewise`).
     * ``activation_bits``: 8 (int8 activations, asymmetric per tensor).
     * ``activation_observer``: how activation ranges are chosen from calibration data:
       ``"minmax"``, ``"moving_average"`` (EMA of per-batch min/max, ``averaging_constant``),
@@ -54,6 +58,7 @@ class QuantConfig:
     activation_observer: str = "mse"
     per_channel: bool = True
     weight_observer: str = "auto"
+    weight_quantizer: str = "uniform"
     equalize: bool = True
     equalize_relu6: str = "auto"
     relu6_tolerance: float = 1e-4
@@ -76,6 +81,9 @@ class QuantConfig:
             )
         if self.weight_observer not in ("auto", "minmax", "mse", "output_mse"):
             raise ConfigError(f"QuantConfig.weight_observer={self.weight_observer!r}: choose auto, minmax, mse or output_mse")
+        if self.weight_quantizer not in WEIGHT_QUANTIZERS:
+            raise ConfigError(f"QuantConfig.weight_quantizer={self.weight_quantizer!r}: "
+                              f"choose one of {', '.join(WEIGHT_QUANTIZERS)}")
         if self.bias_correction not in BIAS_CORRECTIONS:
             raise ConfigError(f"QuantConfig.bias_correction={self.bias_correction!r}: "
                               f"choose one of {', '.join(BIAS_CORRECTIONS)}")

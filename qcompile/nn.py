@@ -126,6 +126,7 @@ class QuantizedWeights(nn.Module):
         self.module = module
         self.bits = bits
         self.per_channel = per_channel
+        self.min_scale = min_scale  # bias headroom floor of the scales; re-quantizing passes keep it
         w_int, scale = quantize_weight_per_channel(module.weight, bits, min_scale, per_channel, clip)
         self.register_buffer("weight_int", w_int)
         self.register_buffer("weight_scale", scale)

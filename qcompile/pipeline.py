@@ -11,6 +11,7 @@ from qcompile.passes import (
     fuse_activations,
     insert_observers,
     quantize_weights,
+    quantize_weights_piecewise,
     record_batchnorm_statistics,
     remove_identities,
     split_outlier_channels,
@@ -39,5 +40,6 @@ def default_pipeline() -> Pipeline:
         insert_observers,             # one observer per independently quantized tensor
         calibrate,                    # ranges from calibration data, then frozen
         quantize_weights,             # 2..8-bit per-channel/per-tensor weights; graph simulates the integer program
+        quantize_weights_piecewise,   # weight_quantizer="pwlq": center + tail grids per channel (no-op otherwise)
         correct_bias,                 # cancel the mean output shift the weight rounding introduced
     ])
