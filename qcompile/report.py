@@ -121,7 +121,7 @@ def pass_summary(records: dict[str, Any]) -> dict[str, Any]:
     """What the quantization passes did, JSON-friendly (the "passes" section of report.json)."""
     out: dict[str, Any] = {}
     for name in ("equalize_cross_layer", "absorb_high_bias", "split_outlier_channels", "quantize_weights",
-                 "correct_bias"):
+                 "quantize_weights_piecewise", "correct_bias"):
         if name in records:
             out[name] = records[name]
     if "calibrate" in records:
@@ -154,6 +154,11 @@ def format_passes(records: dict[str, Any]) -> str:
         r = p["quantize_weights"]
         lines.append(f"  quantize_weights: {len(r['layers'])} layers, {r['bits']}-bit "
                      f"{'per-channel' if r['per_channel'] else 'per-tensor'}")
+    if "quantize_weights_piecewise" in p:
+        r = p["quantize_weights_piecewise"]
+        mean_p = sum(r["mean_breakpoint"].values()) / max(len(r["mean_breakpoint"]), 1)
+        lines.append(f"  quantize_weights_piecewise: {len(r['mean_breakpoint'])} layers, {r['bits']}-bit codes, "
+                     f"mean breakpoint p/m {mean_p:.3f}")
     if "correct_bias" in p:
         r = p["correct_bias"]
         lines.append(f"  correct_bias: {r['mode']}" + (f", {r['layers']} layers" if "layers" in r else ""))
