@@ -14,9 +14,9 @@
 * **Pad fusion.** A zero-point ``Pad`` whose output only feeds convolutions becomes extra
   convolution padding (no copy), when the plan keeps the Pad's input intact until the last of
   those convolutions has run.
-* **Scratch.** Convolutions and Dense ops through the GEMM kernels need a small int16 buffer
-  (im2col of 2 output pixels, plus one compact row when the receptive field is gathered element
-  by element; the expanded input vector), and a large fast Add its two 256-entry int32 tables
+* **Scratch.** Convolutions through the GEMM kernel need a small int16 buffer (im2col of 2
+  output pixels, plus one compact row when the receptive field is gathered element by element;
+  Dense reads its int8 input directly and needs none), and a large fast Add its two 256-entry int32 tables
   (``qc_add_table_s8``). It goes into a gap of the arena that is free while the op runs, or past
   the planned arena (which then grows by that much).
 """
@@ -60,12 +60,19 @@ def conv_k_pad(op: ir.Conv2D) -> int:
 
 
 def conv_k_seq(op: ir.Conv2D, src: int, program: ir.Program, hwc: frozenset[int]) -> bool:
-    """Whether qc_conv_s8 gathers the receptive field element by element (k_seq = 1 in the emitted
-    parameters): unless the input ``src`` (a fused Pad's input, else the conv's) has channel stride
-    1 and cin_group % 4 == 0."""
+    """Whether qc_conv_s8 gathers the receptive field element by element in plain k order (k_seq = 1
+    in the emitted parameters): unless the input ``src`` (a fused Pad's input, else the conv's) has
+    channel stride 1 and cin_group % 4 == 0, or each window row is one contiguous run of a multiple
+    of 4 bytes (one input channel, or channels-last with cin_group = C; dilation_w = 1)."""
     s = _spatial(program.tensors[src].shape)
+    cig, kw = int(op.weight.shape[1]), int(op.weight.shape[3])
     unit_cs = src in hwc or (s is not None and s[1] * s[2] == 1)
-    return not (unit_cs and int(op.weight.shape[1]) % 4 == 0)
+    if unit_cs and cig % 4 == 0:
+        return False
+    # a window row is one contiguous run of whole words (e.g. a 1-channel input with kernel_w % 4 == 0):
+    # qc_im2col expands interior pixels a word at a time, in the SXTAB16 pairing
+    row_contiguous = s is not None and (s[0] == 1 or (src in hwc and s[0] == cig))
+    return not (row_contiguous and op.dilation[1] == 1 and (kw * cig) % 4 == 0)
 
 
 def scratch_bytes(op: ir.Op, program: ir.Program, hwc: frozenset[int] | None = None,
@@ -78,8 +85,6 @@ def scratch_bytes(op: ir.Op, program: ir.Program, hwc: frozenset[int] | None = N
         pad = (fused or {}).get(op.name)
         src = pad.input if pad is not None else op.input
         return (6 if conv_k_seq(op, src, program, hwc) else 4) * conv_k_pad(op)
-    if isinstance(op, ir.Dense):
-        return 2 * ((int(op.weight.shape[1]) + 3) // 4 * 4)
     if isinstance(op, ir.Add) and add_uses_tables(op, program):
         return ADD_TABLE_BYTES
     return 0

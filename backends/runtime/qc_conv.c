@@ -170,6 +170,32 @@ static void qc_im2col(const qc_conv_params *p, const int8_t *input, int32_t g, i
         }
         return;
     }
+    if (!p->k_seq && p->dilation_w == 1 && p->in_ps == cig && (p->in_cs == 1 || cig == 1) && ix0 >= 0
+        && ix0 + p->kernel_w <= p->in_w) {
+        /* each window row is one contiguous run of whole words (k_seq = 0 proved it: e.g. one input
+           channel, kernel_w % 4 == 0) and the pixel is clear of the left/right padding */
+        const uint32_t off2 = qc_pack16(off, off);
+        const int32_t row_words = p->kernel_w * cig / 4;
+        for (ky = 0; ky < p->kernel_h; ++ky) {
+            const int32_t iy = iy0 + ky * p->dilation_h;
+            uint32_t *const row_end = dst + 4 * row_words;
+            if (iy >= 0 && iy < p->in_h) {
+                const int8_t *src = in_g + (iy * p->in_w + ix0) * cig;
+                for (; dst < row_end; dst += 4) {
+                    const uint32_t v = qc_load32(src);
+                    src += 4;
+                    dst[0] = qc_ext02(off2, v);
+                    dst[1] = qc_ext13(off2, v);
+                }
+            } else {
+                for (; dst < row_end; dst += 4) {
+                    dst[0] = 0;
+                    dst[1] = 0;
+                }
+            }
+        }
+        return;
+    }
 #endif
     {
         /* general layout: element by element into the int16 halves of the block words; the
@@ -308,49 +334,6 @@ __attribute__((noinline)) static void qc_dot_2x2(const uint32_t *w, const uint32
     acc[3] = a11;
 }
 
-/* 2 channels x 1 pixel over a compact activation vector (2 words per block). */
-__attribute__((noinline)) static void qc_dot_2x1(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t *acc)
-{
-    int32_t a0 = acc[0], a1 = acc[1];
-    const uint32_t *const x_end = x + 2 * blocks;
-
-    if (blocks & 1) {
-        __asm__ volatile(
-            "ldmia %[w]!, {r4, r5, r6, r7}\n\t"
-            "ldmia %[x]!, {r8, r9}\n\t"
-            "smlad %[a0], r4, r8, %[a0]\n\t"
-            "smlad %[a0], r5, r9, %[a0]\n\t"
-            "smlad %[a1], r6, r8, %[a1]\n\t"
-            "smlad %[a1], r7, r9, %[a1]\n\t"
-            : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(a0), [a1] "+r"(a1)
-            :
-            : "r4", "r5", "r6", "r7", "r8", "r9", "memory");
-    }
-    if (x != x_end) {
-        __asm__ volatile(
-            "1:\n\t"
-            "ldmia %[w]!, {r4, r5, r6, r7}\n\t"
-            "ldmia %[x]!, {r8, r9}\n\t"
-            "smlad %[a0], r4, r8, %[a0]\n\t"
-            "smlad %[a0], r5, r9, %[a0]\n\t"
-            "smlad %[a1], r6, r8, %[a1]\n\t"
-            "smlad %[a1], r7, r9, %[a1]\n\t"
-            "ldmia %[w]!, {r4, r5, r6, r7}\n\t"
-            "ldmia %[x]!, {r8, r9}\n\t"
-            "smlad %[a0], r4, r8, %[a0]\n\t"
-            "smlad %[a0], r5, r9, %[a0]\n\t"
-            "smlad %[a1], r6, r8, %[a1]\n\t"
-            "smlad %[a1], r7, r9, %[a1]\n\t"
-            "cmp %[x], %[end]\n\t"
-            "bne 1b\n\t"
-            : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(a0), [a1] "+r"(a1)
-            : [end] "r"(x_end)
-            : "r4", "r5", "r6", "r7", "r8", "r9", "cc", "memory");
-    }
-    acc[0] = a0;
-    acc[1] = a1;
-}
-
 /*
  * int8 weights (see "w8" in qc_kernels.h): per block one LDM of the 2 raw weight words of the
  * channel pair, 2 SXTB16, 8 SMLAD; acc = {S(p0), S(p1), R(p0), R(p1)}.
@@ -399,44 +382,6 @@ __attribute__((noinline)) static void qc_dot_2x2_w8(const uint32_t *w, const uin
     acc[3] = a11;
 }
 
-#define QC_W8_BLOCK_2X1 \
-    "ldmia %[w]!, {r4, r5}\n\t" \
-    "ldmia %[x]!, {r8, r9}\n\t" \
-    "sxtb16 r6, r4\n\t" \
-    "sxtb16 r7, r5\n\t" \
-    "smlad %[a0], r6, r8, %[a0]\n\t" \
-    "smlad %[a0], r7, r9, %[a0]\n\t" \
-    "smlad %[a1], r4, r8, %[a1]\n\t" \
-    "smlad %[a1], r5, r9, %[a1]\n\t"
-
-/* int8 weights, 2 channels x 1 pixel over a compact activation vector; acc = {S, R}. */
-__attribute__((noinline)) static void qc_dot_2x1_w8(const uint32_t *w, const uint32_t *x, int32_t blocks,
-                                                    int32_t *acc)
-{
-    int32_t a0 = acc[0], a1 = acc[1];
-    const uint32_t *const x_end = x + 2 * blocks;
-
-    if (blocks & 1) {
-        __asm__ volatile(QC_W8_BLOCK_2X1
-            : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(a0), [a1] "+r"(a1)
-            :
-            : "r4", "r5", "r6", "r7", "r8", "r9", "memory");
-    }
-    if (x != x_end) {
-        __asm__ volatile(
-            "1:\n\t"
-            QC_W8_BLOCK_2X1
-            QC_W8_BLOCK_2X1
-            "cmp %[x], %[end]\n\t"
-            "bne 1b\n\t"
-            : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(a0), [a1] "+r"(a1)
-            : [end] "r"(x_end)
-            : "r4", "r5", "r6", "r7", "r8", "r9", "cc", "memory");
-    }
-    acc[0] = a0;
-    acc[1] = a1;
-}
-
 /*
  * Fused int8-weight pixel pair (conv with rq_fast, w8_shift 1, multipliers >= 0, channels-last
  * output, even channel count): for every channel pair, the whole reduction (2 x 2 block, 13
@@ -453,7 +398,7 @@ typedef struct {
     const qc_rq *rq;            /* 16 */
     int8_t *out0, *out1;        /* 20, 24 */
     const uint32_t *w_end;      /* 28 */
-    int32_t odd;                /* 32: blocks & 1 */
+    int32_t rem;                /* 32: (blocks - 1) % 4 */
     int32_t lo, hi;             /* 36, 40 */
 } qc_w8_job;
 
@@ -486,23 +431,49 @@ typedef struct {
     "it gt\n\t" \
     "movgt " acc ", r5\n\t"
 
+/* The first block of a pair: SMUAD starts the accumulators (no zeroing). */
+#define QC_W8F_BLOCK_FIRST \
+    "ldmia r0!, {r4, r5}\n\t" \
+    "sxtb16 r6, r4\n\t" \
+    "sxtb16 r7, r5\n\t" \
+    "ldmia r1!, {r8, r9}\n\t" \
+    "smuad r3, r6, r8\n\t" \
+    "smlad r3, r7, r9, r3\n\t" \
+    "smuad r11, r4, r8\n\t" \
+    "smlad r11, r5, r9, r11\n\t" \
+    "ldmia r1!, {r8, r9}\n\t" \
+    "smuad r10, r6, r8\n\t" \
+    "smlad r10, r7, r9, r10\n\t" \
+    "smuad r12, r4, r8\n\t" \
+    "smlad r12, r5, r9, r12\n\t"
+
+/*
+ * blocks = 1 + rem + 4 q (rem = job->rem): the first block, then TBB jumps into a chain of 3
+ * blocks so that rem of them run, then q iterations of 4 blocks.
+ */
 #define QC_W8F_HEAD \
     "push {r0, r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t" \
     "ldr r0, [r0, #0]\n\t" \
     "1:\n\t" \
     "ldr lr, [sp]\n\t" \
     "ldrd r1, r2, [lr, #4]\n\t" \
-    "movs r3, #0\n\t" \
-    "mov r10, r3\n\t" \
-    "mov r11, r3\n\t" \
-    "mov r12, r3\n\t" \
-    "ldr r4, [lr, #32]\n\t" \
-    "cbz r4, 2f\n\t" \
+    "ldr lr, [lr, #32]\n\t" \
+    QC_W8F_BLOCK_FIRST \
+    "tbb [pc, lr]\n\t" \
+    "9:\n\t" \
+    ".byte ((2f - 9b) / 2), ((61f - 9b) / 2), ((62f - 9b) / 2), ((63f - 9b) / 2)\n\t" \
+    "63:\n\t" \
+    QC_W8F_BLOCK \
+    "62:\n\t" \
+    QC_W8F_BLOCK \
+    "61:\n\t" \
     QC_W8F_BLOCK \
     "2:\n\t" \
     "cmp r1, r2\n\t" \
     "beq 4f\n\t" \
     "3:\n\t" \
+    QC_W8F_BLOCK \
+    QC_W8F_BLOCK \
     QC_W8F_BLOCK \
     QC_W8F_BLOCK \
     "cmp r1, r2\n\t" \
@@ -748,16 +719,6 @@ static void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int
 /* acc[0..1] += channels (0, 1) x one pixel whose words are x[0], x[1] of every x_step words. */
 static void qc_mac_2x1(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t x_step, int32_t *acc, int w8)
 {
-#if QC_ASM_GEMM
-    if (x_step == 2) {
-        if (w8) {
-            qc_dot_2x1_w8(w, x, blocks, acc);
-        } else {
-            qc_dot_2x1(w, x, blocks, acc);
-        }
-        return;
-    }
-#endif
     if (w8) {
         int32_t a0 = acc[0], a1 = acc[1];
         int32_t b;
@@ -838,7 +799,7 @@ void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, ui
                 job.out0 = o0;
                 job.out1 = o1;
                 job.w_end = w_g + p->cout_pad * blocks;
-                job.odd = blocks & 1;
+                job.rem = (blocks - 1) & 3;
                 job.lo = p->act_min;
                 job.hi = p->act_max;
                 if (p->act_min == -128 && p->act_max == 127) {
@@ -894,54 +855,123 @@ void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, ui
     }
 }
 
-void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output, uint32_t *scratch)
+#if QC_ASM_GEMM
+/*
+ * int8 weights, one channel pair over `blocks` whole 4-blocks of the int8 input vector, read
+ * directly: per block one load of 4 inputs, 2 SXTAB16 (offset added), one LDM of the 2 weight
+ * words, 2 SXTB16 and 4 SMLAD; acc = {S, R} (see "w8" in qc_kernels.h).
+ */
+__attribute__((noinline)) static void qc_fc_pair_w8(const uint32_t *w, const int8_t *x, int32_t blocks, uint32_t off2,
+                                                    int32_t *acc)
 {
-    const int32_t blocks = p->k_pad / 4;
+    int32_t a0 = acc[0], a1 = acc[1];
+    const int8_t *const x_end = x + 4 * blocks;
+
+    if (x != x_end) {
+        __asm__ volatile(
+            "1:\n\t"
+            "ldr r8, [%[x]], #4\n\t"
+            "ldmia %[w]!, {r4, r5}\n\t"
+            "sxtab16 r9, %[off2], r8, ror #8\n\t"
+            "sxtab16 r8, %[off2], r8\n\t"
+            "sxtb16 r6, r4\n\t"
+            "sxtb16 r7, r5\n\t"
+            "smlad %[a0], r6, r8, %[a0]\n\t"
+            "smlad %[a0], r7, r9, %[a0]\n\t"
+            "smlad %[a1], r4, r8, %[a1]\n\t"
+            "smlad %[a1], r5, r9, %[a1]\n\t"
+            "cmp %[x], %[end]\n\t"
+            "bne 1b\n\t"
+            : [w] "+r"(w), [x] "+r"(x), [a0] "+r"(a0), [a1] "+r"(a1)
+            : [end] "r"(x_end), [off2] "r"(off2)
+            : "r4", "r5", "r6", "r7", "r8", "r9", "cc", "memory");
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+}
+#endif
+
+/* The 2 activation words (k0,k2) (k1,k3) of input block b (x + offset; indices >= n are 0). */
+static inline void qc_fc_words(const int8_t *input, int32_t n, int32_t b, int32_t off, uint32_t *x02, uint32_t *x13)
+{
+    int32_t v[4] = {0, 0, 0, 0};
+    int32_t k;
+    for (k = 0; k < 4 && 4 * b + k < n; ++k) {
+        v[k] = input[4 * b + k] + off;
+    }
+    *x02 = qc_pack16(v[0], v[2]);
+    *x13 = qc_pack16(v[1], v[3]);
+}
+
+/*
+ * Fully connected, reading the int8 input directly (no scratch, like CMSIS-NN
+ * arm_fully_connected_s8): every channel pair runs over the input blocks, sign-extending 4
+ * inputs per word on the fly; a last partial block is expanded once.
+ */
+void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output)
+{
     const int32_t n = p->in_features;
+    const int32_t full = n / 4;
     const int32_t off = p->input_offset;
     const int fast = p->rq_fast != 0;
+    const int w8 = p->w8 != 0;
+    const int32_t wpc = w8 ? p->k_pad / 4 : p->k_pad / 2;  /* weight words per output channel */
+    uint32_t t02 = 0, t13 = 0;
     int32_t acc[QC_CHUNK];
-    int32_t i = 0, c0;
-    uint32_t *dst = scratch;
+    int32_t c0;
 
-#if QC_DSP
-    {
-        const uint32_t off2 = qc_pack16(off, off);
-        for (; i + 4 <= n; i += 4) {
-            const uint32_t v = qc_load32(input + i);
-            dst[0] = qc_ext02(off2, v);
-            dst[1] = qc_ext13(off2, v);
-            dst += 2;
-        }
-    }
-#else
-    for (; i + 4 <= n; i += 4) {
-        dst[0] = qc_pack16(input[i] + off, input[i + 2] + off);
-        dst[1] = qc_pack16(input[i + 1] + off, input[i + 3] + off);
-        dst += 2;
-    }
-#endif
-    if (i < n) {
-        int32_t v[4] = {0, 0, 0, 0};
-        int32_t k;
-        for (k = 0; i + k < n; ++k) {
-            v[k] = input[i + k] + off;
-        }
-        dst[0] = qc_pack16(v[0], v[2]);
-        dst[1] = qc_pack16(v[1], v[3]);
+    if (full * 4 < n) {
+        qc_fc_words(input, n, full, off, &t02, &t13);
     }
     for (c0 = 0; c0 < p->out_features; c0 += QC_CHUNK) {
         const int32_t m = p->out_features - c0 < QC_CHUNK ? p->out_features - c0 : QC_CHUNK;
         int32_t j;
-        if (p->w8) {
+        if (w8) {
             memset(acc, 0, (size_t)(m + (m & 1)) * sizeof(int32_t));
         } else {
             memcpy(acc, p->bias + c0, (size_t)(m + (m & 1)) * sizeof(int32_t));
         }
         for (j = 0; j < m; j += 2) {
-            qc_mac_2x1(p->weight + (c0 + j) * (p->w8 ? blocks : 2 * blocks), scratch, blocks, 2, acc + j, p->w8);
+            const uint32_t *w = p->weight + (c0 + j) * wpc;
+            int32_t a0, a1, b;
+#if QC_ASM_GEMM
+            if (w8) {
+                qc_fc_pair_w8(w, input, full, qc_pack16(off, off), acc + j);
+                w += 2 * full;
+                b = full;
+            } else
+#endif
+            {
+                b = 0;
+            }
+            a0 = acc[j];
+            a1 = acc[j + 1];
+            for (; b < full + (full * 4 < n); ++b) {
+                uint32_t x02, x13;
+                if (b < full) {
+                    qc_fc_words(input, n, b, off, &x02, &x13);
+                } else {
+                    x02 = t02;
+                    x13 = t13;
+                }
+                if (w8) {
+                    a0 = qc_dot2(qc_sxtb16(w[0]), x02, a0);
+                    a0 = qc_dot2(qc_sxtb16(w[1]), x13, a0);
+                    a1 = qc_dot2_wrap(w[0], x02, a1);
+                    a1 = qc_dot2_wrap(w[1], x13, a1);
+                    w += 2;
+                } else {
+                    a0 = qc_dot2(w[0], x02, a0);
+                    a0 = qc_dot2(w[1], x13, a0);
+                    a1 = qc_dot2(w[2], x02, a1);
+                    a1 = qc_dot2(w[3], x13, a1);
+                    w += 4;
+                }
+            }
+            acc[j] = a0;
+            acc[j + 1] = a1;
         }
-        if (p->w8) {
+        if (w8) {
             qc_w8_split(acc, p->bias + c0, m, p->w8_shift);
         }
         qc_requant_store(acc, m, p->rq + c0, output + c0, 1, p->act_min, p->act_max, fast);

@@ -9,6 +9,10 @@
 
 #include <string.h>
 
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#endif
+
 static int8_t qc_to_int8(int32_t v, int32_t act_min, int32_t act_max)
 {
     return (int8_t)qc_clamp(v, act_min, act_max);
@@ -143,10 +147,81 @@ void qc_maxpool_s8(const qc_maxpool_params *p, const int8_t *input, int8_t *outp
     }
 }
 
+#if defined(__ARM_FEATURE_DSP)
+/*
+ * AvgPool on a channels-last input with windows of at most 256 taps: the raw int8 values of 4
+ * channels are summed in the 16-bit lanes of two words (SXTAB16; 256 values in [-128, 127] stay
+ * inside int16), then each channel is finished like the general kernel.
+ */
+static void qc_avgpool_hwc_s8(const qc_avgpool_params *p, const int8_t *input, int8_t *output)
+{
+    const int32_t ps = p->in_ps;
+    int32_t oy, ox;
+
+    for (oy = 0; oy < p->out_h; ++oy) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_top;
+        int32_t ky_lo, ky_hi;
+        qc_window(iy0, 1, p->kernel_h, p->in_h, &ky_lo, &ky_hi);
+        for (ox = 0; ox < p->out_w; ++ox) {
+            const int32_t ix0 = ox * p->stride_w - p->pad_left;
+            int8_t *out = output + (oy * p->out_w + ox) * p->out_ps;
+            int32_t kx_lo, kx_hi, count, c;
+            qc_window(ix0, 1, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
+            count = (ky_hi - ky_lo) * (kx_hi - kx_lo);
+            for (c = 0; c < p->channels; c += 4) {
+                int32_t sums[4];
+                int32_t j, ky;
+                if (c + 4 <= p->channels) {
+                    uint32_t s02 = 0, s13 = 0;
+                    for (ky = ky_lo; ky < ky_hi; ++ky) {
+                        const int8_t *x = input + ((iy0 + ky) * p->in_w + ix0 + kx_lo) * ps + c;
+                        const int8_t *const end = x + (kx_hi - kx_lo) * ps;
+                        for (; x < end; x += ps) {
+                            uint32_t v;
+                            memcpy(&v, x, 4);
+                            s02 = (uint32_t)__sxtab16((int16x2_t)s02, (int8x4_t)v);
+                            s13 = (uint32_t)__sxtab16((int16x2_t)s13, (int8x4_t)((v >> 8) | (v << 24)));
+                        }
+                    }
+                    sums[0] = (int16_t)(uint16_t)(s02 & 0xFFFFu);
+                    sums[1] = (int16_t)(uint16_t)(s13 & 0xFFFFu);
+                    sums[2] = (int16_t)(uint16_t)(s02 >> 16);
+                    sums[3] = (int16_t)(uint16_t)(s13 >> 16);
+                } else {
+                    for (j = 0; c + j < p->channels; ++j) {
+                        int32_t acc = 0;
+                        for (ky = ky_lo; ky < ky_hi; ++ky) {
+                            const int8_t *x = input + ((iy0 + ky) * p->in_w + ix0) * ps + c + j;
+                            int32_t kx;
+                            for (kx = kx_lo; kx < kx_hi; ++kx) {
+                                acc += x[kx * ps];
+                            }
+                        }
+                        sums[j] = acc;
+                    }
+                }
+                for (j = 0; j < 4 && c + j < p->channels; ++j) {
+                    const int32_t acc = sums[j] + count * p->input_offset;
+                    out[(c + j) * p->out_cs] = qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset,
+                                                          p->act_min, p->act_max);
+                }
+            }
+        }
+    }
+}
+#endif
+
 void qc_avgpool_s8(const qc_avgpool_params *p, const int8_t *input, int8_t *output)
 {
     const int32_t ps = p->in_ps;
     int32_t c;
+
+#if defined(__ARM_FEATURE_DSP)
+    if (p->in_cs == 1 && p->kernel_h * p->kernel_w <= 256) {
+        qc_avgpool_hwc_s8(p, input, output);
+        return;
+    }
+#endif
 
     for (c = 0; c < p->channels; ++c) {
         const int8_t *in_ch = input + c * p->in_cs;

@@ -243,7 +243,7 @@ typedef struct {
 /**
  * Dense (fully connected). Weights packed like qc_conv_params with one group and
  * k = in_features (columns permuted by the emitter when the input is stored channels-last).
- * Scratch: k_pad int16.
+ * The input is read directly (no scratch).
  */
 typedef struct {
     int32_t in_features, k_pad, out_features, out_pad;
@@ -362,10 +362,10 @@ typedef struct {
 
 /* ------------------------------------------------------------------ kernels */
 
-/* scratch: 4 * k_pad int16 for qc_conv_s8, k_pad int16 for qc_fc_s8 (the emitter sizes it). */
+/* scratch: 4 * k_pad int16 for qc_conv_s8, 2 * k_pad more when k_seq = 1 (the emitter sizes it). */
 void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
 void qc_dwconv_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output);
-void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
+void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output);
 void qc_add_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 /* Fast Add (p->fast = 1) through two 256-entry tables built in scratch (512 int32). */
 void qc_add_table_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
