@@ -96,7 +96,7 @@ ADD_TABLE_MIN_SIZE = 1024       # below this, building the tables costs more tha
 
 def add_uses_tables(op: ir.Add, program: ir.Program) -> bool:
     """Whether an Add runs through qc_add_table_s8 (fast form proved, large enough)."""
-    from qcompile.backends.c_emitter import add_fast_fields  # the emitter owns the exactness proof
+    from qcompile.backends.c_ops import add_fast_fields  # the Add emitter owns the exactness proof
 
     return program.tensors[op.output].size >= ADD_TABLE_MIN_SIZE and add_fast_fields(op)[0][1] == 1
 
