@@ -22,14 +22,23 @@ with the setting's bits); then the peers on the same model, calibration batch (t
 ``--calib`` training samples) and full test split: ``torch.ao FX`` (prepare_fx/convert_fx for
 W8A8; fake-quant qconfigs with ``quant_min/quant_max`` for 4 and 6 bits), ``PT2E`` (torchao
 prepare_pt2e/convert_pt2e, X86InductorQuantizer; W8 only), ``ORT`` (onnxruntime
-quantize_static, QDQ; W8 only), and NNCF / AIMET when they import (otherwise the reason is
-printed). qcompile accuracy is measured on the fake-quant graph ``art.graph`` (which simulates the
+quantize_static, QDQ; W8 only), ``NNCF`` (``nncf.quantize`` on the exported graph, full bias
+correction; its PTQ presets are 8-bit, so W4/W6 are reported as n/a with NNCF's error) and
+``AIMET`` (aimet-torch 2.x: ``equalize_model`` = BN fold + CLE + high-bias fold, then
+QuantizationSimModel with TF-enhanced ranges at the setting's bits; AdaRound is left out). A peer
+that cannot be imported is skipped with the reason printed. qcompile accuracy is measured on the fake-quant graph ``art.graph`` (which simulates the
 integer program; each row also records its top-1 agreement with the integer interpreter on 500
 test samples) or, with ``--eval int``, through the integer interpreter (``Artifact.run``) on the
 whole test split.
 
+``--collapse`` adds the per-tensor MobileNet case on the real pretrained MLPerf Tiny
+MobileNetV1-0.25 (``collapse_case``: top-1 agreement with float and logit SQNR on synthetic
+inputs, no VWW labels offline) as the JSON section ``collapse_case``.
+
 Options: ``--models fashion_mobilenet ...``, ``--settings w8 w4``, ``--peers fx pt2e ort``
-(``none`` for ours only), ``--rows naive all ...``, ``--calib 512``, ``--json PATH``.
+(``none`` for ours only), ``--rows naive all ...``, ``--calib 512``, ``--json PATH``
+(``--merge``: keep the other models' results already in it), ``--agree-n 500``,
+``--threads 2``.
 """
 from __future__ import annotations
 
@@ -261,15 +270,89 @@ def peer_ort(model: nn.Module, calib: torch.Tensor, setting: dict) -> Callable:
 
 
 def peer_nncf(model: nn.Module, calib: torch.Tensor, setting: dict) -> Callable:
-    import nncf  # noqa: F401  (raises ImportError when not installed)
+    """NNCF post-training quantization (``nncf.quantize`` on the ``torch.export`` graph, NNCF's FX backend) with the bits and
+    granularity of the setting, the whole calibration batch (``subset_size``) and the full bias
+    correction (``fast_bias_correction=False``: the fast one hurt small CNNs, see PEERS.md)."""
+    import os
+    import tempfile
 
-    raise NotImplementedError("NNCF path not wired in this version of the benchmark")
+    # NNCF compiles a C++ extension on first use; on 2 cores the default load timeout expires
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="nncf_ext_"))
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    adv = AdvancedQuantizationParameters(
+        weights_quantization_params=QuantizationParameters(num_bits=setting["weight_bits"],
+                                                           per_channel=setting["per_channel"]),
+        activations_quantization_params=QuantizationParameters(num_bits=8))
+    batches = [calib[i:i + 64] for i in range(0, len(calib), 64)]
+    # the FX backend (an exported graph) has the full bias correction; the eager one only the fast one
+    m = torch.export.export(copy.deepcopy(model).eval(), (calib[:64],)).module(check_guards=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        q = nncf.quantize(m, nncf.Dataset(batches), subset_size=len(batches),
+                          fast_bias_correction=False, advanced_parameters=adv)
+    return q
+
+
+_AIMET_STUB = """import sys, types
+def _mod(name):
+    m = types.ModuleType(name)
+    def __getattr__(attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return type(attr, (), {})
+    m.__getattr__ = __getattr__
+    return m
+for _s in ("datasets", "transforms", "ops", "models"):
+    sys.modules["torchvision." + _s] = globals()[_s] = _mod("torchvision." + _s)
+__version__ = "0.0.0-stub"
+"""
+
+
+def _import_aimet():
+    """aimet-torch 2.x imports ``torchvision.datasets/transforms`` at import time only for type
+    maps and data helpers the PTQ path never calls. torchvision cannot be installed here (it pulls
+    another torch), so when it is missing a stub package is put on ``sys.path`` for the import."""
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("torchvision") is None:
+        d = Path(tempfile.mkdtemp(prefix="tv_stub_")) / "torchvision"
+        d.mkdir()
+        (d / "__init__.py").write_text(_AIMET_STUB)
+        sys.path.insert(0, str(d.parent))
+    import aimet_torch  # noqa: F401
+    from aimet_torch.common.defs import QuantScheme
+    from aimet_torch.cross_layer_equalization import equalize_model
+    from aimet_torch.quantsim import QuantizationSimModel
+
+    return QuantScheme, equalize_model, QuantizationSimModel
 
 
 def peer_aimet(model: nn.Module, calib: torch.Tensor, setting: dict) -> Callable:
-    import aimet_torch  # noqa: F401
+    """AIMET (aimet-torch 2.x): its data-free flow without AdaRound (a later issue): BN folding +
+    cross-layer equalization + high-bias folding (``equalize_model``), then QuantizationSimModel
+    with TF-enhanced (SQNR-based) range setting, the setting's weight bits, per-channel or
+    per-tensor (AIMET's shipped default_config[_per_channel].json), 8-bit activations."""
+    QuantScheme, equalize_model, QuantizationSimModel = _import_aimet()
+    import aimet_torch
 
-    raise NotImplementedError("AIMET path not wired in this version of the benchmark")
+    m = copy.deepcopy(model).eval()
+    with contextlib.redirect_stdout(io.StringIO()):
+        equalize_model(m, dummy_input=calib[:1])
+        cfg_dir = Path(aimet_torch.__file__).parent / "common" / "quantsim_config"
+        cfg = cfg_dir / ("default_config_per_channel.json" if setting["per_channel"] else "default_config.json")
+        sim = QuantizationSimModel(m, dummy_input=calib[:1], quant_scheme=QuantScheme.post_training_tf_enhanced,
+                                   default_output_bw=8, default_param_bw=setting["weight_bits"], config_file=str(cfg))
+
+        def forward(mm, _args):
+            with torch.no_grad():
+                for i in range(0, len(calib), 256):
+                    mm(calib[i:i + 256])
+
+        sim.compute_encodings(forward, None)
+    return sim.model.eval()
 
 
 PEER_FNS = {"fx": ("torch.ao FX", peer_fx), "pt2e": ("PT2E x86", peer_pt2e), "ort": ("ORT QDQ", peer_ort),
@@ -279,7 +362,7 @@ PEER_FNS = {"fx": ("torch.ao FX", peer_fx), "pt2e": ("PT2E x86", peer_pt2e), "or
 # ----------------------------------------------------------------------------- main
 
 def bench(model_name: str, settings: list[str], rows: list[str], peers: list[str], n_calib: int,
-          skipped: dict[str, str], evaluate: str = "graph") -> list[dict]:
+          skipped: dict[str, str], evaluate: str = "graph", agree_n: int = 500) -> list[dict]:
     recipe = RECIPES_PTQ[model_name]
     data = recipe.data_fn()
     x_train, _, x_test, y_test = data
@@ -298,7 +381,7 @@ def bench(model_name: str, settings: list[str], rows: list[str], peers: list[str
                 top1 = _top1(_batched(art.run, x_test), y_test)
             else:  # the fake-quant graph simulates the integer program; spot-check it on 500 samples
                 top1 = _top1(_batched(art.graph, x_test), y_test)
-                n = 500
+                n = agree_n
                 agree = (art.run(x_test[:n]).argmax(1) == art.graph(x_test[:n]).argmax(1)).float().mean().item()
             extra = art.records.get("split_outlier_channels", {})
             out.append({"model": model_name, "setting": s, "row": row, "top1": top1, "drop": float_top1 - top1,
@@ -330,6 +413,50 @@ def bench(model_name: str, settings: list[str], rows: list[str], peers: list[str
     return out
 
 
+COLLAPSE_ROWS: dict[str, dict[str, Any]] = {
+    "naive": _OFF,
+    "+cle": dict(_OFF, equalize=True),
+    "+cle+absorb+bias_corr": dict(_OFF, equalize=True, absorb_bias=True, bias_correction="empirical"),
+    "default": {},
+}
+
+
+def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    noise = (out.double() - ref.double()).pow(2).sum().item()
+    return float("inf") if noise == 0 else 10.0 * __import__("math").log10(ref.double().pow(2).sum().item() / noise)
+
+
+def collapse_case(n_calib: int, n_eval: int, rows: list[str] | None = None) -> list[dict]:
+    """The per-tensor MobileNet case on the real pretrained MLPerf Tiny MobileNetV1-0.25 (VWW).
+    Its depthwise layers' per-channel weight ranges span orders of magnitude, so one scale per
+    tensor leaves most channels a handful of levels. No VWW labels offline: measured as top-1
+    agreement with the float model and SQNR (dB) of the pre-softmax logits, on ``n_eval``
+    synthetic inputs (seed 1) after calibrating on ``n_calib`` others (seed 0)."""
+    from qcompile.zoo.mlperf_tiny import load_mlperf_tiny, synthetic_inputs
+
+    model, _ = load_mlperf_tiny("mobilenetv1_025")
+    calib = synthetic_inputs("mobilenetv1_025", n_calib, seed=0)
+    xs = synthetic_inputs("mobilenetv1_025", n_eval, seed=1)
+    logits = copy.deepcopy(model)
+    logits.softmax = nn.Identity()
+    ref = _batched(logits, xs, 250)
+    out = []
+    for row in rows or list(COLLAPSE_ROWS):
+        for pc in (False, True):
+            cfg = QuantConfig(**{**COLLAPSE_ROWS[row], "weight_bits": 8, "per_channel": pc})
+            art = qcompile.compile(logits, (xs[:1],), calib=calib, config=cfg, progress=False)
+            q = _batched(art.graph, xs, 250)
+            rec = {"model": "mlperf_mobilenetv1_025", "setting": "w8_pt" if not pc else "w8", "row": row,
+                   "agreement": 100.0 * (q.argmax(1) == ref.argmax(1)).float().mean().item(),
+                   "sqnr_db": round(_sqnr_db(ref, q), 2), "n_eval": n_eval, "n_calib": n_calib}
+            if row != "naive" and cfg.equalize:
+                rec["cle_pairs"] = len(art.records["equalize_cross_layer"].get("pairs", []))
+            out.append(rec)
+            print(f"  mlperf_mobilenetv1_025 {rec['setting']:6s} {row:22s} agreement {rec['agreement']:6.2f} %"
+                  f"  SQNR {rec['sqnr_db']:6.2f} dB", flush=True)
+    return out
+
+
 def table(results: list[dict], settings: list[str]) -> str:
     from tabulate import tabulate
 
@@ -354,16 +481,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", nargs="+", default=["fx", "pt2e", "ort", "nncf", "aimet"], choices=[*PEERS, "none"])
     ap.add_argument("--calib", type=int, default=512, help="calibration samples (256-1024)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the results of other models (and the collapse section) already in --json")
+    ap.add_argument("--collapse", action="store_true",
+                    help="also run the per-tensor MobileNet case on the pretrained MLPerf Tiny MobileNetV1-0.25")
+    ap.add_argument("--agree-n", type=int, default=500,
+                    help="test samples on which each row's fake-quant graph is checked against the integer interpreter")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--eval", choices=["graph", "int"], default="graph",
                     help="qcompile top-1 from the fake-quant graph (fast; top-1 agreement with the integer "
                          "interpreter is checked on 500 samples per row) or the integer interpreter (slow)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     peers = [p for p in args.peers if p != "none"]
     skipped: dict[str, str] = {}
     t0 = time.perf_counter()
     results: list[dict] = []
     for m in args.models:
-        results += bench(m, args.settings, args.rows, peers, args.calib, skipped, args.eval)
+        results += bench(m, args.settings, args.rows, peers, args.calib, skipped, args.eval, args.agree_n)
+    collapse = collapse_case(args.calib, 1000) if args.collapse else None
     print()
     print(table(results, args.settings))
     for p, why in skipped.items():
@@ -371,13 +507,23 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t0
     print(f"total {total:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
+        command = "python benchmarks/ptq.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        old = json.loads(args.json.read_text()) if args.merge and args.json.is_file() else {}
+        ran = set(args.models)
+        commands = old.get("command", [])
+        commands = ([commands] if isinstance(commands, str) else list(commands)) + [command]
+        skipped_all = {**old.get("skipped_peers", {}), **skipped}
+        blob = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/ptq.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": commands if old else command,
             "torch": torch.__version__, "python": platform.python_version(), "calib": args.calib, "eval": args.eval,
-            "seconds": round(total, 1), "skipped_peers": skipped, "results": results,
-        }, indent=1) + "\n")
+            "seconds": round(old.get("seconds", 0.0) + total, 1), "skipped_peers": skipped_all,
+            "results": [r for r in old.get("results", []) if r["model"] not in ran] + results,
+        }
+        if collapse is not None or "collapse_case" in old:
+            blob["collapse_case"] = collapse if collapse is not None else old["collapse_case"]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(blob, indent=1) + "\n")
     return 0
 
 

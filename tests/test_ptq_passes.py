@@ -283,3 +283,75 @@ def test_cle_leaves_dead_channels_alone():
     assert art.sqnr[art.program.outputs[0]] > 30.0
     conv2 = [op for op in art.program.ops if type(op).__name__ == "Conv2D"][1]
     assert art.program.tensors[conv2.output].scale < 1.0
+
+
+# ----------------------------------------------------------------------------- weight clipping choice
+
+def _outlier_mlp(seed: int = 0):
+    """Two linear layers whose first has one outlier weight per row: at 4 bits min/max spends
+    the grid on the outliers, clipping them is far better at the network output."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5)).eval()
+    with torch.no_grad():
+        model[0].weight[:, 0] = 8.0 * model[0].weight.abs().amax()
+    x = torch.randn(256, 16)
+    x[:, 0] *= 0.01  # the outlier weights see a nearly silent input: clipping them costs little
+    return model, x
+
+
+def test_per_layer_clipping_beats_minmax_at_the_network_output():
+    model, x = _outlier_mlp()
+    base = dict(weight_bits=4, activation_observer="minmax", equalize=False, absorb_bias=False)
+    err, arts = {}, {}
+    for obs in ("minmax", "per_layer"):
+        art = qcompile.compile(model, (x[:1],), calib=x, config=QuantConfig(weight_observer=obs, **base),
+                               progress=False)
+        with torch.no_grad():
+            err[obs] = (art.graph(x) - model(x)).pow(2).mean().item()
+        arts[obs] = art
+    rec = arts["per_layer"].records["quantize_weights"]
+    assert rec["weight_observer"] == "per_layer"
+    assert set(rec["clipping"].values()) <= {"minmax", "mse", "output_mse"}
+    assert rec["clipping"]["0"] != "minmax"  # the outlier layer gets clipped
+    assert err["per_layer"] < 0.5 * err["minmax"]
+
+
+def test_per_layer_choice_leaves_no_trial_state_behind():
+    # the search temporarily swaps in shifted trial modules: afterwards every layer is a plain
+    # QuantizedWeights whose float bias is the original one (bias correction is off here)
+    model, x = _outlier_mlp(1)
+    art = qcompile.compile(model, (x[:1],), calib=x, progress=False,
+                           config=QuantConfig(weight_bits=4, weight_observer="per_layer", bias_correction="none",
+                                              equalize=False, absorb_bias=False))
+    qs = [m for m in art.graph.modules() if isinstance(m, QuantizedWeights)]
+    assert len(qs) == 2 and not any(type(m).__name__ == "_Shifted" for m in art.graph.modules())
+    torch.testing.assert_close(qs[0].module.bias, model[0].bias)
+    torch.testing.assert_close(qs[1].module.bias, model[2].bias)
+
+
+def test_weight_observer_auto_resolves_by_bits():
+    model, x = _outlier_mlp(2)
+    for bits, want in ((8, "minmax"), (6, "per_layer"), (4, "per_layer")):
+        art = qcompile.compile(model, (x[:1],), calib=x, config=QuantConfig(weight_bits=bits), progress=False)
+        assert art.records["quantize_weights"]["weight_observer"] == want
+        assert art.records["correct_bias"]["mode"] == "empirical"
+    with pytest.raises(ConfigError, match="weight_observer"):
+        QuantConfig(weight_observer="per_layr")
+
+
+@settings(max_examples=30, deadline=None)
+@given(cin=st.integers(1, 5), cout=st.integers(1, 6), bits=st.integers(2, 6), shift=st.floats(-5, 5),
+       seed=st.integers(0, 1000))
+def test_centered_output_error_ignores_what_bias_correction_removes(cin, cout, bits, shift, seed):
+    from qcompile.passes.quantize_weights import _output_error
+
+    torch.manual_seed(seed)
+    conv = nn.Conv1d(cin, cout, 3, padding=1)
+    x = torch.randn(16, cin, 7)
+    ref = conv(x).detach().double()
+    plain = _output_error(conv, x, ref, bits, True, None, None, centered=False)
+    centered = _output_error(conv, x, ref, bits, True, None, None, centered=True)
+    assert torch.all(centered <= plain + 1e-12)  # a variance never exceeds the second moment
+    # a constant per-channel offset of the reference is invisible to the centered error
+    moved = _output_error(conv, x, ref + shift, bits, True, None, None, centered=True)
+    torch.testing.assert_close(moved, centered, rtol=1e-6, atol=1e-9)
