@@ -4,10 +4,18 @@ Every real-valued parameter becomes integers here, once: biases at scale ``s_in 
 requantization multipliers ``M = s_in * s_w[c] / s_out`` as Q31 fixed point (Jacob et al. 2018,
 eq. 5-7), activation clamps as int8 bounds, element-wise nonlinearities as 256-entry tables.
 One small function per op kind, registered in ``_LOWERINGS``.
+
+Quantizers learned by QAT (:mod:`qcompile.qat`, :mod:`qcompile.n2uq`) lower as follows: a
+sub-8-bit range ``[qmin, qmax]`` becomes the producer's ``act_min``/``act_max`` (conv, dense,
+add/sub, mul); an N2UQ activation quantizer after a conv/dense, and a uniform one with fewer than 8
+bits, becomes that op's integer ``thresholds`` (:func:`quantizer_thresholds`,
+:func:`accumulator_thresholds`). Anything else raises
+:class:`~qcompile.errors.UnsupportedQuantizationError` naming the node.
 """
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any, Callable
 
 import numpy as np
@@ -16,15 +24,17 @@ import torch.nn as nn
 from torch.fx import GraphModule, Node
 
 from qcompile.backends import ir
-from qcompile.errors import UnsupportedOpError
+from qcompile.errors import UnsupportedOpError, UnsupportedQuantizationError
 from qcompile.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier
 from qcompile.frontend import source_location
+from qcompile.n2uq import N2UQActQuant, N2UQWeights
+from qcompile.qat import LsqActQuant
 from qcompile.nn import QuantizedWeights
 from qcompile.piecewise import PiecewiseQuantizedWeights
 from qcompile.ops import Kind, clamp_range, info, lut_function
 from qcompile.quantization import tensor_qparams
 
-__all__ = ["lower", "SOFTMAX_EXP_BITS"]
+__all__ = ["lower", "SOFTMAX_EXP_BITS", "accumulator_thresholds", "quantizer_thresholds", "check_quantizers"]
 
 SOFTMAX_EXP_BITS = 22
 ADD_LEFT_SHIFT = 20
@@ -60,12 +70,19 @@ class _Lowering:
             raise UnsupportedOpError(f"output of '{node.name}' has no quantizer")
         return self.gm.get_submodule(quants[0].target).qparams
 
+    def out_quantizer(self, node: Node) -> Any:
+        value = self.output_node(node)
+        quants = [u for u in value.users if info(u).kind is Kind.QUANT]
+        return self.gm.get_submodule(quants[0].target) if quants else None
+
     def act_bounds(self, node: Node, scale: float, zp: int) -> tuple[int, int]:
-        """int8 clamp bounds of a fused activation (TFLite CalculateActivationRangeQuantized)."""
+        """int8 clamp bounds of a fused activation (TFLite CalculateActivationRangeQuantized),
+        narrowed to the output quantizer's ``2**bits`` levels when it has fewer than 8 bits."""
         lo, hi = info(node).fused_act or (-math.inf, math.inf)
         qlo = -128 if math.isinf(lo) else max(-128, zp + int(round(lo / scale)))
         qhi = 127 if math.isinf(hi) else min(127, zp + int(round(hi / scale)))
-        return qlo, qhi
+        rmin, rmax = getattr(self.out_quantizer(node), "quant_range", (-128, 127))
+        return max(qlo, rmin), min(qhi, rmax)
 
     # -- building ------------------------------------------------------------------------
     def new_tensor(self, node: Node, qparams: tuple[float, int], shape: tuple[int, ...] | None = None) -> int:
@@ -110,6 +127,92 @@ def _spatial(v: Any, rank: int) -> tuple[int, int]:
     return int(v), int(v)
 
 
+def accumulator_thresholds(thresholds: np.ndarray, bias: np.ndarray, s_in: float, s_w: np.ndarray,
+                           bias_int: np.ndarray, act_range: tuple[float, float] = (-math.inf, math.inf),
+                           acc_bound: np.ndarray | None = None, name: str = "?") -> np.ndarray:
+    """Integer thresholds ``t[c, k]`` on a conv/dense int32 accumulator that reproduce the N2UQ
+    decisions ``clamp(y, lo, hi) >= T[k]`` of the fake-quant graph exactly.
+
+    The graph computes ``y = s_in * s_w[c] * A + b[c]`` with ``A = acc - bias_int[c]`` the integer
+    dot product (``acc`` is what the int32 accumulator holds, ``bias_int`` its integer bias), then
+    the fused activation's clamp to ``[lo, hi]``, then counts the thresholds reached. Since
+    ``s_in * s_w[c] > 0``::
+
+        y >= T  <=>  acc >= bias_int[c] + (T - b[c]) / (s_in * s_w[c])
+                <=>  acc >= t := bias_int[c] + ceil((T - b[c]) / (s_in * s_w[c]))
+
+    (``acc`` is an integer). ``t`` is computed in exact rational arithmetic
+    (:class:`fractions.Fraction` of the float64 values of ``T``, ``b``, ``s_in``, ``s_w``), so the
+    rule has no rounding error of its own: a tie ``y == T`` counts as reached on both sides. The
+    clamp: ``T <= lo`` is always reached (``t = INT32_MIN``); ``T > hi`` never (``t = INT32_MAX``,
+    valid because ``acc_bound``, the verifier's static bound on ``|acc|``, must then be below
+    INT32_MAX). Thresholds beyond the int32 range saturate the same way. ``T`` non-decreasing
+    gives ``t`` non-decreasing per channel.
+    """
+    lo, hi = act_range
+    co = len(s_w)
+    out = np.empty((co, len(thresholds)), dtype=np.int64)
+    s_in_q = Fraction(float(s_in))
+    for c in range(co):
+        unit = s_in_q * Fraction(float(s_w[c]))
+        b = Fraction(float(bias[c]))
+        for k, t_real in enumerate(np.asarray(thresholds, dtype=np.float64)):
+            if t_real <= lo:
+                out[c, k] = INT32_MIN
+            elif t_real > hi:
+                out[c, k] = INT32_MAX
+            else:
+                q = (Fraction(float(t_real)) - b) / unit
+                out[c, k] = min(max(int(bias_int[c]) + math.ceil(q), INT32_MIN), INT32_MAX)
+        if acc_bound is not None and np.any(out[c] == INT32_MAX) and int(acc_bound[c]) >= INT32_MAX:
+            raise UnsupportedQuantizationError(
+                f"'{name}': channel {c} has a threshold no accumulator may reach, but the accumulator "
+                f"bound {int(acc_bound[c])} does not exclude INT32_MAX")
+    return out.astype(np.int32)
+
+
+def quantizer_thresholds(quantizer: Any) -> np.ndarray | None:
+    """Real input thresholds of an activation quantizer that lowers to a threshold stage, else ``None``.
+
+    N2UQ: its learned thresholds. A uniform (LSQ) quantizer with fewer than 8 bits: the rounding
+    boundaries ``s * (k - k0 - 1/2)``, ``k = 1..2**bits - 1`` (``k0 = zero_point - qmin``), since
+    ``clamp(round(x / s) + zero_point, qmin, qmax) = qmin + #{k : x >= s * (k - k0 - 1/2)}`` up to
+    ties. Comparisons are exact where the fixed-point multiply is not: with 2..4-bit weights and
+    activations an accumulator holds a few dozen units, and the two roundings of
+    ``RoundingDivideByPOT(SRDHM(acc, M0))`` then move a sizeable fraction of outputs by a level.
+    """
+    if isinstance(quantizer, N2UQActQuant):
+        return quantizer.thresholds.numpy()
+    if isinstance(quantizer, LsqActQuant) and quantizer.bits < 8:
+        k = np.arange(1, (1 << quantizer.bits), dtype=np.float64)
+        return quantizer.scale * (k - (quantizer.zero_point - quantizer.qmin) - 0.5)
+    return None
+
+
+def check_quantizers(gm: GraphModule) -> None:
+    """Raise :class:`UnsupportedQuantizationError` for a quantizer the IR cannot express: N2UQ
+    thresholds anywhere but after a conv/linear, or fewer than 8 bits after an op without a
+    clamp stage."""
+    for node in gm.graph.nodes:
+        if info(node).kind is not Kind.QUANT or node.op != "call_module":
+            continue
+        mod = gm.get_submodule(node.target)
+        value = node.args[0]
+        prod = value.args[0] if info(value).fused_into is not None else value
+        kind = info(prod).kind
+        where = f"quantizer '{node.name}' of node '{prod.name}' ({kind.name.lower()}) at {source_location(prod)}"
+        if isinstance(mod, N2UQActQuant):
+            if kind not in (Kind.CONV, Kind.LINEAR):
+                raise UnsupportedQuantizationError(
+                    f"{where}: N2UQ thresholds can only replace a conv/dense requantization")
+            if mod.thresholds is None:
+                raise UnsupportedQuantizationError(f"{where}: N2UQ quantizer was never frozen (no thresholds)")
+        elif getattr(mod, "quant_range", (-128, 127)) != (-128, 127):
+            if kind not in (Kind.CONV, Kind.LINEAR, Kind.ADD, Kind.SUB, Kind.MUL):
+                raise UnsupportedQuantizationError(
+                    f"{where}: a {mod.bits}-bit range needs an act_min/act_max clamp, which this op lacks")
+
+
 # ------------------------------------------------------------------------------- per kind
 
 
@@ -127,10 +230,19 @@ def _lower_weighted(lw: _Lowering, node: Node) -> None:
     out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), info(node).shape[1:])
     lo, hi = lw.act_bounds(node, s_out, zp_out)
     codebook = None
-    if isinstance(qmod, PiecewiseQuantizedWeights):
+    if isinstance(qmod, (PiecewiseQuantizedWeights, N2UQWeights)):
         codebook = ir.Codebook(qmod.codes.numpy().astype(np.uint8), qmod.levels.numpy().astype(np.int8), qmod.bits)
     common = dict(name=node.name, input=lw.tid(x), output=out, bias=bias_int, input_offset=-zp_in,
                   output_offset=zp_out, multiplier=mult, shift=shift, act_min=lo, act_max=hi, w_bits=qmod.bits)
+    quantizer = lw.out_quantizer(node)
+    real_thresholds = quantizer_thresholds(quantizer)
+    if real_thresholds is not None:  # out = qmin + #{k : acc >= t[c, k]}
+        bound = (np.abs(w_int.astype(np.int64)).reshape(w_int.shape[0], -1).sum(axis=1)
+                 * max(abs(-128 - zp_in), abs(127 - zp_in)) + np.abs(bias_int.astype(np.int64)))
+        common.update(output_offset=quantizer.qmin, act_min=quantizer.qmin, act_max=quantizer.qmax,
+                      thresholds=accumulator_thresholds(real_thresholds, bias, s_in, s_w, bias_int,
+                                                        info(node).fused_act or (-math.inf, math.inf), bound,
+                                                        node.name))
     if isinstance(mod, nn.Linear):
         lw.ops.append(ir.Dense(weight=w_int, codebook=codebook, **common))
         return
@@ -320,6 +432,7 @@ _LOWERINGS: dict[Kind, Callable[[_Lowering, Node], None]] = {
 
 def lower(gm: GraphModule, name: str = "model") -> ir.Program:
     """Translate the quantized graph ``gm`` to a verified :class:`~qcompile.backends.ir.Program`."""
+    check_quantizers(gm)
     lw = _Lowering(gm, name)
     inputs: list[int] = []
     outputs: list[int] = []

@@ -8,11 +8,14 @@ from qcompile.passes.fuse_activations import fuse_activations
 from qcompile.passes.insert_observers import insert_observers
 from qcompile.passes.quantize_weights import quantize_weights
 from qcompile.passes.quantize_weights_piecewise import quantize_weights_piecewise
+from qcompile.passes.record_float_outputs import record_float_outputs
 from qcompile.passes.record_batchnorm_statistics import record_batchnorm_statistics
 from qcompile.passes.remove_identities import remove_identities
 from qcompile.passes.split_outlier_channels import split_outlier_channels
+from qcompile.passes.train_quantization_aware import train_quantization_aware
 
 __all__ = [
+    "record_float_outputs",
     "remove_identities",
     "record_batchnorm_statistics",
     "fold_batchnorm",
@@ -25,4 +28,5 @@ __all__ = [
     "quantize_weights",
     "quantize_weights_piecewise",
     "correct_bias",
+    "train_quantization_aware",
 ]

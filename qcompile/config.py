@@ -6,13 +6,15 @@ from dataclasses import dataclass
 from qcompile.errors import ConfigError
 
 __all__ = ["QuantConfig", "OBSERVERS", "TARGETS", "BIAS_CORRECTIONS", "CLE_RELU6", "WEIGHT_OBSERVERS",
-           "WEIGHT_QUANTIZERS"]
+           "WEIGHT_QUANTIZERS",
+           "ACTIVATION_QUANTIZERS"]
 
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl", "best")
 WEIGHT_OBSERVERS = ("auto", "minmax", "mse", "output_mse", "per_layer")
 BIAS_CORRECTIONS = ("auto", "empirical", "analytic", "none")
 CLE_RELU6 = ("skip", "replace", "auto")
 WEIGHT_QUANTIZERS = ("uniform", "pwlq")
+ACTIVATION_QUANTIZERS = ("uniform", "lsq", "n2uq")  # uniform: PTQ observers; lsq/n2uq: QAT
 TARGETS = ("cortex-m", "generic")
 
 
@@ -33,7 +35,16 @@ class QuantConfig:
     * ``weight_quantizer``: ``"uniform"`` (symmetric uniform levels) or ``"pwlq"``
       (piecewise-linear: a dense center and a sparse tail grid per channel, Fang et al. 2020;
       3..8 bits, stored as codes plus a per-channel level table, see :mod:`qcompile.piecewise`).
-    * ``activation_bits``: 8 (int8 activations, asymmetric per tensor).
+    * ``activation_bits``: 2..8 (asymmetric per tensor, int8 tensors; below 8 bits a tensor uses
+      ``2**bits`` int8 values and needs QAT, ``activation_quantizer`` ``"lsq"`` or ``"n2uq"``).
+    * ``activation_quantizer``: ``"uniform"`` (PTQ: ranges from the observers, no training),
+      ``"lsq"`` (QAT with learned step sizes for weights and activations, Esser et al. 2020) or
+      ``"n2uq"`` (QAT with N2UQ, Liu et al. 2022: learnable nonuniform thresholds, uniform
+      output levels, the paper's weight quantizer; ``weight_bits`` 2..7). See
+      :mod:`qcompile.passes.train_quantization_aware`.
+    * ``qat_epochs``, ``qat_lr``, ``qat_batch_size``, ``qat_seed``: the QAT run (Adam, cosine
+      decay, label-free distillation from the float model on the ``calib`` data).
+      ``qat_keep_ends_8bit``: the first and last conv/linear keep 8-bit weights during QAT.
     * ``activation_observer``: how activation ranges are chosen from calibration data:
       ``"minmax"``, ``"moving_average"`` (EMA of per-batch min/max, ``averaging_constant``),
       ``"percentile"`` (``percentile`` of |values| on each side), ``"mse"`` (the clipping
@@ -95,12 +106,19 @@ class QuantConfig:
     averaging_constant: float = 0.01
     max_calib_samples: int = 1024
     calib_batch_size: int = 64
+    activation_quantizer: str = "uniform"
+    qat_epochs: int = 3
+    qat_lr: float = 1e-4
+    qat_batch_size: int = 64
+    qat_seed: int = 0
+    qat_keep_ends_8bit: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
             raise ConfigError(f"QuantConfig.weight_bits={self.weight_bits}: choose an integer in 2..8")
-        if self.activation_bits != 8:
-            raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits}: activations are int8")
+        if not isinstance(self.activation_bits, int) or not 2 <= self.activation_bits <= 8:
+            raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits}: choose an integer in 2..8")
+        self._check_qat()
         if self.activation_observer not in OBSERVERS:
             raise ConfigError(
                 f"QuantConfig.activation_observer={self.activation_observer!r}: choose one of {', '.join(OBSERVERS)}"
@@ -124,3 +142,21 @@ class QuantConfig:
             raise ConfigError(f"QuantConfig.averaging_constant={self.averaging_constant}: must be in (0, 1]")
         if self.max_calib_samples < 1 or self.calib_batch_size < 1:
             raise ConfigError("QuantConfig.max_calib_samples and calib_batch_size must be positive")
+
+    def _check_qat(self) -> None:
+        if self.activation_quantizer not in ACTIVATION_QUANTIZERS:
+            raise ConfigError(f"QuantConfig.activation_quantizer={self.activation_quantizer!r}: "
+                              f"choose one of {', '.join(ACTIVATION_QUANTIZERS)}")
+        if self.activation_quantizer == "uniform":
+            if self.activation_bits != 8:
+                raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits} needs QAT: "
+                                  "set activation_quantizer='lsq' or 'n2uq' (PTQ activations are 8-bit)")
+            return
+        if self.weight_quantizer != "uniform":
+            raise ConfigError(f"QuantConfig.weight_quantizer={self.weight_quantizer!r} is post-training only; "
+                              f"activation_quantizer={self.activation_quantizer!r} learns its own weights")
+        if self.activation_quantizer == "n2uq" and self.weight_bits > 7:
+            raise ConfigError(f"QuantConfig.weight_bits={self.weight_bits} with activation_quantizer='n2uq': "
+                              "its 2**b weight levels fit int8 for 2..7 bits")
+        if self.qat_epochs < 1 or self.qat_batch_size < 1 or not self.qat_lr > 0:
+            raise ConfigError("QuantConfig.qat_epochs, qat_batch_size and qat_lr must be positive")

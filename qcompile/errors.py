@@ -11,6 +11,7 @@ __all__ = [
     "VerificationError",
     "IRVerificationError",
     "BuildError",
+    "UnsupportedQuantizationError",
 ]
 
 
@@ -56,3 +57,9 @@ class VerificationError(QCompileError):
 
 class BuildError(QCompileError):
     """A C compiler or emulator invocation failed."""
+
+
+class UnsupportedQuantizationError(QCompileError):
+    """The graph holds a quantizer the integer IR cannot express yet, e.g. N2UQ thresholds after
+    an op without a threshold output stage, or a sub-8-bit range on an op without a clamp.
+    The message names the node."""

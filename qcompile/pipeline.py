@@ -13,8 +13,10 @@ from qcompile.passes import (
     quantize_weights,
     quantize_weights_piecewise,
     record_batchnorm_statistics,
+    record_float_outputs,
     remove_identities,
     split_outlier_channels,
+    train_quantization_aware,
 )
 
 __all__ = ["default_pipeline"]
@@ -30,6 +32,7 @@ def default_pipeline() -> Pipeline:
     is switched in :class:`qcompile.QuantConfig` and records what it did in ``art.records``.
     """
     return Pipeline([
+        record_float_outputs,         # QAT only: the float model's outputs, the distillation teacher
         remove_identities,            # dropout / Identity / contiguous vanish in eval mode
         record_batchnorm_statistics,  # BN mean/std of pre-activations, for the data-free passes below
         fold_batchnorm,               # BN is affine: fold into the producer's weights
@@ -42,4 +45,5 @@ def default_pipeline() -> Pipeline:
         quantize_weights,             # 2..8-bit per-channel/per-tensor weights; graph simulates the integer program
         quantize_weights_piecewise,   # weight_quantizer="pwlq": center + tail grids per channel (no-op otherwise)
         correct_bias,                 # cancel the mean output shift the weight rounding introduced
+        train_quantization_aware,     # activation_quantizer='lsq'/'n2uq': QAT by distillation, last so nothing re-calibrates it
     ])

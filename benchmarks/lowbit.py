@@ -1,0 +1,184 @@
+"""Below 8 bits: PTQ weights (uniform vs PWLQ) and QAT (N2UQ vs LSQ) on the PTQ benchmark's models.
+
+Run from the repository root::
+
+    python benchmarks/lowbit.py --json benchmarks/results/lowbit.json
+
+Models: the Fashion-MNIST and MNIST-1D models of ``benchmarks/ptq.py`` (``RECIPES_PTQ``), loaded
+from the cache (``--models``; a model that is not cached is skipped, never trained here, unless
+``--train``). Rows:
+
+* ``float``: the float model;
+* ``uniform W4A8`` / ``pwlq W4A8`` / ``uniform W3A8`` / ``pwlq W3A8``: post-training,
+  ``QuantConfig(weight_bits=b, weight_quantizer=...)``, everything else default;
+* ``n2uq WkAk`` / ``lsq WkAk`` for k = 4, 3, 2: QAT (``activation_quantizer="n2uq"|"lsq"``) with
+  the same data, epochs, learning rate and seed (first and last layer keep 8-bit weights, see
+  :mod:`qcompile.passes.train_quantization_aware`).
+
+Data: PTQ calibration and QAT both use the first ``--samples`` training images (no labels: QAT
+distills the float model); top-1 is measured on the test split (``--eval`` samples, default
+all) **through the integer interpreter** (``Artifact.run``), never used to choose anything.
+Columns: top-1 and its drop vs float, weight flash bytes (``ir.weight_storage_bytes`` summed:
+packed codes or values plus codebook tables), threshold table bytes (int32, N2UQ/low-bit
+output stages), agreement of the interpreter with the fake-quant graph ``art.graph``, and
+bit-exact interpreter vs C on the host (``art.verify(on="host")`` on ``--verify`` samples) or
+``n/a (C pending)`` for programs with threshold output stages, which the C backend does not
+emit yet.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import qcompile  # noqa: E402
+from qcompile.backends import ir  # noqa: E402
+from qcompile.config import QuantConfig  # noqa: E402
+from qcompile.zoo import load_or_train, predict  # noqa: E402
+from qcompile.zoo.train import cache_dir  # noqa: E402
+
+from ptq import RECIPES_PTQ  # noqa: E402
+
+__all__ = ["ROWS", "main"]
+
+ROWS: dict[str, dict] = {
+    "uniform W4A8": dict(weight_bits=4, weight_quantizer="uniform"),
+    "pwlq W4A8": dict(weight_bits=4, weight_quantizer="pwlq"),
+    "uniform W3A8": dict(weight_bits=3, weight_quantizer="uniform"),
+    "pwlq W3A8": dict(weight_bits=3, weight_quantizer="pwlq"),
+    **{f"{q} W{b}A{b}": dict(weight_bits=b, activation_bits=b, activation_quantizer=q)
+       for b in (4, 3, 2) for q in ("n2uq", "lsq")},
+}
+DEFAULT_MODELS = [name for name in RECIPES_PTQ]
+
+
+def _cached(recipe) -> bool:
+    return any(cache_dir().glob(f"{recipe.name}-v*.pt"))
+
+
+def _top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * float((logits.argmax(dim=1) == y).float().mean())
+
+
+def _bit_exact(art, xs: torch.Tensor) -> str:
+    if any(getattr(op, "thresholds", None) is not None for op in art.program.ops):
+        return "n/a (C pending)"
+    try:
+        art.verify(xs, on="host")
+        return "yes"
+    except qcompile.VerificationError:
+        return "NO"
+    except Exception as exc:  # noqa: BLE001 - a broken toolchain is reported, not hidden
+        return f"error: {type(exc).__name__}"
+
+
+def bench(model_name: str, rows: list[str], args) -> list[dict]:
+    recipe = RECIPES_PTQ[model_name]
+    data = recipe.data_fn()
+    x_train, _, x_test, y_test = data
+    if args.eval:
+        x_test, y_test = x_test[:args.eval], y_test[:args.eval]
+    model, _ = load_or_train(recipe, data, progress=False)
+    calib = x_train[:args.samples]
+    float_top1 = _top1(predict(model, x_test), y_test)
+    out = [{"model": model_name, "row": "float", "top1": round(float_top1, 2), "drop": 0.0}]
+    print(f"{model_name}: float {float_top1:.2f}", flush=True)
+    for row in rows:
+        cfg = QuantConfig(**ROWS[row], max_calib_samples=args.samples, qat_epochs=args.epochs, qat_lr=args.lr)
+        t0 = time.perf_counter()
+        art = qcompile.compile(model, (x_test[:1],), calib=calib, config=cfg, name="m", progress=args.progress)
+        secs = time.perf_counter() - t0
+        logits = art.run(x_test)
+        with torch.no_grad():
+            graph_logits = predict(art.graph, x_test)
+        top1 = _top1(logits, y_test)
+        ops = art.program.ops
+        rec = {
+            "model": model_name, "row": row, "top1": round(top1, 2), "drop": round(float_top1 - top1, 2),
+            "weight_flash_bytes": sum(ir.weight_storage_bytes(op) for op in ops),
+            "threshold_bytes": sum(4 * op.thresholds.size for op in ops if getattr(op, "thresholds", None) is not None),
+            "graph_top1": round(_top1(graph_logits, y_test), 2),
+            "interp_vs_graph_agreement": round(100.0 * float((logits.argmax(1) == graph_logits.argmax(1)).float().mean()), 2),
+            "bit_exact_c_host": _bit_exact(art, x_test[:args.verify]),
+            "compile_seconds": round(secs, 1),
+        }
+        qat = art.records.get("train_quantization_aware")
+        if qat:
+            rec["qat_loss_per_epoch"] = qat["loss_per_epoch"]
+        out.append(rec)
+        print(f"  {row:14s} top1 {top1:6.2f} (drop {rec['drop']:5.2f})  flash {rec['weight_flash_bytes']:7d} B"
+              f"  thr {rec['threshold_bytes']:6d} B  agree {rec['interp_vs_graph_agreement']:6.2f}"
+              f"  C {rec['bit_exact_c_host']}  {secs:.0f}s", flush=True)
+    return out
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | row | top-1 (interpreter) | drop | weight flash B | threshold B | interp=graph % | bit-exact C |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['row']} | {r['top1']:.2f} | {r['drop']:.2f} | {r.get('weight_flash_bytes', '')} "
+                     f"| {r.get('threshold_bytes', '')} | {r.get('interp_vs_graph_agreement', '')} "
+                     f"| {r.get('bit_exact_c_host', '')} |")
+    return "\n".join(lines)
+
+
+def targets(results: list[dict]) -> dict[str, str]:
+    by = {(r["model"], r["row"]): r for r in results}
+    out = {}
+    for m in sorted({r["model"] for r in results}):
+        u, p = by.get((m, "uniform W4A8")), by.get((m, "pwlq W4A8"))
+        if u and p:
+            out[f"pwlq W4 > uniform W4 on {m}"] = f"{'met' if p['top1'] > u['top1'] else 'MISSED'} ({p['top1']:.2f} vs {u['top1']:.2f})"
+        f, n = by.get((m, "float")), by.get((m, "n2uq W2A2"))
+        if m.startswith("fashion") and f and n:
+            out[f"n2uq W2A2 within 3 pts of float on {m}"] = (f"{'met' if f['top1'] - n['top1'] <= 3 else 'MISSED'} "
+                                                              f"(drop {f['top1'] - n['top1']:.2f})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(RECIPES_PTQ))
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--samples", type=int, default=2048, help="training samples for calibration and QAT")
+    ap.add_argument("--epochs", type=int, default=3, help="QAT epochs (N2UQ and LSQ alike)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate (weights; quantizers x10)")
+    ap.add_argument("--eval", type=int, default=0, help="test samples (0: all)")
+    ap.add_argument("--verify", type=int, default=8, help="samples for the host C check")
+    ap.add_argument("--train", action="store_true", help="train models that are not cached")
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    results, skipped = [], {}
+    for name in args.models:
+        if not args.train and not _cached(RECIPES_PTQ[name]):
+            skipped[name] = "not in the cache (use --train)"
+            print(f"{name}: skipped, not cached", flush=True)
+            continue
+        results += bench(name, args.rows, args)
+    print()
+    print(table(results))
+    tg = targets(results)
+    for k, v in tg.items():
+        print(f"{k}: {v}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": "python benchmarks/lowbit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
+            "top1_on": "integer interpreter (Artifact.run), test split", "samples": args.samples,
+            "epochs": args.epochs, "lr": args.lr, "skipped": skipped, "targets": tg, "results": results,
+        }, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

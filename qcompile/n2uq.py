@@ -1,0 +1,190 @@
+"""Nonuniform-to-uniform quantization (N2UQ; Liu et al. 2022, "Nonuniform-to-Uniform
+Quantization: Towards Accurate Quantization via Generalized Straight-Through Estimation", CVPR).
+
+**Activations** (the paper's sec. 3.1-3.2; the reference code's ``LTQ``): ``L = 2**b - 1``
+learnable *input* thresholds, *uniform* output levels. With interval lengths ``a_1..a_L > 0``
+and a start ``B_0``, the interval boundaries are ``B_j = B_0 + a_1 + ... + a_j`` and the
+forward thresholds are the interval midpoints ``T_j = B_{j-1} + a_j / 2``; the output is
+
+    x_q = s * (#{j : x >= T_j} - k0)                       (uniform levels, step s)
+
+(the paper's eq. 4 with output levels ``0..L`` shifted by an integer ``k0`` so that tensors
+with negative values, e.g. a conv feeding a residual add, keep them; ``k0 = 0`` after a ReLU).
+Gradients use the **generalized straight-through estimator** (GSTE, eq. 6-8): the backward
+pass differentiates the piecewise-linear function through the boundaries
+
+    F(x) = (j - 1) + (x - B_{j-1}) / a_j    for x in [B_{j-1}, B_j],   0 below B_0, L above B_L
+
+(the expectation of stochastic binarization in each interval), so ``dx_q/dx = s / a_j`` inside
+interval ``j`` and the thresholds (``B_0`` and every ``a_j``) receive gradients through ``F``.
+``B_0`` and ``a`` are learned in units of the initial step ``s0`` (``a`` initialized to 1, i.e.
+uniform rounding), and ``a_j`` is floored at ``1e-3`` as in the reference code. The output
+step ``s`` is learned too (the reference code's ``scale2``), relative to ``s0``.
+
+**Weights** (sec. 3.3, "entropy preserving weight regularization", and the reference code's
+``HardQuantizeConv``): per output channel, ``w' = w / (gamma * mean|w|)`` with
+``gamma = (2**b - 1) / 2**(b-1)``, clipped to ``[-1, 1]`` and rounded to the ``2**b`` uniform
+levels ``-1 + 2k / (2**b - 1)``, ``k = 0..2**b - 1`` (no zero level, so all ``2**b`` codes carry
+information); the gradient is the straight-through identity. In integers: ``w_int = 2k - (2**b
+- 1)`` (odd values, ``|w_int| <= 2**b - 1``) at scale ``gamma * mean|w| / (2**b - 1)``, stored as
+``b``-bit codes plus a per-channel level table (:class:`qcompile.backends.ir.Codebook`), which
+fits int8 for ``b <= 7``. (The reference code's clip value is a parameter but receives no
+gradient, so it is the constant 2 used here.)
+
+The lowering turns an activation quantizer that follows a conv/linear into integer thresholds
+on that layer's int32 accumulator (:func:`qcompile.backends.lower.accumulator_thresholds`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from qcompile.nn import ActQuant, QuantizedWeights, QuantMode
+from qcompile.qat import ACT_QMIN
+
+__all__ = ["N2UQActQuant", "N2UQWeights", "n2uq_weight_codes", "MAX_N2UQ_WEIGHT_BITS", "A_MIN"]
+
+A_MIN = 1e-3  # floor of the interval lengths (units of s0), the reference code's eps
+MAX_N2UQ_WEIGHT_BITS = 7  # odd integers up to 2**b - 1 must fit int8
+
+
+class N2UQActQuant(ActQuant):
+    """N2UQ activation quantizer with GSTE (see the module docstring).
+
+    Output values are int8 ``q = qmin + #{j : x >= T_j}`` with ``real = scale * (q - zero_point)``,
+    ``zero_point = qmin + k0``. :meth:`freeze` stores the thresholds as float64 ``thresholds``
+    (sorted, length ``2**bits - 1``) and the output step as ``scale``; the frozen forward then
+    counts thresholds exactly as the integer program does (``x >= T``).
+    """
+
+    def __init__(self, bits: int, scale: float, zero_point: int, qmin: int = ACT_QMIN):
+        super().__init__(observer=None)
+        self.bits = bits
+        self.levels = (1 << bits) - 1
+        self.qmin = qmin
+        self.qmax = qmin + self.levels
+        if not qmin <= zero_point <= self.qmax:
+            raise ValueError(f"zero point {zero_point} outside [{qmin}, {self.qmax}]")
+        self.zero_point = int(zero_point)
+        self.k0 = self.zero_point - qmin
+        self.scale = None
+        self.thresholds: torch.Tensor | None = None
+        self.register_buffer("step0", torch.tensor(float(scale)))
+        self.start = nn.Parameter(torch.tensor(float(-self.k0)))   # B_0 / s0
+        self.a = nn.Parameter(torch.ones(self.levels))             # interval lengths / s0
+        self.out_rel = nn.Parameter(torch.ones(()))                # s / s0
+        self.mode = QuantMode.QUANTIZE
+
+    @property
+    def quant_range(self) -> tuple[int, int]:
+        return self.qmin, self.qmax
+
+    def boundaries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B_0..B_L, a_1..a_L)`` in real units (``a`` floored at ``A_MIN * s0``)."""
+        a = torch.clamp(self.a, min=A_MIN) * self.step0
+        b = torch.cat([self.start.reshape(1) * self.step0, self.start * self.step0 + torch.cumsum(a, 0)])
+        return b, a
+
+    def current_thresholds(self) -> torch.Tensor:
+        """Forward thresholds ``T_j = B_{j-1} + a_j / 2`` in real units."""
+        b, a = self.boundaries()
+        return b[:-1] + a / 2
+
+    def freeze(self) -> tuple[float, int]:
+        """Fix thresholds (float64) and output step (idempotent: nothing is re-observed)."""
+        if self.scale is None:
+            with torch.no_grad():
+                self.thresholds = self.current_thresholds().detach().to(torch.float64).clone()
+                self.scale = float((self.out_rel * self.step0).detach().to(torch.float64))
+        self.mode = QuantMode.QUANTIZE
+        return self.scale, self.zero_point
+
+    def _gste(self, x: torch.Tensor) -> torch.Tensor:
+        """Counts in the forward pass, the piecewise-linear ``F`` in the backward pass."""
+        b, a = self.boundaries()
+        t = b[:-1] + a / 2
+        count = torch.bucketize(x.detach(), t.detach(), right=True).to(x.dtype)  # #{j : x >= T_j}
+        j = torch.bucketize(x.detach(), b.detach(), right=True).clamp(1, self.levels)  # interval index
+        left = b[j - 1]
+        ramp = (j - 1).to(x.dtype) + (x - left) / a[j - 1]
+        ramp = torch.where(x < b[0], torch.zeros_like(ramp), ramp)
+        ramp = torch.where(x > b[-1], torch.full_like(ramp, float(self.levels)), ramp)
+        return count + ramp - ramp.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode is not QuantMode.QUANTIZE:
+            return x
+        if self.scale is not None:
+            count = torch.bucketize(x.to(torch.float64), self.thresholds, right=True)
+            return ((count - self.k0).to(torch.float64) * self.scale).to(x.dtype)
+        s = self.out_rel * self.step0
+        return (self._gste(x) - self.k0) * s
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits} (N2UQ), scale={self.scale}, zero_point={self.zero_point}"
+
+
+def n2uq_weight_codes(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes k in 0..2**b-1, per-channel scale gamma * mean|w| / (2**b - 1))`` in float64."""
+    w = weight.detach().to(torch.float64)
+    n = (1 << bits) - 1
+    gamma = n / (1 << (bits - 1))
+    sf = gamma * w.reshape(w.shape[0], -1).abs().mean(dim=1)
+    sf = torch.where(sf > 0, sf, torch.ones_like(sf))
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    codes = torch.round((torch.clamp(w / sf.reshape(shape), -1.0, 1.0) + 1.0) * n / 2)
+    return codes, sf / n
+
+
+class N2UQWeights(QuantizedWeights):
+    """A conv/linear with the paper's weight quantizer (module docstring). While training the
+    scale follows ``mean|w|``; :meth:`freeze` stores ``weight_int`` (odd int8 values),
+    ``weight_scale`` and the codebook (``codes``, ``levels``) that the lowering emits."""
+
+    def __init__(self, q: QuantizedWeights, bits: int):
+        nn.Module.__init__(self)
+        if not 2 <= bits <= MAX_N2UQ_WEIGHT_BITS:
+            raise ValueError(f"N2UQ weights need 2..{MAX_N2UQ_WEIGHT_BITS} bits, got {bits}")
+        self.module = q.module
+        self.bits = bits
+        self.per_channel = True
+        self.min_scale = None
+        self.simulate = True
+        self.frozen = False
+        self.register_buffer("weight_int", q.weight_int.clone())
+        self.register_buffer("weight_scale", q.weight_scale.clone())
+        self.register_buffer("codes", torch.zeros(q.weight_int.shape, dtype=torch.uint8))
+        n = (1 << bits) - 1
+        table = torch.arange(-n, n + 1, 2, dtype=torch.int8)  # 2**b odd levels
+        self.register_buffer("levels", table.expand(q.weight_int.shape[0], -1).clone())
+
+    def fake_weight(self) -> torch.Tensor:
+        w = self.module.weight
+        codes, scale = n2uq_weight_codes(w, self.bits)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        n = (1 << self.bits) - 1
+        wq = ((2 * codes - n) * scale.reshape(shape)).to(w.dtype)
+        return wq + w - w.detach()
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        codes, scale = n2uq_weight_codes(self.module.weight, self.bits)
+        n = (1 << self.bits) - 1
+        self.codes = codes.to(torch.uint8)
+        self.weight_int = (2 * codes - n).to(torch.int8)
+        self.weight_scale = scale
+        self.frozen = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frozen or not self.simulate:
+            return super().forward(x)
+        m = self.module
+        w = self.fake_weight()
+        if isinstance(m, nn.Linear):
+            return F.linear(x, w, m.bias)
+        return m._conv_forward(x, w, m.bias)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits} (N2UQ weights), frozen={self.frozen}"
+
