@@ -48,6 +48,7 @@ def shape_text(shape: Sequence[int]) -> str:
 
 _CTYPES = {
     "int8_t": (-(1 << 7), (1 << 7) - 1, _INT8_PER_LINE),
+    "uint8_t": (0, (1 << 8) - 1, _INT8_PER_LINE),
     "int32_t": (-(1 << 31), (1 << 31) - 1, _INT32_PER_LINE),
     "uint32_t": (0, (1 << 32) - 1, _INT32_PER_LINE),
 }

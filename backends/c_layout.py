@@ -79,6 +79,13 @@ def scratch_bytes(op: ir.Op, program: ir.Program, hwc: frozenset[int] | None = N
                   fused: dict[str, ir.Pad] | None = None) -> int:
     """Bytes of scratch the op's kernel needs (0 for none). ``hwc``/``fused``: the layout decisions
     (computed when not given; a fused Pad changes which tensor a convolution reads)."""
+    if isinstance(op, (ir.Conv2D, ir.Dense)):
+        from qcompile.backends.c_lowbit import is_lowbit, lowbit_scratch  # the emitter owns the plan
+        if is_lowbit(op):
+            hwc = _layouts(program) if hwc is None else hwc
+            pad = (fused or {}).get(op.name)
+            src = pad.input if pad is not None else op.input
+            return lowbit_scratch(op, program, src, hwc)
     if isinstance(op, ir.Conv2D) and not is_depthwise(op, program):
         # 2 pixels x k_pad int16, + k_pad int16 for the element-wise im2col's compact row
         hwc = _layouts(program) if hwc is None else hwc

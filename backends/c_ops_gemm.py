@@ -8,6 +8,7 @@ from qcompile.backends import ir
 from qcompile.backends.c_context import EmitContext, Emitted, emit_op
 from qcompile.backends.c_format import c_params, spatial
 from qcompile.backends.c_layout import conv_k_pad, conv_k_seq, is_depthwise
+from qcompile.backends.c_lowbit import emit_dwconv_lb, emit_gemm_lb, is_lowbit
 from qcompile.backends.c_weights import PERM4, layer_arrays, pack_gemm, pack_gemm_w8, pack_pairs, pad_channels, \
     requant_plan, w8_plan
 
@@ -37,6 +38,8 @@ def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
         [("dilation_h", op.dilation[0]), ("dilation_w", op.dilation[1])],
         [("pad_top", pt), ("pad_left", pl)],
     ]
+    if is_lowbit(op):
+        return _conv_lb(op, ctx, src, c, h, w, co, ho, wo, cig, kh, kw, in_cs, in_ps, out_cs, out_ps, geometry, note)
     fast, scale, bias, rq = requant_plan(op.weight, op.bias, op.multiplier, op.shift, op.input_offset,
                                           op.output_offset)
     wq = op.weight.astype(np.int64) * scale[:, None, None, None]
@@ -102,8 +105,65 @@ def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
     return Emitted((*defs, params), (call,))
 
 
+def _conv_lb(op: ir.Conv2D, ctx: EmitContext, src, c, h, w, co, ho, wo, cig, kh, kw, in_cs, in_ps, out_cs, out_ps,
+             geometry, note) -> Emitted:
+    """A Conv2D with low-bit weights, a codebook or thresholds (c_lowbit)."""
+    if is_depthwise(op, ctx.program):
+        c_pad = (c + 3) // 4 * 4
+        dw_rows = [
+            [("channels", c), ("c_pad", c_pad), ("in_h", h), ("in_w", w), ("in_cs", in_cs), ("in_ps", in_ps)],
+            [("out_h", ho), ("out_w", wo), ("out_cs", out_cs), ("out_ps", out_ps)],
+            *geometry,
+            [("input_offset", op.input_offset), ("act_min", op.act_min), ("act_max", op.act_max)],
+        ]
+        return emit_dwconv_lb(ctx, op, dw_rows, c, ctx.ptr(src), note)
+    groups = op.groups
+    cog = co // groups
+    k_pad = conv_k_pad(op)
+    k_seq = conv_k_seq(op, src, ctx.program, ctx.layout.hwc_tensors)
+    raw = op.weight.astype(np.int64).transpose(0, 2, 3, 1).reshape(co, kh * kw * cig)
+    rows = [
+        [("in_c", c), ("in_h", h), ("in_w", w), ("in_cs", in_cs), ("in_ps", in_ps)],
+        [("out_c", co), ("out_h", ho), ("out_w", wo), ("out_cs", out_cs), ("out_ps", out_ps)],
+        *geometry,
+        [("groups", groups), ("cin_group", cig), ("cout_group", cog), ("cout_pad", cog + (cog & 1))],
+        [("k", cig * kh * kw), ("k_pad", k_pad)],
+        [("input_offset", op.input_offset), ("act_min", op.act_min), ("act_max", op.act_max)],
+    ]
+    return emit_gemm_lb(ctx, op, rows, raw, groups, cog, k_pad, k_seq, ctx.ptr(src), "im2col + GEMM, low-bit" + note)
+
+
+def dense_k_seq(fi: int) -> bool:
+    """A low-bit Dense runs as a 1x1 convolution of one pixel with fi channels (channel stride 1)."""
+    return fi % 4 != 0
+
+
+def _dense_lb(op: ir.Dense, ctx: EmitContext) -> Emitted:
+    fo, fi = (int(d) for d in op.weight.shape)
+    k_pad = (fi + 3) // 4 * 4
+    perm = ctx.layout.storage_perm(op.input)
+    raw = op.weight.astype(np.int64)
+    if perm is not None:
+        raw = raw[:, perm]
+    rows = [
+        [("in_c", fi), ("in_h", 1), ("in_w", 1), ("in_cs", 1), ("in_ps", fi)],
+        [("out_c", fo), ("out_h", 1), ("out_w", 1), ("out_cs", 1), ("out_ps", fo)],
+        [("kernel_h", 1), ("kernel_w", 1)],
+        [("stride_h", 1), ("stride_w", 1)],
+        [("dilation_h", 1), ("dilation_w", 1)],
+        [("pad_top", 0), ("pad_left", 0)],
+        [("groups", 1), ("cin_group", fi), ("cout_group", fo), ("cout_pad", fo + (fo & 1))],
+        [("k", fi), ("k_pad", k_pad)],
+        [("input_offset", op.input_offset), ("act_min", op.act_min), ("act_max", op.act_max)],
+    ]
+    note = "low-bit, as a 1x1 convolution" + ("; columns permuted for the channels-last input" if perm is not None else "")
+    return emit_gemm_lb(ctx, op, rows, raw, 1, fo, k_pad, dense_k_seq(fi), ctx.ptr(op.input), note, perm)
+
+
 @emit_op.register
 def _(op: ir.Dense, ctx: EmitContext) -> Emitted:
+    if is_lowbit(op):
+        return _dense_lb(op, ctx)
     fo, fi = (int(d) for d in op.weight.shape)
     k_pad = (fi + 3) // 4 * 4
     fast, scale, bias, rq = requant_plan(op.weight, op.bias, op.multiplier, op.shift, op.input_offset,

@@ -23,6 +23,10 @@ instructions: orientation only).
 Models: the 8 test-zoo models (``tests/zoo_models.py``, random weights) and the 4 MLPerf Tiny
 models with their real pretrained weights (``qcompile.zoo.mlperf_tiny``, fetched once and cached),
 calibrated on 256 synthetic inputs.
+``--weight-bits 4 [--weight-quantizer uniform pwlq]`` also compiles every model with
+``QuantConfig(weight_bits=4, weight_quantizer=...)`` (packed 4-bit weights, or PWLQ codebooks, in
+the generated C) and prints weight flash and instructions per MAC against the int8 build, with the
+issue 5 targets (W4 weight flash <= 0.55 x int8, instructions per MAC <= 1.3 x int8).
 ``--profile`` adds per-operator instruction counts (one QEMU region per kernel call) to the JSON
 and prints them for the MLPerf models. ``--baseline REV`` also measures the portable kernels of
 git revision REV (e.g. the commit before the fast kernels) for a before/after column.
@@ -78,7 +82,9 @@ CLOCK_HZ = 120_000_000
 LSB_SAMPLES = 64
 LSB_TARGET = 0.95
 ARENA_TARGET = 1.05
-_CTYPE_BYTES = {"int8_t": 1, "int32_t": 4, "uint32_t": 4, "qc_rq": 12}
+_CTYPE_BYTES = {"int8_t": 1, "uint8_t": 1, "int32_t": 4, "uint32_t": 4, "qc_rq": 12}
+W4_FLASH_TARGET = 0.55   # issue 5: W4A8 weight flash <= 0.55 x the int8 weight flash
+W4_IPM_TARGET = 1.3      # issue 5: int4 kernels <= 1.3 x the int8 instructions per MAC
 
 
 def count_macs(program: ir.Program) -> int:
@@ -95,6 +101,13 @@ def count_macs(program: ir.Program) -> int:
 def const_bytes(source: str) -> int:
     """Bytes of the ``static const`` arrays of a generated model (weights, biases, tables)."""
     return sum(_CTYPE_BYTES[t] * int(n) for t, n in re.findall(r"static const (\w+) \w+\[(\d+)\]", source))
+
+
+def weight_bytes(source: str) -> int:
+    """Bytes of the weight arrays of a generated model as stored: packed values or codes
+    (``*_weight``, ``*_packed``) and codebook level tables (``*_levels``); no bias, rq or thresholds."""
+    return sum(_CTYPE_BYTES[t] * int(n) for t, n in
+               re.findall(r"static const (\w+) \w+_(?:weight|packed|levels)(?:_\d+)?\[(\d+)\]", source))
 
 
 MLPERF = ("resnet8", "dscnn", "fc_autoencoder", "mobilenetv1_025")
@@ -166,15 +179,24 @@ def baseline_emitter(rev: str, workdir: Path):
     return module.emit_c, tree
 
 
-def measure(name: str, model, shape, origin: str, args, base) -> dict[str, Any]:
+def measure(name: str, model, shape, origin: str, args, base, weight_bits: int = 8,
+            weight_quantizer: str = "uniform") -> dict[str, Any]:
+    """One model under one weight configuration; low-bit configurations (``weight_bits < 8`` or a
+    non-uniform quantizer) are measured at -O2 only, without the vendor and baseline columns."""
+    lowbit = weight_bits != 8 or weight_quantizer != "uniform"
     calib = calibration(name, shape, 256 if name in MLPERF else 32)
-    art = qcompile.compile(model, (calib[:1],), calib=calib, name=name, progress=False)
+    config = qcompile.QuantConfig(weight_bits=weight_bits, weight_quantizer=weight_quantizer)
+    art = qcompile.compile(model, (calib[:1],), calib=calib, name=name, progress=False, config=config)
     program, plan = art.program, art.plan
     xq = art.quantize_input(calibration(name, shape, 4, seed=2) * 1.3)
     expected = art.run_int(xq)
-    row: dict[str, Any] = {"model": name, "origin": origin, "macs": count_macs(program)}
+    row: dict[str, Any] = {"model": name, "origin": origin, "macs": count_macs(program),
+                           "config": f"W{weight_bits} {weight_quantizer}"}
     sources = emit_c(program, plan, name)
-    for opt in ("-O2", "-Os"):
+    row["weight_bytes"] = weight_bytes(sources[f"{name}.c"])
+    row["lowbit_layers"] = sum(1 for op in program.ops if isinstance(op, (ir.Conv2D, ir.Dense))
+                               and (op.w_bits < 8 or op.codebook is not None))
+    for opt in ("-O2",) if lowbit else ("-O2", "-Os"):
         run = run_c_qemu(program, plan, xq, name=name, cpu="cortex-m4", opt=opt, sources=sources)
         key = opt[1:]
         row[f"instr_{key}"] = run.instructions[0]
@@ -191,6 +213,9 @@ def measure(name: str, model, shape, origin: str, args, base) -> dict[str, Any]:
     if name in MLPERF:
         x_lsb = calibration(name, shape, LSB_SAMPLES, seed=3)
         row["within_1lsb"] = round(within_one_lsb(art, model, x_lsb), 5)
+    if lowbit:
+        return row
+    if name in MLPERF:
         try:
             row["vendor_within_1lsb"] = round(vendor_within_one_lsb(name, art, model, x_lsb), 5)
         except Exception as exc:  # noqa: BLE001 - the vendor run needs tflite-micro; say why it is missing
@@ -217,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", action="store_true", help="(default now) MLPerf Tiny models use their pretrained weights")
     ap.add_argument("--profile", action="store_true", help="per-operator instruction counts")
     ap.add_argument("--baseline", metavar="REV", help="also measure the kernels of git revision REV")
+    ap.add_argument("--weight-bits", type=int, default=8,
+                    help="also compile every model with QuantConfig(weight_bits=N) and compare weight flash and "
+                         "instructions per MAC with the int8 build (issue 5 targets)")
+    ap.add_argument("--weight-quantizer", nargs="+", default=["uniform"], choices=["uniform", "pwlq"],
+                    help="weight quantizers of the low-bit builds (e.g. uniform pwlq)")
     args = ap.parse_args(argv)
     if not toolchain_available():
         sys.exit("needs arm-none-eabi-gcc, arm-none-eabi-size and qemu-system-arm")
@@ -227,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, model, shape, origin in models(args.models):
                 rows.append(measure(name, model, shape, origin, args, base))
                 print(f"{name}: {rows[-1]['instr_O2']:,} instructions (-O2)", file=sys.stderr)
+                for q in args.weight_quantizer if args.weight_bits != 8 or args.weight_quantizer != ["uniform"] else ():
+                    low = measure(name, model, shape, origin, args, None, args.weight_bits, q)
+                    ref = rows[-1]
+                    low["weight_flash_vs_int8"] = round(low["weight_bytes"] / max(ref["weight_bytes"], 1), 4)
+                    low["weight_flash_vs_1byte"] = round(low["weight_bytes"] / max(ref["weights_int8_bytes"], 1), 4)
+                    low["instr_per_mac_vs_int8"] = round(low["instr_per_mac"] / ref["instr_per_mac"], 4)
+                    ref.setdefault("lowbit", []).append(low)
+                    print(f"{name} {low['config']}: {low['instr_O2']:,} instructions (-O2)", file=sys.stderr)
         finally:
             if base is not None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base[1])],
@@ -250,6 +288,20 @@ def main(argv: list[str] | None = None) -> int:
                                    "flash -O2", "flash -Os", "const bytes", "arena", "lower bound",
                                    "arena/bound", "TFLM arena", "within 1 LSB", "vendor within 1 LSB", "bit-exact"],
                    intfmt=",", tablefmt="github"))
+    lowbit = [(r, low) for r in rows for low in r.get("lowbit", [])]
+    if lowbit:
+        print("\nLow-bit weights vs int8 (Cortex-M4, -O2; weight bytes = the emitted weight / packed / codebook "
+              "arrays; int8 depthwise weights are stored as int16 pairs):")
+        print(tabulate([[r["model"], low["config"], low["lowbit_layers"], r["weight_bytes"], r["weights_int8_bytes"],
+                         low["weight_bytes"], f"{low['weight_flash_vs_int8']:.3f}", f"{low['weight_flash_vs_1byte']:.3f}",
+                         r["instr_O2"], low["instr_O2"], r["instr_per_mac"], low["instr_per_mac"],
+                         f"{low['instr_per_mac_vs_int8']:.3f}", low["flash_O2"],
+                         f"{100 * low['within_1lsb']:.2f}%" if "within_1lsb" in low else "",
+                         "yes" if low["bit_exact_O2"] else "NO"] for r, low in lowbit],
+                       headers=["model", "config", "low-bit layers", "int8 weight B", "weights (1 B each)",
+                                "weight B", "vs int8", "vs 1 B/weight", "int8 instr", "instr -O2", "int8 instr/MAC",
+                                "instr/MAC", "vs int8", "flash -O2", "within 1 LSB", "bit-exact"],
+                       intfmt=",", tablefmt="github"))
     published = [r for r in rows if "published_cycles_120MHz" in r]
     if published:
         print("\nPublished MLPerf Tiny latencies (Cortex-M4 @ 120 MHz) as cycles, next to our instructions "
@@ -270,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                for r in rows if r.get("within_1lsb", 1.0) < LSB_TARGET]
     misses += [f"{r['model']} arena {r['arena_vs_lower_bound']:.3f}x lower bound > {ARENA_TARGET}" for r in rows
                if r["model"] in MLPERF and r["arena_vs_lower_bound"] > ARENA_TARGET]
+    for r, low in lowbit:
+        if low["config"].endswith("uniform") and low["config"].startswith("W4"):
+            if low["weight_flash_vs_int8"] > W4_FLASH_TARGET:
+                misses.append(f"{r['model']} {low['config']} weight flash {low['weight_flash_vs_int8']:.3f}x int8")
+            if low["instr_per_mac_vs_int8"] > W4_IPM_TARGET:
+                misses.append(f"{r['model']} {low['config']} instr/MAC {low['instr_per_mac_vs_int8']:.3f}x int8")
     if misses:
         print("\nabove target: " + "; ".join(misses))
     if args.json:
@@ -279,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                 "gcc": subprocess.run(["arm-none-eabi-gcc", "-dumpversion"], capture_output=True,
                                       text=True).stdout.strip()}
         args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    return 0 if all(r["bit_exact_O2"] and r["bit_exact_Os"] for r in rows) else 1
+    ok = all(r["bit_exact_O2"] and r["bit_exact_Os"] for r in rows) and all(low["bit_exact_O2"] for _, low in lowbit)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

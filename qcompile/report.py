@@ -26,9 +26,13 @@ def op_macs(program: ir.Program, op: ir.Op) -> int:
 
 
 def op_param_bytes(op: ir.Op) -> int:
-    """Constant bytes ``op`` puts in flash: weights, int32 bias, int32 multipliers and shifts, tables."""
+    """Constant bytes ``op`` puts in flash, as the C backend stores them: Conv2D/Dense weights packed
+    (4-/3-bit two per byte, 2-bit four per byte, codebook codes plus their int8 level tables) or in
+    the int8/int16 kernel layouts, padded int32 bias and requantization records, thresholds; tables."""
     if isinstance(op, (ir.Conv2D, ir.Dense)):
-        return int(op.weight.size) + 4 * op.bias.size + 8 * op.multiplier.size
+        from qcompile.backends.c_lowbit import emitted_param_bytes
+
+        return emitted_param_bytes(op)
     if isinstance(op, ir.Lut):
         return 256
     if isinstance(op, ir.Softmax):

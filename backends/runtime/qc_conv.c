@@ -1123,3 +1123,389 @@ void qc_dwconv_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output
         }
     }
 }
+
+/* ------------------------------------------------------------------ low-bit weights (see qc_kernels.h) */
+
+static inline uint32_t qc_rot8(uint32_t v)
+{
+    return (v >> 8) | (v << 24);
+}
+
+#if QC_ASM_GEMM
+/* One 4-block of a 4-bit channel pair (r0 weights, r1 activations, r3 = 0xF0F0F0F0):
+   1 load + AND + 4 SXTB16 unpack the word for both pixels, 8 SMLAD. */
+#define QC_W4_BLOCK \
+    "ldr r8, [r0], #4\n\t" \
+    "and r9, r3, r8, lsl #4\n\t" \
+    "sxtb16 r10, r8\n\t" \
+    "sxtb16 r11, r8, ror #8\n\t" \
+    "sxtb16 r8, r9\n\t" \
+    "sxtb16 r9, r9, ror #8\n\t" \
+    "ldmia r1!, {r12, lr}\n\t" \
+    "smlad r4, r8, r12, r4\n\t" \
+    "smlad r4, r9, lr, r4\n\t" \
+    "smlad r6, r10, r12, r6\n\t" \
+    "smlad r6, r11, lr, r6\n\t" \
+    "ldmia r1!, {r12, lr}\n\t" \
+    "smlad r5, r8, r12, r5\n\t" \
+    "smlad r5, r9, lr, r5\n\t" \
+    "smlad r7, r10, r12, r7\n\t" \
+    "smlad r7, r11, lr, r7\n\t"
+
+/* acc = {A(p0), A(p1), T(p0), T(p1)} += one 4-bit channel pair over `blocks` blocks of 2 pixels. */
+__attribute__((naked, noinline)) static void qc_dot_2x2_w4(const uint32_t *w, const uint32_t *x, int32_t blocks,
+                                                           int32_t *acc)
+{
+    (void)w;
+    (void)x;
+    (void)blocks;
+    (void)acc;
+    __asm__ volatile(
+        "push {r3, r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t"
+        "ldmia r3, {r4, r5, r6, r7}\n\t"
+        "mov r3, #0xF0F0F0F0\n\t"
+        "tst r2, #1\n\t"
+        "add r2, r1, r2, lsl #4\n\t"
+        "beq 1f\n\t"
+        QC_W4_BLOCK
+        "1:\n\t"
+        "cmp r1, r2\n\t"
+        "beq 2f\n\t"
+        "3:\n\t"
+        QC_W4_BLOCK
+        QC_W4_BLOCK
+        "cmp r1, r2\n\t"
+        "bne 3b\n\t"
+        "2:\n\t"
+        "pop {r3}\n\t"
+        "stmia r3, {r4, r5, r6, r7}\n\t"
+        "pop {r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t");
+}
+#endif
+
+/* The int16 pair words of a 4-bit word: 16 w_e for (k0,k2) (k1,k3), and B = w_e + 16 w_o likewise. */
+static inline void qc_w4_unpack(uint32_t wd, uint32_t *e02, uint32_t *e13, uint32_t *t02, uint32_t *t13)
+{
+    const uint32_t e = (wd << 4) & 0xF0F0F0F0u;
+    *e02 = qc_sxtb16(e);
+    *e13 = qc_sxtb16(qc_rot8(e));
+    *t02 = qc_sxtb16(wd);
+    *t13 = qc_sxtb16(qc_rot8(wd));
+}
+
+/* acc = {A, T} += one 4-bit channel pair x one pixel (words x[0], x[1] of every x_step). */
+static void qc_mac_w4_2x1(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t x_step, int32_t *acc)
+{
+    int32_t a = acc[0], t = acc[1];
+    int32_t b;
+    for (b = 0; b < blocks; ++b) {
+        uint32_t e02, e13, t02, t13;
+        qc_w4_unpack(w[b], &e02, &e13, &t02, &t13);
+        a = qc_dot2(e02, x[0], a);
+        a = qc_dot2(e13, x[1], a);
+        t = qc_dot2(t02, x[0], t);
+        t = qc_dot2(t13, x[1], t);
+        x += x_step;
+    }
+    acc[0] = a;
+    acc[1] = t;
+}
+
+/* acc0 = {A, T} of pixel slot 0, acc1 of slot 1, for one 4-bit channel pair. */
+static void qc_mac_w4_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t *acc0, int32_t *acc1)
+{
+#if QC_ASM_GEMM
+    int32_t acc[4];
+    acc[0] = acc0[0];
+    acc[1] = acc1[0];
+    acc[2] = acc0[1];
+    acc[3] = acc1[1];
+    qc_dot_2x2_w4(w, x, blocks, acc);
+    acc0[0] = acc[0];
+    acc1[0] = acc[1];
+    acc0[1] = acc[2];
+    acc1[1] = acc[3];
+#else
+    qc_mac_w4_2x1(w, x, blocks, 4, acc0);
+    qc_mac_w4_2x1(w, x + 2, blocks, 4, acc1);
+#endif
+}
+
+/* {A, T} per channel pair -> accumulators scaled by 2^shift plus the (pre-scaled) bias. */
+static void qc_w4_split(int32_t *acc, const int32_t *bias, int32_t n, int32_t shift)
+{
+    int32_t i;
+    for (i = 0; i < n; i += 2) {
+        const int32_t s = acc[i] >> 4;            /* A = 16 sum w_e x exactly */
+        const int32_t d = (acc[i + 1] - s) >> 4;  /* T - S = 16 sum w_o x exactly */
+        acc[i] = (int32_t)((uint32_t)s << shift) + bias[i];
+        acc[i + 1] = (int32_t)((uint32_t)d << shift) + bias[i + 1];
+    }
+}
+
+/* out[i * stride] = clamp(offset + #{k : acc[i] >= t[i * len + k]}) (rows non-decreasing: binary search). */
+static void qc_threshold_store(const int32_t *acc, int32_t n, const int32_t *t, int32_t len, int32_t offset,
+                               int8_t *out, int32_t stride, int32_t lo, int32_t hi)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        const int32_t *row = t + i * len;
+        const int32_t a = acc[i];
+        int32_t count = 0, rest = len;
+        while (rest > 0) {
+            const int32_t half = rest >> 1;
+            if (row[count + half] <= a) {
+                count += half + 1;
+                rest -= half + 1;
+            } else {
+                rest = half;
+            }
+        }
+        out[i * stride] = qc_out8(offset + count, lo, hi);
+    }
+}
+
+/* Field i of a stream of `bits`-bit fields (bits 1, 2, 4 or 8: a field never straddles a byte). */
+static inline int32_t qc_lb_field(const uint8_t *data, int32_t bits, int32_t i)
+{
+    const int32_t bit = i * bits;
+    return (data[bit >> 3] >> (bit & 7)) & ((1 << bits) - 1);
+}
+
+/* Weight i (flat index) of channel c: sign-extended field, or the channel's codebook level. */
+static inline int32_t qc_lb_value(const uint8_t *data, int32_t bits, int32_t code_bits, const int8_t *levels,
+                                  int32_t c, int32_t i)
+{
+    const int32_t f = qc_lb_field(data, bits, i);
+    if (code_bits != 0) {
+        return levels[(c << code_bits) + f];
+    }
+    return (f ^ (1 << (bits - 1))) - (1 << (bits - 1));
+}
+
+/*
+ * Expand output channels [c0, c0 + n_pad) of group g (n_pad even, channels >= cout_group are 0)
+ * into the int8 channel-pair layout (or int16 pairs when conv->w8 = 0) at dst.
+ */
+static void qc_lb_expand(const qc_conv_lb_params *p, int32_t g, int32_t c0, int32_t n_pad, uint32_t *dst)
+{
+    static const uint8_t pos8_ext[4] = {0, 4, 2, 6}, pos8_seq[4] = {0, 2, 4, 6};
+    static const uint8_t pos16_ext[4] = {0, 2, 1, 3}, pos16_seq[4] = {0, 1, 2, 3};
+    const qc_conv_params *cp = p->conv;
+    const int32_t k = cp->k;
+    const int32_t blocks = cp->k_pad / 4;
+    const int32_t cog = cp->cout_group;
+    int32_t j, kk;
+    for (j = 0; j < n_pad; j += 2) {
+        const int32_t je = c0 + j, jo = je + 1;
+        const int32_t ce = g * cog + je, co = g * cog + jo;
+        if (cp->w8) {
+            const uint8_t *pos = cp->k_seq ? pos8_seq : pos8_ext;
+            uint8_t *d = (uint8_t *)(void *)(dst + j * blocks);
+            memset(d, 0, (size_t)blocks * 8);
+            for (kk = 0; kk < k; ++kk) {
+                const int32_t we = je < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, ce, ce * k + kk) : 0;
+                const int32_t wo = jo < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, co, co * k + kk) : 0;
+                uint8_t *b = d + (kk >> 2) * 8 + pos[kk & 3];
+                b[0] = (uint8_t)we;
+                b[1] = (uint8_t)(wo - (we < 0 ? 1 : 0));
+            }
+        } else {
+            const uint8_t *pos = cp->k_seq ? pos16_seq : pos16_ext;
+            int16_t *d = (int16_t *)(void *)(dst + 2 * j * blocks);
+            memset(d, 0, (size_t)blocks * 16);
+            for (kk = 0; kk < k; ++kk) {
+                int16_t *b = d + (kk >> 2) * 8 + pos[kk & 3];
+                b[0] = (int16_t)(je < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, ce, ce * k + kk) : 0);
+                b[4] = (int16_t)(jo < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, co, co * k + kk) : 0);
+            }
+        }
+    }
+}
+
+static void qc_lb_output(const qc_conv_lb_params *p, const int32_t *acc, int32_t n, int32_t ch, int8_t *out,
+                         int32_t stride)
+{
+    const qc_conv_params *cp = p->conv;
+    if (p->thresholds != NULL) {
+        qc_threshold_store(acc, n, p->thresholds + ch * p->n_thresholds, p->n_thresholds, p->output_offset, out,
+                           stride, cp->act_min, cp->act_max);
+    } else {
+        qc_requant_store(acc, n, cp->rq + ch, out, stride, cp->act_min, cp->act_max, cp->rq_fast != 0);
+    }
+}
+
+void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *output, uint32_t *scratch)
+{
+    const qc_conv_params *cp = p->conv;
+    const int32_t n_pix = cp->out_h * cp->out_w;
+    const int32_t blocks = cp->k_pad / 4;
+    const int32_t cs = cp->out_cs;
+    const int32_t cog = cp->cout_group;
+    const int w4 = p->mode == QC_LB_W4;
+    const int w8 = !w4 && cp->w8 != 0;
+    const int starts_zero = w4 || w8;
+    const int32_t wpc = w8 ? blocks : 2 * blocks;  /* words per channel (W8 and int16 pairs) */
+    const int32_t chunk = p->mode == QC_LB_DECODE ? p->chunk : cp->cout_pad;
+    int16_t *const tmp = (int16_t *)(void *)(scratch + cp->k_pad);
+    uint32_t *const wbuf = scratch + cp->k_pad + (cp->k_seq ? cp->k_pad / 2 : 0);
+    int32_t acc0[QC_CHUNK], acc1[QC_CHUNK];
+    int32_t g, c0;
+
+    for (g = 0; g < cp->groups; ++g) {
+        for (c0 = 0; c0 < cp->cout_pad; c0 += chunk) {
+            const int32_t n_pad = cp->cout_pad - c0 < chunk ? cp->cout_pad - c0 : chunk;
+            const int32_t ch0 = g * cp->cout_pad + c0;  /* padded channel index of bias / rq / thresholds */
+            const uint32_t *w;
+            int8_t *const out_c = output + (g * cog + c0) * cs;
+            int32_t pix = 0, oy = 0, ox = 0;
+            if (p->mode == QC_LB_DECODE) {
+                qc_lb_expand(p, g, c0, n_pad, wbuf);
+                w = wbuf;
+            } else if (w4) {
+                w = cp->weight + ch0 / 2 * blocks;
+            } else {
+                w = cp->weight + ch0 * wpc;
+            }
+            while (pix < n_pix) {
+                const int two = pix + 1 < n_pix;
+                int8_t *o0 = out_c + pix * cp->out_ps;
+                int8_t *o1 = o0 + cp->out_ps;
+                int32_t j0;
+                qc_im2col(cp, input, g, oy, ox, scratch, tmp);
+                if (++ox == cp->out_w) {
+                    ox = 0;
+                    ++oy;
+                }
+                if (two) {
+                    qc_im2col(cp, input, g, oy, ox, scratch + 2, tmp);
+                    if (++ox == cp->out_w) {
+                        ox = 0;
+                        ++oy;
+                    }
+                }
+                for (j0 = 0; j0 < n_pad; j0 += QC_CHUNK) {
+                    const int32_t m = n_pad - j0 < QC_CHUNK ? n_pad - j0 : QC_CHUNK;
+                    const int32_t left = cog - c0 - j0;
+                    const int32_t n_out = m < left ? m : left;
+                    const int32_t *bias = cp->bias + ch0 + j0;
+                    int32_t j;
+                    if (starts_zero) {
+                        memset(acc0, 0, (size_t)m * sizeof(int32_t));
+                        memset(acc1, 0, (size_t)m * sizeof(int32_t));
+                    } else {
+                        memcpy(acc0, bias, (size_t)m * sizeof(int32_t));
+                        memcpy(acc1, bias, (size_t)m * sizeof(int32_t));
+                    }
+                    for (j = 0; j < m; j += 2) {
+                        if (w4) {
+                            const uint32_t *wj = w + (j0 + j) / 2 * blocks;
+                            if (two) {
+                                qc_mac_w4_2x2(wj, scratch, blocks, acc0 + j, acc1 + j);
+                            } else {
+                                qc_mac_w4_2x1(wj, scratch, blocks, 4, acc0 + j);
+                            }
+                        } else if (two) {
+                            qc_mac_2x2(w + (j0 + j) * wpc, scratch, blocks, acc0 + j, acc1 + j, w8);
+                        } else {
+                            qc_mac_2x1(w + (j0 + j) * wpc, scratch, blocks, 4, acc0 + j, w8);
+                        }
+                    }
+                    if (n_out <= 0) {
+                        continue;
+                    }
+                    if (w4) {
+                        qc_w4_split(acc0, bias, m, cp->w8_shift);
+                    } else if (w8) {
+                        qc_w8_split(acc0, bias, m, cp->w8_shift);
+                    }
+                    qc_lb_output(p, acc0, n_out, ch0 + j0, o0 + j0 * cs, cs);
+                    if (two) {
+                        if (w4) {
+                            qc_w4_split(acc1, bias, m, cp->w8_shift);
+                        } else if (w8) {
+                            qc_w8_split(acc1, bias, m, cp->w8_shift);
+                        }
+                        qc_lb_output(p, acc1, n_out, ch0 + j0, o1 + j0 * cs, cs);
+                    }
+                }
+                pix += two ? 2 : 1;
+            }
+        }
+    }
+}
+
+void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *output, uint32_t *scratch)
+{
+    const qc_dwconv_params *d = p->dw;
+    const int32_t off = d->input_offset;
+    const int32_t taps = d->kernel_h * d->kernel_w;
+    const int fast = d->rq_fast != 0;
+    const int32_t in_row = d->in_w * d->in_ps;
+    const int32_t step_y = d->dilation_h * in_row;
+    const int32_t step_x = d->dilation_w * d->in_ps;
+    const int32_t scale = (int32_t)1 << p->w_shift;
+    int32_t cb;
+
+    for (cb = 0; cb < d->channels; cb += 4) {
+        const int32_t n = d->channels - cb < 4 ? d->channels - cb : 4;
+        int32_t t, oy;
+        for (t = 0; t < taps; ++t) {
+            int32_t v[4] = {0, 0, 0, 0};
+            int32_t i;
+            for (i = 0; i < n; ++i) {
+                const int32_t c = cb + i;
+                v[i] = qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, c, c * taps + t) * scale;
+            }
+            scratch[2 * t] = qc_pack16(v[0], v[2]);
+            scratch[2 * t + 1] = qc_pack16(v[1], v[3]);
+        }
+        for (oy = 0; oy < d->out_h; ++oy) {
+            const int32_t iy0 = oy * d->stride_h - d->pad_top;
+            int32_t ky_lo, ky_hi, ox;
+            qc_window(iy0, d->dilation_h, d->kernel_h, d->in_h, &ky_lo, &ky_hi);
+            for (ox = 0; ox < d->out_w; ++ox) {
+                const int32_t ix0 = ox * d->stride_w - d->pad_left;
+                int8_t *out_px = output + (oy * d->out_w + ox) * d->out_ps + cb * d->out_cs;
+                int32_t kx_lo, kx_hi, n_x, first, tap0, i;
+                int32_t acc[4];
+                qc_window(ix0, d->dilation_w, d->kernel_w, d->in_w, &kx_lo, &kx_hi);
+                n_x = kx_hi - kx_lo;
+                first = (iy0 + ky_lo * d->dilation_h) * in_row + (ix0 + kx_lo * d->dilation_w) * d->in_ps;
+                tap0 = ky_lo * d->kernel_w + kx_lo;
+                memcpy(acc, d->bias + cb, 4 * sizeof(int32_t));
+#if QC_DSP
+                if (d->in_cs == 1 && n == 4) {
+                    qc_dw_block(input + (first + cb), scratch + 2 * tap0, ky_hi - ky_lo, n_x, step_x, step_y,
+                                2 * d->kernel_w, qc_pack16(off, off), acc);
+                } else
+#endif
+                {
+                    for (i = 0; i < n; ++i) {
+                        const uint32_t *w_blk = scratch + 2 * tap0 + (i & 1);
+                        const int hi = (i >> 1) & 1;
+                        int32_t a = acc[i];
+                        int32_t at = first + (cb + i) * d->in_cs;
+                        int32_t ky;
+                        for (ky = ky_lo; ky < ky_hi; ++ky) {
+                            int32_t kx;
+                            for (kx = 0; kx < n_x; ++kx) {
+                                const uint32_t ww = w_blk[2 * kx];
+                                a += (hi ? qc_hi16(ww) : qc_lo16(ww)) * (input[at + kx * step_x] + off);
+                            }
+                            at += step_y;
+                            w_blk += 2 * d->kernel_w;
+                        }
+                        acc[i] = a;
+                    }
+                }
+                if (p->thresholds != NULL) {
+                    qc_threshold_store(acc, n, p->thresholds + cb * p->n_thresholds, p->n_thresholds,
+                                       p->output_offset, out_px, d->out_cs, d->act_min, d->act_max);
+                } else {
+                    qc_requant_store(acc, n, d->rq + cb, out_px, d->out_cs, d->act_min, d->act_max, fast);
+                }
+            }
+        }
+    }
+}

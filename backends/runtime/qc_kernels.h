@@ -360,11 +360,69 @@ typedef struct {
     const uint32_t *exp_table;  /* 256 entries, exp_table[d] ~ 2^exp_bits * exp(-d * s_in) */
 } qc_softmax_params;
 
+/*
+ * Low-bit weights, codebooks and threshold output stages ("lb" kernels). Layers whose weights
+ * are stored below 8 bits, with a codebook (piecewise-linear weights) or with a threshold
+ * output stage run through qc_conv_lb_s8 (conv and dense) and qc_dwconv_lb_s8 (depthwise);
+ * every other layer keeps qc_conv_s8 / qc_dwconv_s8 / qc_fc_s8.
+ *
+ * QC_LB_W4 (4- and 3-bit uniform weights, two per byte): per channel pair (e, o) and 4-block
+ * of reduction indices, one uint32 word of 4 bytes, one per k in the order (k0, k1, k2, k3)
+ * ((k0, k2, k1, k3) when k_seq = 1, matching the activation pairs), each byte the low nibble w_e and the high nibble
+ * w_o' = w_o - (w_e < 0): as a signed byte it is exactly B = w_e + 16 w_o. SXTB16 of the word
+ * (and of the word rotated by 8) gives int16 pairs of B; SXTB16 of (word << 4) & 0xF0F0F0F0
+ * pairs of 16 w_e. Two SMLAD chains give A = 16 sum w_e x and T = sum w_e x + 16 sum w_o x,
+ * so sum w_e x = A / 16 and sum w_o x = (T - A / 16) / 16, exactly (the emitter bounds both).
+ * QC_LB_DECODE (2-bit uniform weights four per byte, codebook codes of 2, 4 or 8 bits): fields
+ * of `bits` bits, row-major (out_c, k), low bits first; a pass expands `chunk` output channels
+ * into the int8 "w8" layout (or int16 pairs when conv->w8 = 0) in scratch (uniform: sign
+ * extension; codebook: levels[c * 2^code_bits + code]) and runs the int8 GEMM on them.
+ * QC_LB_W8: the qc_conv_params layout from flash (8-bit weights with a threshold stage).
+ * Threshold stage (thresholds != NULL, (groups * cout_pad, n_thresholds) non-decreasing int32
+ * per channel, accumulators unscaled): out = clamp(output_offset + #{k : acc >= T[c, k]}).
+ */
+#define QC_LB_W8 0
+#define QC_LB_W4 1
+#define QC_LB_DECODE 2
+
+typedef struct {
+    const qc_conv_params *conv;  /* geometry, bias, rq, w8 / w8_shift / k_seq; conv->weight (W8, W4) */
+    int32_t mode;                /* QC_LB_W8, QC_LB_W4, QC_LB_DECODE */
+    int32_t bits;                /* QC_LB_DECODE: bits per stored field (2, 4 or 8) */
+    int32_t code_bits;           /* codebook: 2^code_bits levels per channel; 0: uniform values */
+    int32_t chunk;               /* QC_LB_DECODE: output channels expanded per pass (even) */
+    const uint8_t *packed;       /* QC_LB_DECODE: the fields */
+    const int8_t *levels;        /* codebook levels (out_c, 2^code_bits) */
+    const int32_t *thresholds;   /* NULL: requantize with conv->rq */
+    int32_t n_thresholds;
+    int32_t output_offset;
+} qc_conv_lb_params;
+
+/*
+ * Depthwise with stored fields (bits 2, 4 or 8, row-major (channels, taps), low bits first;
+ * uniform values sign-extended, or codebook codes): per block of 4 channels the taps are
+ * expanded once into scratch (int16 pairs as in qc_dwconv_params, scaled by 2^w_shift, the
+ * fast requantization's pre-scale), then every output pixel of that block is computed.
+ */
+typedef struct {
+    const qc_dwconv_params *dw;  /* geometry, bias, rq (dw->weight unused) */
+    int32_t bits, code_bits, w_shift;
+    const uint8_t *packed;
+    const int8_t *levels;
+    const int32_t *thresholds;   /* NULL: requantize; else (c_pad, n_thresholds) */
+    int32_t n_thresholds;
+    int32_t output_offset;
+} qc_dwconv_lb_params;
+
 /* ------------------------------------------------------------------ kernels */
 
 /* scratch: 4 * k_pad int16 for qc_conv_s8, 2 * k_pad more when k_seq = 1 (the emitter sizes it). */
 void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
 void qc_dwconv_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output);
+/* scratch: qc_conv_s8's, + chunk * k_pad bytes (w8; twice that with int16 pairs) for QC_LB_DECODE. */
+void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
+/* scratch: 2 * kernel_h * kernel_w words. */
+void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
 void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output);
 void qc_add_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 /* Fast Add (p->fast = 1) through two 256-entry tables built in scratch (512 int32). */

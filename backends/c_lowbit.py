@@ -1,0 +1,322 @@
+"""Emitters of the "lb" kernels (qc_kernels.h): Conv2D / Dense / depthwise layers whose weights are
+stored below 8 bits, through a codebook, or with a threshold output stage.
+
+Routing (:func:`is_lowbit`): a Conv2D or Dense takes this path when its weights are stored in fewer
+than 8 bits (``ir.storage_bits``), it has a :class:`~qcompile.backends.ir.Codebook`, or it has
+``thresholds``; every other layer keeps today's int8 kernels. Weight forms (``qc_conv_lb_s8``):
+
+* ``W4`` -- 4-/3-bit uniform values, two per byte, channel pairs (e, o) sharing a byte (low nibble
+  ``w_e``, high nibble ``w_o - (w_e < 0)``, so the signed byte is ``w_e + 16 w_o``); unpacked in the
+  MAC loop with SXTB16 (see qc_kernels.h).
+* ``DECODE`` -- 2-bit uniform values four per byte, or codebook codes (2, 4 or 8 bits per field),
+  row-major; expanded per chunk of output channels into the int8 channel-pair layout in scratch.
+* ``W8`` -- 8-bit (or 5..7-bit) values in today's int8 channel-pair layout, with a threshold stage.
+
+Depthwise layers on this path (``qc_dwconv_lb_s8``) store row-major ``(C, taps)`` fields. Threshold
+layers use unscaled accumulators (exact form, no pre-scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcompile.backends import ir
+from qcompile.backends.c_context import EmitContext, Emitted
+from qcompile.backends.c_format import c_array, c_params, rq_array, spatial, words_array
+from qcompile.backends.c_weights import INT32_MAX, pack_gemm, pack_gemm_w8, pad_channels, requant_plan, w8_plan
+
+__all__ = ["DECODE_BUDGET", "GemmPlan", "decode_scratch", "dw_plan", "emit_dwconv_lb", "emitted_param_bytes", "emit_gemm_lb", "gemm_plan",
+           "is_lowbit", "lowbit_scratch", "pack_fields", "pack_w4"]
+
+DECODE_BUDGET = 8192  # bytes of scratch for the int8 expansion of a DECODE layer's channel chunk
+
+
+def is_lowbit(op) -> bool:
+    return isinstance(op, (ir.Conv2D, ir.Dense)) and (
+        op.codebook is not None or ir.storage_bits(op.w_bits) < 8 or op.thresholds is not None)
+
+
+def pack_fields(values: np.ndarray, bits: int) -> np.ndarray:
+    """Fields (non-negative, < 2**bits) -> bytes, field i at bit i * bits (low bits first)."""
+    v = np.asarray(values, dtype=np.int64).ravel()
+    per = 8 // bits
+    v = np.concatenate([v, np.zeros((-len(v)) % per, dtype=np.int64)]).reshape(-1, per)
+    return (v << (bits * np.arange(per))).sum(axis=1).astype(np.uint8)
+
+
+def pack_w4(w: np.ndarray, k_pad: int, k_seq: bool) -> np.ndarray:
+    """``(n, K)`` values in [-8, 7] (odd-channel values in [-7, 7]) -> W4 words (one per channel pair
+    and 4-block): byte b holds k = order[b], low nibble w_e, high nibble w_o - (w_e < 0)."""
+    n, k = w.shape
+    n_pad = n + (n & 1)
+    full = np.zeros((n_pad, k_pad), dtype=np.int64)
+    full[:n, :k] = w
+    e, o = full[0::2], full[1::2]
+    byte = (e & 15) | (((o - (e < 0)) & 15) << 4)
+    order = [0, 2, 1, 3] if k_seq else [0, 1, 2, 3]
+    byte = byte.reshape(n_pad // 2, k_pad // 4, 4)[..., order]
+    return (byte << np.array([0, 8, 16, 24])).sum(axis=-1).reshape(-1).astype(np.uint64)
+
+
+def _exact(op) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m = op.multiplier.astype(np.int64)
+    rq = np.stack([m, op.shift.astype(np.int64), np.full_like(m, op.output_offset)], axis=1)
+    return np.ones_like(m), op.bias.astype(np.int64), rq
+
+
+@dataclass
+class GemmPlan:
+    mode: str            # "w4", "decode", "w8"
+    fast: bool
+    shift: int           # pre-scale of the accumulators (w8_shift)
+    w8: bool             # int8 channel-pair layout (else int16 pairs) for "w8" / "decode"
+    bias: np.ndarray
+    rq: np.ndarray
+    chunk: int           # "decode": channels expanded per pass
+    field_bits: int      # "decode": bits per stored field
+
+
+def gemm_plan(op, raw: np.ndarray, groups: int, cog: int, k_pad: int) -> GemmPlan:
+    """Weight form, requantization form and scratch chunk of a low-bit Conv2D/Dense; ``raw`` is the
+    ``(Co, K)`` int8 weight (decoded levels for a codebook) in the kernel's k order."""
+    fast, scale, bias, rq = requant_plan(op.weight, op.bias, op.multiplier, op.shift, op.input_offset,
+                                          op.output_offset)
+    if op.thresholds is not None or (fast and (len(set(scale.tolist())) != 1 or int(scale[0]) > 256)):
+        fast = False
+        scale, bias, rq = _exact(op)
+    shift = int(scale[0]).bit_length() - 1 if fast else 0
+    xmax = max(abs(-128 + op.input_offset), abs(127 + op.input_offset))
+    row = np.abs(raw.astype(np.int64)).sum(axis=1) * xmax if raw.size else np.zeros(1, dtype=np.int64)
+    sb = ir.storage_bits(op.w_bits)
+    cout_pad = cog + (cog & 1)
+    if op.codebook is None and sb == 4 and int(row.max(initial=0)) * 17 <= INT32_MAX:
+        return GemmPlan("w4", fast, shift, False, bias, rq, cout_pad, 4)
+    w8 = w8_plan(raw, op.bias, scale, fast, op.input_offset, groups, cog) is not None
+    if not w8 and fast:
+        fast, shift = False, 0
+        scale, bias, rq = _exact(op)
+        w8 = w8_plan(raw, op.bias, scale, False, op.input_offset, groups, cog) is not None
+    if op.codebook is None and sb == 8:
+        return GemmPlan("w8", fast, shift, w8, bias, rq, cout_pad, 8)
+    field_bits = ir.storage_bits(op.codebook.bits) if op.codebook is not None else sb
+    per_channel = k_pad * (1 if w8 else 2)
+    chunk = cout_pad if cout_pad * per_channel <= DECODE_BUDGET else max(2, DECODE_BUDGET // per_channel // 2 * 2)
+    return GemmPlan("decode", fast, shift, w8, bias, rq, chunk, field_bits)
+
+
+def decode_scratch(plan: GemmPlan, k_pad: int) -> int:
+    return plan.chunk * k_pad * (1 if plan.w8 else 2) if plan.mode == "decode" else 0
+
+
+def _thresholds(ctx: EmitContext, op, groups: int, cog: int, cout_pad: int) -> tuple[list[str], str, int]:
+    t = op.thresholds
+    if t is None:
+        return [], "NULL", 0
+    if t.shape[1] == 0:
+        return [], "NULL", 0
+    ident = ctx.ident(op.name, "thresholds")
+    rows = pad_channels(t.astype(np.int64), groups, cog, cout_pad)
+    return [c_array("int32_t", ident, rows, f"{op.name}: thresholds ({t.shape[1]} per (padded) channel, "
+                                              f"non-decreasing); out = offset + #reached")], ident, int(t.shape[1])
+
+
+def _stored(op, perm_cols=None, kperm=None) -> np.ndarray:
+    """The stored fields of a DECODE layer, ``(Co, K)`` in the kernel's k order: codes or values."""
+    src = op.codebook.codes if op.codebook is not None else op.weight
+    a = src.astype(np.int64)
+    if a.ndim == 4:
+        a = a.transpose(0, 2, 3, 1)
+    a = a.reshape(a.shape[0], -1)
+    if perm_cols is not None:
+        a = a[:, perm_cols]
+    if op.codebook is None:
+        a = a & ((1 << ir.storage_bits(op.w_bits)) - 1)
+    return a
+
+
+def gemm_lb_parts(ctx: EmitContext, op, raw: np.ndarray, groups: int, cog: int, k_pad: int, k_seq: bool,
+                  perm=None) -> tuple[list[str], GemmPlan, list[tuple[str, object]], str, str, str]:
+    """Arrays of a low-bit GEMM layer: (definitions, plan, lb fields, weight id, bias id, rq id)."""
+    plan = gemm_plan(op, raw, groups, cog, k_pad)
+    cout_pad = cog + (cog & 1)
+    defs: list[str] = []
+    w_id = "NULL"
+    packed_id, levels_id = "NULL", "NULL"
+    form = "fast requantization" if plan.fast else ("thresholds" if op.thresholds is not None else "exact requantization")
+    if plan.mode == "w4":
+        words = np.concatenate([pack_w4(raw[g * cog:(g + 1) * cog], k_pad, k_seq) for g in range(groups)])
+        w_id = ctx.ident(op.name, "weight")
+        defs.append(words_array(w_id, words, f"{op.name}: {op.w_bits}-bit weights, two per byte (W4 channel "
+                                             f"pairs x k blocks, k_pad {k_pad}), {form}"))
+    elif plan.mode == "w8":
+        w_id = ctx.ident(op.name, "weight")
+        if plan.w8:
+            words = np.concatenate([pack_gemm_w8(raw[g * cog:(g + 1) * cog], k_pad, k_seq) for g in range(groups)])
+        else:
+            words = np.concatenate([pack_gemm(raw[g * cog:(g + 1) * cog], k_pad, k_seq) for g in range(groups)])
+        defs.append(words_array(w_id, words, f"{op.name}: {op.w_bits}-bit weights, "
+                                             f"{'int8 channel pairs' if plan.w8 else 'int16 pairs'}, {form}"))
+    else:
+        packed_id = ctx.ident(op.name, "packed")
+        what = f"{op.codebook.bits}-bit codes" if op.codebook is not None else f"{op.w_bits}-bit weights"
+        defs.append(c_array("uint8_t", packed_id, pack_fields(_stored(op, perm), plan.field_bits),
+                            f"{op.name}: {what}, {plan.field_bits} bits each, row-major (out, k), low bits first"))
+        if op.codebook is not None:
+            levels_id = ctx.ident(op.name, "levels")
+            defs.append(c_array("int8_t", levels_id, op.codebook.levels,
+                                f"{op.name}: codebook, {1 << op.codebook.bits} int8 levels per output channel"))
+    b_id, r_id = ctx.ident(op.name, "bias"), ctx.ident(op.name, "rq")
+    defs.append(c_array("int32_t", b_id, pad_channels(plan.bias, groups, cog, cout_pad),
+                        f"{op.name}: bias per (padded) channel" + (f", pre-scaled by 2^{plan.shift}" if plan.shift else "")))
+    defs.append(rq_array(r_id, pad_channels(plan.rq, groups, cog, cout_pad),
+                         f"{op.name}: requantization {{multiplier, shift, round}} per (padded) channel"))
+    t_defs, t_id, n_t = _thresholds(ctx, op, groups, cog, cout_pad)
+    defs.extend(t_defs)
+    mode = {"w8": "QC_LB_W8", "w4": "QC_LB_W4", "decode": "QC_LB_DECODE"}[plan.mode]
+    code_bits = op.codebook.bits if op.codebook is not None else 0
+    lb_fields = [
+        [("mode", mode), ("bits", plan.field_bits), ("code_bits", code_bits), ("chunk", plan.chunk)],
+        [("packed", packed_id), ("levels", levels_id)],
+        [("thresholds", t_id), ("n_thresholds", n_t), ("output_offset", op.output_offset)],
+    ]
+    return defs, plan, lb_fields, w_id, b_id, r_id
+
+
+def emit_gemm_lb(ctx: EmitContext, op, conv_groups: list, raw: np.ndarray, groups: int, cog: int, k_pad: int,
+                 k_seq: bool, src_ptr: str, note: str, perm=None) -> Emitted:
+    """``conv_groups``: the qc_conv_params geometry rows (everything but the weight form)."""
+    defs, plan, lb_fields, w_id, b_id, r_id = gemm_lb_parts(ctx, op, raw, groups, cog, k_pad, k_seq, perm)
+    c_id, p_id = ctx.ident(op.name, "conv"), ctx.ident(op.name, "params")
+    conv = c_params("qc_conv_params", c_id, [
+        *conv_groups,
+        [("rq_fast", int(plan.fast)), ("w8", int(plan.w8)), ("w8_shift", plan.shift), ("fused", 0), ("k_seq", int(k_seq))],
+        [("weight", w_id), ("bias", b_id), ("rq", r_id)],
+    ])
+    params = c_params("qc_conv_lb_params", p_id, [[("conv", f"&{c_id}")], *lb_fields])
+    call = (f"{ctx.header_comment(op, note)}\n"
+            f"qc_conv_lb_s8(&{p_id}, {src_ptr}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)});")
+    return Emitted((*defs, conv, params), (call,))
+
+
+def dw_plan(op) -> tuple[bool, int, np.ndarray, np.ndarray]:
+    """(fast, w_shift, bias, rq) of a low-bit depthwise layer."""
+    fast, scale, bias, rq = requant_plan(op.weight, op.bias, op.multiplier, op.shift, op.input_offset,
+                                          op.output_offset)
+    if op.thresholds is not None or (fast and len(set(scale.tolist())) != 1):
+        fast = False
+        scale, bias, rq = _exact(op)
+    return fast, (int(scale[0]).bit_length() - 1 if fast else 0), bias, rq
+
+
+def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, note: str) -> Emitted:
+    fast, w_shift, bias, rq = dw_plan(op)
+    c_pad = (c + 3) // 4 * 4
+    kh, kw = int(op.weight.shape[2]), int(op.weight.shape[3])
+    if op.codebook is not None:
+        bits = ir.storage_bits(op.codebook.bits)
+        fields = op.codebook.codes.astype(np.int64).reshape(c, kh * kw)
+    else:
+        bits = ir.storage_bits(op.w_bits)
+        fields = op.weight.astype(np.int64).reshape(c, kh * kw) & ((1 << bits) - 1)
+    packed_id = ctx.ident(op.name, "packed")
+    what = f"{op.codebook.bits}-bit codes" if op.codebook is not None else f"{op.w_bits}-bit weights"
+    defs = [c_array("uint8_t", packed_id, pack_fields(fields, bits),
+                    f"{op.name}: depthwise {what}, {bits} bits each, row-major (channel, tap {kh}x{kw})")]
+    levels_id = "NULL"
+    if op.codebook is not None:
+        levels_id = ctx.ident(op.name, "levels")
+        defs.append(c_array("int8_t", levels_id, op.codebook.levels,
+                            f"{op.name}: codebook, {1 << op.codebook.bits} int8 levels per channel"))
+    b_id, r_id = ctx.ident(op.name, "bias"), ctx.ident(op.name, "rq")
+    bias_p = np.zeros(c_pad, dtype=np.int64)
+    bias_p[:c] = bias
+    rq_p = np.zeros((c_pad, 3), dtype=np.int64)
+    rq_p[:c] = rq
+    defs.append(c_array("int32_t", b_id, bias_p, f"{op.name}: bias per (padded) channel"))
+    defs.append(rq_array(r_id, rq_p, f"{op.name}: requantization {{multiplier, shift, round}} per channel"))
+    t_defs, t_id, n_t = _thresholds(ctx, op, 1, c, c)
+    defs.extend(t_defs)
+    d_id, p_id = ctx.ident(op.name, "dw"), ctx.ident(op.name, "params")
+    dw = c_params("qc_dwconv_params", d_id, [
+        *dw_rows,
+        [("rq_fast", int(fast)), ("weight", "NULL"), ("bias", b_id), ("rq", r_id)],
+    ])
+    params = c_params("qc_dwconv_lb_params", p_id, [
+        [("dw", f"&{d_id}")],
+        [("bits", bits), ("code_bits", op.codebook.bits if op.codebook is not None else 0), ("w_shift", w_shift)],
+        [("packed", packed_id), ("levels", levels_id)],
+        [("thresholds", t_id), ("n_thresholds", n_t), ("output_offset", op.output_offset)],
+    ])
+    call = (f"{ctx.header_comment(op, 'depthwise' + note)}\n"
+            f"qc_dwconv_lb_s8(&{p_id}, {src_ptr}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)});")
+    return Emitted((*defs, dw, params), (call,))
+
+
+def lowbit_scratch(op, program: ir.Program, src: int, hwc: frozenset[int]) -> int:
+    """Scratch bytes of a low-bit layer: im2col (as qc_conv_s8) + the DECODE chunk; depthwise: the
+    expanded taps of one 4-channel block."""
+    from qcompile.backends.c_layout import conv_k_pad, conv_k_seq, is_depthwise
+
+    if isinstance(op, ir.Conv2D):
+        if is_depthwise(op, program):
+            return 8 * int(op.weight.shape[2]) * int(op.weight.shape[3])
+        co, cig, kh, kw = (int(d) for d in op.weight.shape)
+        k_pad = conv_k_pad(op)
+        k_seq = conv_k_seq(op, src, program, hwc)
+        raw = op.weight.astype(np.int64).transpose(0, 2, 3, 1).reshape(co, kh * kw * cig)
+        plan = gemm_plan(op, raw, op.groups, co // op.groups, k_pad)
+    else:
+        fo, fi = (int(d) for d in op.weight.shape)
+        k_pad = (fi + 3) // 4 * 4
+        k_seq = fi % 4 != 0
+        plan = gemm_plan(op, op.weight.astype(np.int64), 1, fo, k_pad)
+    return (6 if k_seq else 4) * k_pad + decode_scratch(plan, k_pad)
+
+
+def _gemm_int8_w8(op, raw: np.ndarray, groups: int, cog: int) -> bool:
+    """Whether today's int8 GEMM kernels store ``op`` in the int8 channel-pair layout (c_ops_gemm)."""
+    fast, scale, _, _ = requant_plan(op.weight, op.bias, op.multiplier, op.shift, op.input_offset,
+                                     op.output_offset)
+    return w8_plan(raw, op.bias, scale, fast, op.input_offset, groups, cog) is not None
+
+
+def emitted_param_bytes(op) -> int:
+    """Bytes of the ``static const`` arrays the C emitter writes for a Conv2D / Dense: weights as
+    stored (packed values or codes, int8 channel pairs, int16 pairs), codebook levels, the padded
+    bias (int32) and requantization records (3 x int32), thresholds (int32)."""
+    if isinstance(op, ir.Conv2D):
+        co, cig, kh, kw = (int(d) for d in op.weight.shape)
+        groups = op.groups
+        depthwise = groups > 1 and cig == 1 and co == groups
+        k = cig * kh * kw
+    else:
+        co, k = (int(d) for d in op.weight.shape)
+        groups, depthwise = 1, False
+    levels = op.codebook.levels.size if op.codebook is not None else 0
+    n_t = op.thresholds.shape[1] if op.thresholds is not None else 0
+    if depthwise:
+        c_pad = (co + 3) // 4 * 4
+        if is_lowbit(op):
+            bits = ir.storage_bits(op.codebook.bits if op.codebook is not None else op.w_bits)
+            weights = -(-co * k * bits // 8) + levels
+        else:
+            weights = 2 * c_pad * k
+        return weights + 16 * c_pad + 4 * co * n_t
+    cog = co // groups
+    cout_pad = cog + (cog & 1)
+    k_pad = (k + 3) // 4 * 4
+    raw = op.weight.astype(np.int64)
+    raw = (raw.transpose(0, 2, 3, 1) if raw.ndim == 4 else raw).reshape(co, k)
+    n_pad = groups * cout_pad
+    if not is_lowbit(op):
+        weights = n_pad * k_pad * (1 if _gemm_int8_w8(op, raw, groups, cog) else 2)
+    else:
+        plan = gemm_plan(op, raw, groups, cog, k_pad)
+        if plan.mode == "w4":
+            weights = n_pad * k_pad // 2
+        elif plan.mode == "w8":
+            weights = n_pad * k_pad * (1 if plan.w8 else 2)
+        else:
+            weights = -(-co * k * plan.field_bits // 8) + levels
+    return weights + 16 * n_pad + 4 * n_pad * n_t

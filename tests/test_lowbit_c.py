@@ -1,0 +1,220 @@
+"""Low-bit weights, codebooks and threshold output stages in the generated C (the "lb" kernels of
+qc_kernels.h), bit-exact against the interpreter on the host (plain C) and on QEMU (Cortex-M3 plain C,
+M4/M7/M33 DSP): packed 4-/3-bit channel pairs (W4), 2-bit and codebook fields expanded per channel
+chunk (DECODE), 5..8-bit layers with thresholds (W8), depthwise and dense variants, odd channel
+counts and odd reduction lengths (fields straddle rows), padding, stride, groups, chunked
+expansion, exact and fast requantization, and thresholds with accumulators exactly on a threshold.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from qcompile import report
+from qcompile.backends import interpreter, ir
+from qcompile.backends.c_emitter import emit_c
+from qcompile.backends.c_lowbit import pack_fields, pack_w4
+from qcompile.backends.interpreter import interpret
+from qcompile.backends.memory_plan import plan_memory
+from qcompile.backends.qemu import run_c_qemu, toolchain_available
+from test_c_backend import Builder, assert_c_matches, random_input
+
+needs_qemu = pytest.mark.skipif(not toolchain_available(), reason="needs arm-none-eabi-gcc and qemu-system-arm")
+
+
+def _codebook(b: Builder, bits: int, wide: bool = False) -> None:
+    """Give the last conv/dense a codebook of ``bits``-bit codes (random int8 levels per channel)."""
+    op = b.ops[-1]
+    co = op.weight.shape[0]
+    if wide:  # extreme levels: the int8 channel pairs' bound fails, the expansion keeps int16 pairs
+        levels = np.sort(b.rng.choice([-127, 127], (co, 1 << bits)), axis=1).astype(np.int8)
+    else:
+        levels = np.sort(b.rng.integers(-40, 41, (co, 1 << bits)), axis=1).astype(np.int8)
+    codes = b.rng.integers(0, 1 << bits, op.weight.shape).astype(np.uint8)
+    cb = ir.Codebook(codes, levels, bits)
+    weight = cb.decode()
+    b.ops[-1] = dataclasses.replace(op, weight=weight, codebook=cb, w_bits=bits)
+
+
+def _accumulators(program: ir.Program, op_name: str, xs: np.ndarray) -> np.ndarray:
+    """The int32 accumulators of one conv/dense (channels last), captured from the interpreter."""
+    seen = {}
+    original = interpreter._output_stage
+
+    def capture(op, acc):
+        if op.name == op_name:
+            seen["acc"] = np.array(acc)
+        return original(op, acc)
+
+    interpreter._output_stage = capture
+    try:
+        interpret(program, xs)
+    finally:
+        interpreter._output_stage = original
+    return seen["acc"]
+
+
+def _thresholds(b: Builder, levels: int, xs_seed: int = 5) -> None:
+    """Give the last conv/dense a threshold stage of ``levels`` thresholds per channel, drawn from its
+    own accumulators on the test inputs (so some accumulators sit exactly on a threshold), with ties."""
+    op = b.ops[-1]
+    prog = b.build()
+    xs = random_input(prog, 3, seed=xs_seed)
+    acc = _accumulators(prog, op.name, xs)
+    co = op.weight.shape[0]
+    acc = acc.reshape(-1, co)
+    rows = []
+    for c in range(co):
+        picks = b.rng.choice(acc[:, c], size=levels) + b.rng.integers(-1, 2, levels) * (b.rng.random(levels) < 0.3)
+        rows.append(np.sort(picks))
+    t = np.stack(rows).astype(np.int32)
+    if levels > 2:
+        t[:, 1] = t[:, 2]  # a tie
+    offset = min(op.output_offset, 127 - levels)
+    b.ops[-1] = dataclasses.replace(op, thresholds=t, output_offset=offset, act_min=max(op.act_min, -128),
+                                    act_max=127)
+
+
+def gemm_program() -> ir.Program:
+    b = Builder(501, (5, 9, 11))
+    x = b.input
+    outs = []
+    t = b.conv(x, 7, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4)          # odd Co, odd K=45, k_seq
+    outs.append(t)
+    t2 = b.conv(t, 9, kernel=(3, 3), stride=(2, 2), padding=(1, 0, 1, 1), w_bits=3)  # HWC, cig 7 (k_seq)
+    outs.append(t2)
+    t3 = b.conv(t2, 8, kernel=(1, 1), w_bits=2)                              # 2-bit DECODE, K=9
+    outs.append(t3)
+    t4 = b.conv(t3, 12, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4)       # cig 8: word im2col, W4
+    outs.append(t4)
+    t5 = b.conv(t4, 6, kernel=(2, 2), groups=2, w_bits=4)                    # grouped W4
+    outs.append(t5)
+    t6 = b.conv(t4, 10, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4)
+    _codebook(b, 4)                                                          # PWLQ-style codebook
+    outs.append(t6)
+    t7 = b.conv(t4, 5, kernel=(1, 3), padding=(0, 1, 0, 1), w_bits=5)       # 5-bit: int8 kernels
+    outs.append(t7)
+    t8 = b.conv(t4, 6, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=6)
+    _thresholds(b, 7)                                                        # W8 + thresholds
+    outs.append(t8)
+    t9 = b.conv(t4, 7, kernel=(3, 3), w_bits=4)
+    _thresholds(b, 40)                                                       # W4 + thresholds
+    outs.append(t9)
+    t10 = b.conv(t4, 4, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=3)
+    _codebook(b, 3)
+    _thresholds(b, 3)                                                        # codebook + thresholds
+    outs.append(t10)
+    flats = [b.reshape(o, (b.size(o),)) for o in outs]
+    d1 = b.dense(flats[3], 11, w_bits=4)                                     # dense W4 (channels-last perm)
+    d2 = b.dense(flats[2], 5, w_bits=2)                                      # dense 2-bit, fi odd
+    d3 = b.dense(flats[4], 6, w_bits=4)
+    _codebook(b, 4)
+    d4 = b.dense(flats[1], 9, w_bits=8)
+    _thresholds(b, 255)                                                      # 255 levels, offset -128
+    return b.build(b.concat([*flats, d1, d2, d3, d4], reals=list(1.0 + 0.05 * b.rng.random(len(flats) + 4))))
+
+
+def depthwise_program() -> ir.Program:
+    b = Builder(502, (6, 8, 9))
+    x = b.conv(b.input, 10, kernel=(1, 1), w_bits=8)                         # HWC for the depthwise layers
+    outs = []
+    outs.append(b.conv(x, 10, kernel=(3, 3), groups=10, padding=(1, 1, 1, 1), w_bits=4))
+    outs.append(b.conv(x, 10, kernel=(3, 3), groups=10, stride=(2, 2), padding=(1, 1, 1, 1), w_bits=2))
+    outs.append(b.conv(x, 10, kernel=(5, 3), groups=10, padding=(2, 0, 2, 1), w_bits=3))
+    _codebook(b, 3)
+    outs.append(b.conv(x, 10, kernel=(3, 3), groups=10, w_bits=4))
+    _thresholds(b, 9)
+    outs.append(b.conv(b.input, 6, kernel=(3, 3), groups=6, padding=(1, 1, 1, 1), w_bits=4))  # CHW input
+    flats = [b.reshape(o, (b.size(o),)) for o in outs]
+    return b.build(b.concat(flats, reals=list(1.0 + 0.05 * b.rng.random(len(flats)))))
+
+
+def chunk_program() -> ir.Program:
+    """Expansion in several chunks (K = 576 codebook weights, 2-bit with large K), exact requantization,
+    and a codebook whose int8 pairs cannot be proved exact (int16 expansion)."""
+    b = Builder(503, (64, 5, 4))
+    outs = [b.conv(b.input, 30, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4)]
+    _codebook(b, 4)
+    outs.append(b.conv(b.input, 21, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=2))
+    outs.append(b.conv(b.input, 9, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4))
+    _codebook(b, 4, wide=True)
+    op = b.ops[-1]
+    m, s = op.multiplier.copy(), op.shift.copy()
+    s[0], m[0] = 0, 1 << 30  # exact requantization
+    b.ops[-1] = dataclasses.replace(op, multiplier=m, shift=s)
+    flats = [b.reshape(o, (b.size(o),)) for o in outs]
+    return b.build(b.concat(flats, reals=list(1.0 + 0.05 * b.rng.random(len(flats)))))
+
+
+PROGRAMS = {"gemm": gemm_program, "depthwise": depthwise_program, "chunk": chunk_program}
+
+
+@pytest.fixture(scope="module", params=sorted(PROGRAMS))
+def program(request):
+    return PROGRAMS[request.param]()
+
+
+def test_pack_w4_bytes_are_signed_pairs():
+    w = np.array([[-7, 3, 0, 5, -1], [7, -7, 2, -3, 6]])
+    words = pack_w4(w, 8, k_seq=False)
+    raw = np.frombuffer(words.astype("<u4").tobytes(), dtype=np.int8)
+    assert raw[:5].tolist() == (w[0] + 16 * w[1]).tolist() and raw[5:].tolist() == [0, 0, 0]
+    assert pack_fields(np.array([1, 2, 3, 0, 2]), 2).tolist() == [1 | 2 << 2 | 3 << 4, 2]
+    assert pack_fields(np.array([15, 1, 7]), 4).tolist() == [0x1F, 7]
+
+
+def test_routes_and_flash(program):
+    src = emit_c(program, plan_memory(program), "m")["m.c"]
+    lowbit = [op for op in program.ops if isinstance(op, (ir.Conv2D, ir.Dense))
+              and (op.codebook is not None or op.w_bits < 5 or op.thresholds is not None)]
+    assert src.count("qc_conv_lb_s8(") + src.count("qc_dwconv_lb_s8(") == len(lowbit)
+    if program.name == "test" and "QC_LB_W4" in src:
+        assert "QC_LB_DECODE" in src
+
+
+def test_host_plain_c(program):
+    assert_c_matches(program, n=3, min_distinct=16, sanitize=False)
+
+
+@needs_qemu
+@pytest.mark.qemu
+@pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m3", "cortex-m7", "cortex-m33"])
+def test_qemu_bit_exact(program, cpu):
+    xs = random_input(program, 3, seed=5)
+    run = run_c_qemu(program, plan_memory(program), xs, name="lb", cpu=cpu)
+    expected = interpret(program, xs)
+    bad = np.argwhere(run.outputs != expected)
+    assert bad.size == 0, f"{cpu}: {len(bad)} mismatches, first at {tuple(bad[0])}"
+
+
+def _array_bytes(source: str) -> int:
+    sizes = {"int8_t": 1, "uint8_t": 1, "int32_t": 4, "uint32_t": 4, "qc_rq": 12}
+    import re
+
+    return sum(sizes[t] * int(n) for t, n in re.findall(r"static const (\w+) \w+\[(\d+)\]", source))
+
+
+def test_report_counts_emitted_bytes(program):
+    """report.op_param_bytes of every conv/dense adds up to the bytes of the arrays the emitter writes
+    (the programs' other ops, reshapes and concats, have no arrays)."""
+    src = emit_c(program, plan_memory(program), "m")["m.c"]
+    assert all(isinstance(op, (ir.Conv2D, ir.Dense, ir.Reshape, ir.Concat)) for op in program.ops)
+    assert sum(report.op_param_bytes(op) for op in program.ops) == _array_bytes(src)
+
+
+def test_packed_flash_is_packed_size():
+    """4-bit weights take half a byte each (+ row padding to 4 k and an even channel count)."""
+    b = Builder(504, (16, 6, 6))
+    b.conv(b.input, 32, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4)
+    op4 = b.ops[-1]
+    b.conv(b.input, 32, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=8)
+    op8 = b.ops[-1]
+    b.conv(b.input, 32, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=2)
+    op2 = b.ops[-1]
+    n = 32 * 16 * 9
+    fixed = 16 * 32  # bias + rq records
+    assert report.op_param_bytes(op8) == n + fixed
+    assert report.op_param_bytes(op4) == n // 2 + fixed == ir.weight_storage_bytes(op4) + fixed
+    assert report.op_param_bytes(op2) == n // 4 + fixed == ir.weight_storage_bytes(op2) + fixed
