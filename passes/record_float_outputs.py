@@ -1,8 +1,8 @@
 """Record the float model's outputs on the calibration data, the teacher of
 :func:`~qcompile.passes.train_quantization_aware` (label-free distillation, Hinton et al. 2015).
 
-Runs first, on the traced float graph, so the teacher is the user's model itself: later passes
-change the float function slightly (bias correction shifts float biases to cancel the weight
+Runs right after BN folding (which keeps the float function), before every pass that changes it
+slightly (bias correction shifts float biases to cancel the weight
 rounding error, which is large at 2-4 bits). Only when ``QuantConfig.activation_quantizer``
 asks for QAT; stores the outputs in ``ctx.records["record_float_outputs"]["outputs"]`` (not
 part of the report), which the QAT pass consumes and removes.

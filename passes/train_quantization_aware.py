@@ -24,8 +24,8 @@ at their calibrated 8-bit quantization (first layer input / last layer output in
 usual QAT convention); pools, LUT nonlinearities and concat keep 8 bits as well.
 
 Training signal (our choice): label-free knowledge distillation. The teacher is the user's
-float model: its outputs on the calibration data ``compile`` was given, recorded before any
-rewrite by :func:`~qcompile.passes.record_float_outputs`; the loss is the KL divergence
+float model: its outputs on the calibration data ``compile`` was given, recorded right after
+BN folding by :func:`~qcompile.passes.record_float_outputs`; the loss is the KL divergence
 ``KL(softmax(teacher) || softmax(student))`` for 2-D logits, the MSE otherwise (or when the
 model ends in a softmax). Labels in the loader are ignored: ``calib`` may be unlabeled, and
 agreement with the float model is what the compiler promises. Adam (``qat_lr`` for weights and
@@ -157,7 +157,7 @@ def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
     recorded = ctx.records.pop(QAT_TEACHER_RECORD, None)
     if recorded is None or recorded["outputs"].shape[0] != x_all.shape[0]:
         raise PassError("train_quantization_aware needs the float outputs that record_float_outputs stores: "
-                        "keep that pass at the start of the pipeline")
+                        "keep that pass early in the pipeline (after fold_batchnorm)")
     teacher = recorded["outputs"]
 
     # -- quantizers: activations first (initialized on the PTQ graph), then weights ---------------

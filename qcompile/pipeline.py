@@ -32,10 +32,10 @@ def default_pipeline() -> Pipeline:
     is switched in :class:`qcompile.QuantConfig` and records what it did in ``art.records``.
     """
     return Pipeline([
-        record_float_outputs,         # QAT only: the float model's outputs, the distillation teacher
         remove_identities,            # dropout / Identity / contiguous vanish in eval mode
         record_batchnorm_statistics,  # BN mean/std of pre-activations, for the data-free passes below
         fold_batchnorm,               # BN is affine: fold into the producer's weights
+        record_float_outputs,         # QAT only: the (BN-folded, same function) float model's outputs, the distillation teacher
         equalize_cross_layer,         # even out per-channel weight ranges across conv pairs (float-exact)
         absorb_high_bias,             # move always-positive pre-activation floors into the next bias
         split_outlier_channels,       # halve outlier weights by duplicating their channel (off by default)
