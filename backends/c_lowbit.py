@@ -209,6 +209,13 @@ def dw_plan(op) -> tuple[bool, int, np.ndarray, np.ndarray]:
     return fast, (int(scale[0]).bit_length() - 1 if fast else 0), bias, rq
 
 
+def dw_chunk(op) -> int:
+    """Channels of a low-bit depthwise layer expanded (int16 pairs, 4 bytes per tap) per qc_dwconv_s8 pass."""
+    c = int(op.weight.shape[0])
+    taps = int(op.weight.shape[2]) * int(op.weight.shape[3])
+    return min((c + 3) // 4 * 4, max(4, DECODE_BUDGET // (4 * taps) // 4 * 4))
+
+
 def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, note: str) -> Emitted:
     fast, w_shift, bias, rq = dw_plan(op)
     c_pad = (c + 3) // 4 * 4
@@ -244,10 +251,24 @@ def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, no
     ])
     params = c_params("qc_dwconv_lb_params", p_id, [
         [("dw", f"&{d_id}")],
-        [("bits", bits), ("code_bits", op.codebook.bits if op.codebook is not None else 0), ("w_shift", w_shift)],
+        [("bits", bits), ("code_bits", op.codebook.bits if op.codebook is not None else 0), ("w_shift", w_shift),
+         ("chunk", dw_chunk(op))],
         [("packed", packed_id), ("levels", levels_id)],
         [("thresholds", t_id), ("n_thresholds", n_t), ("output_offset", op.output_offset)],
     ])
+    in_cs = dict(dw_rows[0])["in_cs"]
+    if (op.thresholds is None and fast and (kh, kw) == (3, 3) and tuple(op.dilation) == (1, 1) and in_cs == 1
+            and c % 4 == 0 and dw_chunk(op) >= c_pad):
+        # expand once into scratch, then the specialized 3x3 kernel of qc_inline.h (a block-scope
+        # parameter block: its weight is an address constant inside the arena)
+        weight = f"(const uint32_t *)(const void *)({ctx.model}_arena.bytes + {ctx.layout.scratch[op.name]})"
+        spec = c_params("qc_dwconv_params", "spec", [
+            *dw_rows, [("rq_fast", 1), ("weight", weight), ("bias", b_id), ("rq", r_id)]])
+        call = (f"{ctx.header_comment(op, 'depthwise, expanded into scratch' + note)}\n"
+                f"qc_dwconv_expand_s8(&{p_id}, {ctx.scratch_ptr(op)});\n{{\n"
+                + "".join(f"    {line}\n" for line in spec.splitlines())
+                + f"qc_dw3x3_s8(&spec, {src_ptr}, {ctx.ptr(op.output)});\n}}")  # unindented: a profile region
+        return Emitted((*defs, dw, params), (call,))
     call = (f"{ctx.header_comment(op, 'depthwise' + note)}\n"
             f"qc_dwconv_lb_s8(&{p_id}, {src_ptr}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)});")
     return Emitted((*defs, dw, params), (call,))
@@ -260,7 +281,8 @@ def lowbit_scratch(op, program: ir.Program, src: int, hwc: frozenset[int]) -> in
 
     if isinstance(op, ir.Conv2D):
         if is_depthwise(op, program):
-            return 8 * int(op.weight.shape[2]) * int(op.weight.shape[3])
+            taps = int(op.weight.shape[2]) * int(op.weight.shape[3])
+            return 8 * taps if op.thresholds is not None else 4 * taps * dw_chunk(op)
         co, cig, kh, kw = (int(d) for d in op.weight.shape)
         k_pad = conv_k_pad(op)
         k_seq = conv_k_seq(op, src, program, hwc)

@@ -127,6 +127,13 @@ def depthwise_program() -> ir.Program:
     outs.append(b.conv(x, 10, kernel=(3, 3), groups=10, w_bits=4))
     _thresholds(b, 9)
     outs.append(b.conv(b.input, 6, kernel=(3, 3), groups=6, padding=(1, 1, 1, 1), w_bits=4))  # CHW input
+    z = b.conv(x, 12, kernel=(1, 1), w_bits=8, act=(-128, 127))
+    outs.append(b.conv(z, 12, kernel=(3, 3), groups=12, padding=(1, 1, 1, 1), w_bits=4))  # expand + qc_dw3x3_s8
+    outs.append(b.conv(z, 12, kernel=(3, 3), groups=12, stride=(2, 2), padding=(1, 1, 1, 1), w_bits=4))
+    _codebook(b, 4)
+    y = b.conv(x, 30, kernel=(1, 1), w_bits=8)
+    outs.append(b.conv(y, 30, kernel=(9, 9), groups=30, padding=(4, 4, 4, 4), w_bits=4))  # 2 expansion chunks
+    _codebook(b, 4)
     flats = [b.reshape(o, (b.size(o),)) for o in outs]
     return b.build(b.concat(flats, reals=list(1.0 + 0.05 * b.rng.random(len(flats)))))
 
@@ -169,9 +176,10 @@ def test_routes_and_flash(program):
     src = emit_c(program, plan_memory(program), "m")["m.c"]
     lowbit = [op for op in program.ops if isinstance(op, (ir.Conv2D, ir.Dense))
               and (op.codebook is not None or op.w_bits < 5 or op.thresholds is not None)]
-    assert src.count("qc_conv_lb_s8(") + src.count("qc_dwconv_lb_s8(") == len(lowbit)
-    if program.name == "test" and "QC_LB_W4" in src:
-        assert "QC_LB_DECODE" in src
+    calls = src.count("qc_conv_lb_s8(") + src.count("qc_dwconv_lb_s8(") + src.count("qc_dwconv_expand_s8(")
+    assert calls == len(lowbit)
+    if any(isinstance(op, ir.Conv2D) and op.groups == 12 for op in program.ops):
+        assert src.count("qc_dwconv_expand_s8(") == 2 and src.count("qc_dw3x3_s8(&spec") == 2
 
 
 def test_host_plain_c(program):

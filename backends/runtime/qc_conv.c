@@ -1181,6 +1181,58 @@ __attribute__((naked, noinline)) static void qc_dot_2x2_w4(const uint32_t *w, co
         "stmia r3, {r4, r5, r6, r7}\n\t"
         "pop {r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t");
 }
+/*
+ * Every channel pair of a chunk for 2 pixels in one routine (no per-pair call): for pair j,
+ * acc0[2j], acc0[2j + 1] = A, T of pixel slot 0 and acc1 the same for slot 1 (from 0).
+ */
+typedef struct {
+    const uint32_t *w;          /*  0: first pair's words (blocks per pair) */
+    const uint32_t *x;          /*  4: im2col of the 2 pixels */
+    const uint32_t *x_end;      /*  8 */
+    int32_t odd;                /* 12: blocks & 1 */
+    int32_t *acc0, *acc1;       /* 16, 20: advanced by the routine */
+    int32_t pairs;              /* 24: >= 1, counted down by the routine */
+} qc_w4_job;
+
+__attribute__((naked, noinline)) static void qc_w4_pairs(qc_w4_job *job)
+{
+    (void)job;
+    __asm__ volatile(
+        "push {r0, r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t"
+        "ldr r0, [r0, #0]\n\t"
+        "mov r3, #0xF0F0F0F0\n\t"
+        "1:\n\t"
+        "ldr lr, [sp]\n\t"
+        "ldrd r1, r2, [lr, #4]\n\t"
+        "ldr r12, [lr, #12]\n\t"
+        "movs r4, #0\n\t"
+        "movs r5, #0\n\t"
+        "movs r6, #0\n\t"
+        "movs r7, #0\n\t"
+        "cmp r12, #0\n\t"
+        "beq 4f\n\t"
+        QC_W4_BLOCK
+        "4:\n\t"
+        "cmp r1, r2\n\t"
+        "beq 2f\n\t"
+        "3:\n\t"
+        QC_W4_BLOCK
+        QC_W4_BLOCK
+        "cmp r1, r2\n\t"
+        "bne 3b\n\t"
+        "2:\n\t"
+        "ldr lr, [sp]\n\t"
+        "ldrd r8, r9, [lr, #16]\n\t"
+        "strd r4, r6, [r8], #8\n\t"
+        "strd r5, r7, [r9], #8\n\t"
+        "strd r8, r9, [lr, #16]\n\t"
+        "ldr r8, [lr, #24]\n\t"
+        "subs r8, r8, #1\n\t"
+        "str r8, [lr, #24]\n\t"
+        "bne 1b\n\t"
+        "pop {r0, r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t");
+}
+
 #endif
 
 /* The int16 pair words of a 4-bit word: 16 w_e for (k0,k2) (k1,k3), and B = w_e + 16 w_o likewise. */
@@ -1397,7 +1449,25 @@ void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *outp
                         memcpy(acc0, bias, (size_t)m * sizeof(int32_t));
                         memcpy(acc1, bias, (size_t)m * sizeof(int32_t));
                     }
-                    for (j = 0; j < m; j += 2) {
+#if QC_ASM_GEMM
+                    if (w4 && two) {
+                        qc_w4_job job;
+                        job.w = w + j0 / 2 * blocks;
+                        job.x = scratch;
+                        job.x_end = scratch + 4 * blocks;
+                        job.odd = blocks & 1;
+                        job.acc0 = acc0;
+                        job.acc1 = acc1;
+                        job.pairs = m / 2;
+                        qc_w4_pairs(&job);
+                        j = m;
+                    } else {
+                        j = 0;
+                    }
+#else
+                    j = 0;
+#endif
+                    for (; j < m; j += 2) {
                         if (w4) {
                             const uint32_t *wj = w + (j0 + j) / 2 * blocks;
                             if (two) {
@@ -1435,6 +1505,33 @@ void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *outp
     }
 }
 
+/* Channels [c0, c0 + n) of a low-bit depthwise layer -> the int16-pair layout of qc_dwconv_params at dst. */
+static void qc_dw_expand(const qc_dwconv_lb_params *p, int32_t c0, int32_t n, uint32_t *dst)
+{
+    const int32_t taps = p->dw->kernel_h * p->dw->kernel_w;
+    const int32_t scale = (int32_t)1 << p->w_shift;
+    int32_t cb;
+    for (cb = 0; cb < n; cb += 4) {
+        uint32_t *blk = dst + cb / 4 * taps * 2;
+        int32_t t;
+        for (t = 0; t < taps; ++t) {
+            int32_t v[4] = {0, 0, 0, 0};
+            int32_t i;
+            for (i = 0; i < 4 && cb + i < n; ++i) {
+                const int32_t c = c0 + cb + i;
+                v[i] = qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, c, c * taps + t) * scale;
+            }
+            blk[2 * t] = qc_pack16(v[0], v[2]);
+            blk[2 * t + 1] = qc_pack16(v[1], v[3]);
+        }
+    }
+}
+
+void qc_dwconv_expand_s8(const qc_dwconv_lb_params *p, uint32_t *scratch)
+{
+    qc_dw_expand(p, 0, p->dw->channels, scratch);
+}
+
 void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *output, uint32_t *scratch)
 {
     const qc_dwconv_params *d = p->dw;
@@ -1447,6 +1544,21 @@ void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *
     const int32_t scale = (int32_t)1 << p->w_shift;
     int32_t cb;
 
+    if (p->thresholds == NULL) {
+        int32_t c0;
+        for (c0 = 0; c0 < d->channels; c0 += p->chunk) {
+            const int32_t n = d->channels - c0 < p->chunk ? d->channels - c0 : p->chunk;
+            qc_dwconv_params q = *d;
+            qc_dw_expand(p, c0, n, scratch);
+            q.channels = n;
+            q.c_pad = (n + 3) / 4 * 4;
+            q.weight = scratch;
+            q.bias = d->bias + c0;
+            q.rq = d->rq + c0;
+            qc_dwconv_s8(&q, input + c0 * d->in_cs, output + c0 * d->out_cs);
+        }
+        return;
+    }
     for (cb = 0; cb < d->channels; cb += 4) {
         const int32_t n = d->channels - cb < 4 ? d->channels - cb : 4;
         int32_t t, oy;

@@ -400,13 +400,15 @@ typedef struct {
 
 /*
  * Depthwise with stored fields (bits 2, 4 or 8, row-major (channels, taps), low bits first;
- * uniform values sign-extended, or codebook codes): per block of 4 channels the taps are
- * expanded once into scratch (int16 pairs as in qc_dwconv_params, scaled by 2^w_shift, the
- * fast requantization's pre-scale), then every output pixel of that block is computed.
+ * uniform values sign-extended, or codebook codes). Requantized layers: `chunk` channels (a
+ * multiple of 4) at a time are expanded into scratch in the int16-pair layout of
+ * qc_dwconv_params (scaled by 2^w_shift, the fast requantization's pre-scale) and run through
+ * qc_dwconv_s8 on that channel range. Threshold layers: per block of 4 channels the taps are
+ * expanded, then every output pixel of the block is computed and counted against thresholds.
  */
 typedef struct {
     const qc_dwconv_params *dw;  /* geometry, bias, rq (dw->weight unused) */
-    int32_t bits, code_bits, w_shift;
+    int32_t bits, code_bits, w_shift, chunk;
     const uint8_t *packed;
     const int8_t *levels;
     const int32_t *thresholds;   /* NULL: requantize; else (c_pad, n_thresholds) */
@@ -421,8 +423,11 @@ void qc_conv_s8(const qc_conv_params *p, const int8_t *input, int8_t *output, ui
 void qc_dwconv_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output);
 /* scratch: qc_conv_s8's, + chunk * k_pad bytes (w8; twice that with int16 pairs) for QC_LB_DECODE. */
 void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
-/* scratch: 2 * kernel_h * kernel_w words. */
+/* scratch: chunk * kernel_h * kernel_w words (2 * kernel_h * kernel_w with thresholds). */
 void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *output, uint32_t *scratch);
+/* Expand every channel of a low-bit depthwise layer into scratch (int16 pairs), for the specialized
+   qc_dw3x3_s8 of qc_inline.h on a parameter block whose weight is that scratch. */
+void qc_dwconv_expand_s8(const qc_dwconv_lb_params *p, uint32_t *scratch);
 void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output);
 void qc_add_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 /* Fast Add (p->fast = 1) through two 256-entry tables built in scratch (512 int32). */
