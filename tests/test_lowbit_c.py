@@ -8,6 +8,7 @@ expansion, exact and fast requantization, and thresholds with accumulators exact
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +107,11 @@ def gemm_program() -> ir.Program:
     _codebook(b, 3)
     _thresholds(b, 3)                                                        # codebook + thresholds
     outs.append(t10)
+    # channels-last W4 outputs (they only feed convolutions): the fused pixel-pair routines, full and clamped
+    f1 = b.conv(t4, 8, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4, act=(-128, 127))
+    f2 = b.conv(t4, 10, kernel=(1, 1), w_bits=4, act=(-50, 90))
+    outs.append(b.conv(f1, 3, kernel=(1, 1), w_bits=8))
+    outs.append(b.conv(f2, 3, kernel=(1, 1), w_bits=8))
     flats = [b.reshape(o, (b.size(o),)) for o in outs]
     d1 = b.dense(flats[3], 11, w_bits=4)                                     # dense W4 (channels-last perm)
     d2 = b.dense(flats[2], 5, w_bits=2)                                      # dense 2-bit, fi odd
@@ -176,6 +182,8 @@ def test_routes_and_flash(program):
     src = emit_c(program, plan_memory(program), "m")["m.c"]
     lowbit = [op for op in program.ops if isinstance(op, (ir.Conv2D, ir.Dense))
               and (op.codebook is not None or op.w_bits < 5 or op.thresholds is not None)]
+    if program.name == "test" and any(getattr(op, "act_min", 0) == -50 for op in program.ops):
+        assert len(re.findall(r"QC_LB_W4", src)) >= 4
     calls = src.count("qc_conv_lb_s8(") + src.count("qc_dwconv_lb_s8(") + src.count("qc_dwconv_expand_s8(")
     assert calls == len(lowbit)
     if any(isinstance(op, ir.Conv2D) and op.groups == 12 for op in program.ops):

@@ -1182,6 +1182,90 @@ __attribute__((naked, noinline)) static void qc_dot_2x2_w4(const uint32_t *w, co
         "pop {r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t");
 }
 /*
+ * Fused 4-bit pixel pair (rq_fast, pre-scale 2, multipliers >= 0, even cout_group, channels-last
+ * output; the emitter sets conv->fused): per channel pair the W4 MACs, the split
+ * S = A / 16, O = (T - S) / 16 with the bias (acc = 2 S + bias: A >> 3), the fast requantization
+ * and the 4 stores, as qc_w8_pair_full does for int8 weights. Job: qc_w8_job with rem = blocks & 1.
+ */
+#define QC_W4F_HEAD \
+    "push {r0, r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t" \
+    "ldr r0, [r0, #0]\n\t" \
+    "1:\n\t" \
+    "ldr lr, [sp]\n\t" \
+    "ldrd r1, r2, [lr, #4]\n\t" \
+    "ldr r12, [lr, #32]\n\t" \
+    "mov r3, #0xF0F0F0F0\n\t" \
+    "movs r4, #0\n\t" \
+    "movs r5, #0\n\t" \
+    "movs r6, #0\n\t" \
+    "movs r7, #0\n\t" \
+    "cmp r12, #0\n\t" \
+    "beq 5f\n\t" \
+    QC_W4_BLOCK \
+    "5:\n\t" \
+    "cmp r1, r2\n\t" \
+    "beq 4f\n\t" \
+    "3:\n\t" \
+    QC_W4_BLOCK \
+    QC_W4_BLOCK \
+    "cmp r1, r2\n\t" \
+    "bne 3b\n\t" \
+    "4:\n\t" \
+    "ldr lr, [sp]\n\t" \
+    "ldr r1, [lr, #12]\n\t" \
+    "ldmia r1!, {r8, r9}\n\t" \
+    "str r1, [lr, #12]\n\t" \
+    "sub r6, r6, r4, asr #4\n\t" \
+    "sub r7, r7, r5, asr #4\n\t" \
+    "add r4, r8, r4, asr #3\n\t" \
+    "add r5, r8, r5, asr #3\n\t" \
+    "add r6, r9, r6, asr #3\n\t" \
+    "add r7, r9, r7, asr #3\n\t" \
+    "ldr r1, [lr, #16]\n\t" \
+    "ldmia r1!, {r3, r8, r9, r10, r11, r12}\n\t" \
+    "str r1, [lr, #16]\n\t" \
+    QC_W8F_RQ("r4", "r3", "r8", "r9") \
+    QC_W8F_RQ("r5", "r3", "r8", "r9") \
+    QC_W8F_RQ("r6", "r10", "r11", "r12") \
+    QC_W8F_RQ("r7", "r10", "r11", "r12")
+
+#define QC_W4F_TAIL \
+    "ldrd r1, r2, [lr, #20]\n\t" \
+    "strb r4, [r1], #1\n\t" \
+    "strb r6, [r1], #1\n\t" \
+    "strb r5, [r2], #1\n\t" \
+    "strb r7, [r2], #1\n\t" \
+    "strd r1, r2, [lr, #20]\n\t" \
+    "ldr r1, [lr, #28]\n\t" \
+    "cmp r0, r1\n\t" \
+    "bne 1b\n\t" \
+    "pop {r0, r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t"
+
+/* Clamp to [r8, r9] = [lo, hi]. */
+#define QC_W4F_CLAMP(acc) \
+    "cmp " acc ", r8\n\t" \
+    "it lt\n\t" \
+    "movlt " acc ", r8\n\t" \
+    "cmp " acc ", r9\n\t" \
+    "it gt\n\t" \
+    "movgt " acc ", r9\n\t"
+
+__attribute__((naked, noinline)) static void qc_w4_pair_full(const qc_w8_job *job)
+{
+    (void)job;
+    __asm__ volatile(QC_W4F_HEAD QC_W4F_TAIL);
+}
+
+__attribute__((naked, noinline)) static void qc_w4_pair_clamp(const qc_w8_job *job)
+{
+    (void)job;
+    __asm__ volatile(QC_W4F_HEAD
+                     "ldrd r8, r9, [lr, #36]\n\t"
+                     QC_W4F_CLAMP("r4") QC_W4F_CLAMP("r5") QC_W4F_CLAMP("r6") QC_W4F_CLAMP("r7")
+                     QC_W4F_TAIL);
+}
+
+/*
  * Every channel pair of a chunk for 2 pixels in one routine (no per-pair call): for pair j,
  * acc0[2j], acc0[2j + 1] = A, T of pixel slot 0 and acc1 the same for slot 1 (from 0).
  */
@@ -1424,6 +1508,39 @@ void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *outp
                 int8_t *o0 = out_c + pix * cp->out_ps;
                 int8_t *o1 = o0 + cp->out_ps;
                 int32_t j0;
+#if QC_ASM_GEMM
+                if (w4 && two && cp->fused && cs == 1 && p->thresholds == NULL) {
+                    qc_w8_job job;
+                    qc_im2col(cp, input, g, oy, ox, scratch, tmp);
+                    if (++ox == cp->out_w) {
+                        ox = 0;
+                        ++oy;
+                    }
+                    qc_im2col(cp, input, g, oy, ox, scratch + 2, tmp);
+                    if (++ox == cp->out_w) {
+                        ox = 0;
+                        ++oy;
+                    }
+                    job.w = w;
+                    job.x = scratch;
+                    job.x_end = scratch + 4 * blocks;
+                    job.bias = cp->bias + ch0;
+                    job.rq = cp->rq + ch0;
+                    job.out0 = o0;
+                    job.out1 = o1;
+                    job.w_end = w + n_pad / 2 * blocks;
+                    job.rem = blocks & 1;
+                    job.lo = cp->act_min;
+                    job.hi = cp->act_max;
+                    if (cp->act_min == -128 && cp->act_max == 127) {
+                        qc_w4_pair_full(&job);
+                    } else {
+                        qc_w4_pair_clamp(&job);
+                    }
+                    pix += 2;
+                    continue;
+                }
+#endif
                 qc_im2col(cp, input, g, oy, ox, scratch, tmp);
                 if (++ox == cp->out_w) {
                     ox = 0;
