@@ -188,8 +188,10 @@ def emit_gemm_lb(ctx: EmitContext, op, conv_groups: list, raw: np.ndarray, group
     """``conv_groups``: the qc_conv_params geometry rows (everything but the weight form)."""
     defs, plan, lb_fields, w_id, b_id, r_id = gemm_lb_parts(ctx, op, raw, groups, cog, k_pad, k_seq, perm)
     c_id, p_id = ctx.ident(op.name, "conv"), ctx.ident(op.name, "params")
-    # qc_w4_pair_full/clamp (qc_conv.c): W4, fast form with pre-scale 2 (multipliers >= 0), even channel count
-    fused = int(plan.mode == "w4" and plan.fast and plan.shift == 1 and cog % 2 == 0 and op.thresholds is None)
+    # qc_w4_pair_full/clamp or qc_w8_pair_full/clamp (qc_conv.c): W4 or int8 channel pairs, fast form with
+    # pre-scale 2 (multipliers >= 0), even channel count (every channel of a chunk real), no thresholds
+    fused = int((plan.mode == "w4" or plan.w8) and plan.fast and plan.shift == 1 and cog % 2 == 0
+                and op.thresholds is None)
     conv = c_params("qc_conv_params", c_id, [
         *conv_groups,
         [("rq_fast", int(plan.fast)), ("w8", int(plan.w8)), ("w8_shift", plan.shift), ("fused", fused), ("k_seq", int(k_seq))],

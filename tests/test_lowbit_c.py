@@ -110,8 +110,11 @@ def gemm_program() -> ir.Program:
     # channels-last W4 outputs (they only feed convolutions): the fused pixel-pair routines, full and clamped
     f1 = b.conv(t4, 8, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4, act=(-128, 127))
     f2 = b.conv(t4, 10, kernel=(1, 1), w_bits=4, act=(-50, 90))
-    outs.append(b.conv(f1, 3, kernel=(1, 1), w_bits=8))
-    outs.append(b.conv(f2, 3, kernel=(1, 1), w_bits=8))
+    f3 = b.conv(t4, 8, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4, act=(-128, 127))
+    _codebook(b, 4)                                                          # fused int8 routine on decoded codes
+    f4 = b.conv(t4, 6, kernel=(1, 1), w_bits=2, act=(-70, 100))
+    for f in (f1, f2, f3, f4):
+        outs.append(b.conv(f, 3, kernel=(1, 1), w_bits=8))
     flats = [b.reshape(o, (b.size(o),)) for o in outs]
     d1 = b.dense(flats[3], 11, w_bits=4)                                     # dense W4 (channels-last perm)
     d2 = b.dense(flats[2], 5, w_bits=2)                                      # dense 2-bit, fi odd
@@ -157,6 +160,9 @@ def chunk_program() -> ir.Program:
     m, s = op.multiplier.copy(), op.shift.copy()
     s[0], m[0] = 0, 1 << 30  # exact requantization
     b.ops[-1] = dataclasses.replace(op, multiplier=m, shift=s)
+    g1 = b.conv(b.input, 30, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4, act=(-128, 127))
+    _codebook(b, 4)                                                          # chunks of 14, 14, 2 channels, fused
+    outs.append(b.conv(g1, 3, kernel=(1, 1), w_bits=8))
     flats = [b.reshape(o, (b.size(o),)) for o in outs]
     return b.build(b.concat(flats, reals=list(1.0 + 0.05 * b.rng.random(len(flats)))))
 

@@ -1540,6 +1540,38 @@ void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *outp
                     pix += 2;
                     continue;
                 }
+                if (w8 && two && cp->fused && cs == 1 && p->thresholds == NULL) {
+                    /* int8 channel pairs (decoded codebook / 2-bit chunk, or from flash): qc_w8_pair_* */
+                    qc_w8_job job;
+                    qc_im2col(cp, input, g, oy, ox, scratch, tmp);
+                    if (++ox == cp->out_w) {
+                        ox = 0;
+                        ++oy;
+                    }
+                    qc_im2col(cp, input, g, oy, ox, scratch + 2, tmp);
+                    if (++ox == cp->out_w) {
+                        ox = 0;
+                        ++oy;
+                    }
+                    job.w = w;
+                    job.x = scratch;
+                    job.x_end = scratch + 4 * blocks;
+                    job.bias = cp->bias + ch0;
+                    job.rq = cp->rq + ch0;
+                    job.out0 = o0;
+                    job.out1 = o1;
+                    job.w_end = w + n_pad * blocks;
+                    job.rem = (blocks - 1) & 3;
+                    job.lo = cp->act_min;
+                    job.hi = cp->act_max;
+                    if (cp->act_min == -128 && cp->act_max == 127) {
+                        qc_w8_pair_full(&job);
+                    } else {
+                        qc_w8_pair_clamp(&job);
+                    }
+                    pix += 2;
+                    continue;
+                }
 #endif
                 qc_im2col(cp, input, g, oy, ox, scratch, tmp);
                 if (++ox == cp->out_w) {
