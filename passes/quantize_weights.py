@@ -119,6 +119,13 @@ def _outputs(gm: GraphModule, x: torch.Tensor) -> torch.Tensor:
     return flat.detach().double().reshape(len(x), -1)
 
 
+def _layer_mode(mode: str, bits: int) -> str:
+    """The weight observer of one layer: ``"auto"`` resolves by the layer's bit width."""
+    if mode == "auto":
+        return AUTO_BELOW_8 if bits < 8 else "minmax"
+    return mode
+
+
 def _set(gm: GraphModule, target: str, mod: nn.Module) -> None:
     parent, _, leaf = target.rpartition(".")
     setattr(gm.get_submodule(parent) if parent else gm, leaf, mod)
@@ -157,7 +164,7 @@ def choose_clippings_by_network_output(gm: GraphModule, ctx: PassContext, layers
             mod = gm.get_submodule(node.target)
             x = inputs[node.target]
             fit = x[:fit_n]
-            bits, pc, ms = cfg.weight_bits, cfg.per_channel, min_scales.get(node.target)
+            bits, pc, ms = cfg.bits_for(node.target), cfg.per_channel, min_scales.get(node.target)
             cands: dict[str, torch.Tensor | None] = {
                 "minmax": None,
                 "mse": mse_clip_factors(mod.weight, bits, pc),
@@ -185,8 +192,6 @@ def choose_clippings_by_network_output(gm: GraphModule, ctx: PassContext, layers
 def quantize_weights(gm: GraphModule, ctx: PassContext) -> PassResult:
     cfg = ctx.config
     mode = cfg.weight_observer
-    if mode == "auto":
-        mode = AUTO_BELOW_8 if cfg.weight_bits < 8 else "minmax"
     layers: list = []
     min_scales: dict[str, torch.Tensor | None] = {}
     for node in gm.graph.nodes:
@@ -200,34 +205,41 @@ def quantize_weights(gm: GraphModule, ctx: PassContext) -> PassResult:
         if mod.bias is not None:
             s_in, _ = tensor_qparams(node.args[0], gm)
             min_scales[node.target] = mod.bias.detach().double().abs() / (s_in * BIAS_LIMIT)
-    inputs = _layer_inputs(gm, ctx) if mode in ("output_mse", "per_layer") and ctx.calib else {}
+    modes = {node.target: _layer_mode(mode, cfg.bits_for(node.target)) for node in layers}
+    wants_data = any(m in ("output_mse", "per_layer") for m in modes.values())
+    inputs = _layer_inputs(gm, ctx) if wants_data and ctx.calib else {}
     # empirical bias correction runs after this pass and cancels the mean output error
     centered = bool(ctx.calib) and cfg.bias_correction in ("auto", "empirical")
     network: dict[str, tuple[str, torch.Tensor | None]] = {}
-    if mode == "per_layer" and inputs:
-        network = choose_clippings_by_network_output(gm, ctx, [n for n in layers if n.target in inputs], inputs,
+    searched = [n for n in layers if modes[n.target] == "per_layer" and n.target in inputs]
+    if searched:
+        network = choose_clippings_by_network_output(gm, ctx, searched, inputs,
                                                      min_scales, centered)
     done: dict[str, int] = {}
     chosen: dict[str, str] = {}
     clipped: dict[str, float] = {}
     for node in layers:
         mod, min_scale = gm.get_submodule(node.target), min_scales[node.target]
-        how, clip = mode, None
+        bits = cfg.bits_for(node.target)
+        how, clip = modes[node.target], None
         if how in ("output_mse", "per_layer") and node.target not in inputs:
             how = "mse"  # no calibration data (or it never reached this layer): weight-MSE clipping
         if how == "mse":
-            clip = mse_clip_factors(mod.weight, cfg.weight_bits, cfg.per_channel)
+            clip = mse_clip_factors(mod.weight, bits, cfg.per_channel)
         elif how == "output_mse":
-            clip = _best_clip_by_output(mod, inputs[node.target], cfg.weight_bits, cfg.per_channel, min_scale,
+            clip = _best_clip_by_output(mod, inputs[node.target], bits, cfg.per_channel, min_scale,
                                         centered)
         elif how == "per_layer":
             how, clip = network[node.target]
         chosen[node.target] = how
         if clip is not None:
             clipped[node.target] = round(float(clip.min()), 3)
-        _set(gm, node.target, QuantizedWeights(mod, cfg.weight_bits, min_scale, cfg.per_channel, clip))
-        done[node.target] = cfg.weight_bits
-    ctx.records["quantize_weights"] = {"bits": cfg.weight_bits, "per_channel": cfg.per_channel,
-                                       "weight_observer": mode, "layers": done, "clipping": chosen,
+        _set(gm, node.target, QuantizedWeights(mod, bits, min_scale, cfg.per_channel, clip))
+        done[node.target] = bits
+    uniform = cfg.uniform_weight_bits
+    ctx.records["quantize_weights"] = {"bits": uniform if uniform is not None else "per layer",
+                                       "per_channel": cfg.per_channel,
+                                       "weight_observer": mode if uniform is None else _layer_mode(mode, uniform),
+                                       "layers": done, "clipping": chosen,
                                        "mse_clip_min_alpha": clipped}
     return PassResult(gm, bool(done))

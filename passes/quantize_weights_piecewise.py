@@ -25,8 +25,6 @@ def quantize_weights_piecewise(gm: GraphModule, ctx: PassContext) -> PassResult:
     cfg = ctx.config
     if cfg.weight_quantizer != "pwlq":
         return PassResult(gm, False)
-    if cfg.weight_bits < 3:
-        raise ConfigError(f"QuantConfig(weight_quantizer='pwlq') needs weight_bits >= 3, got {cfg.weight_bits}")
     breakpoints: dict[str, float] = {}
     for node in gm.graph.nodes:
         if node.op != "call_module":
@@ -34,9 +32,14 @@ def quantize_weights_piecewise(gm: GraphModule, ctx: PassContext) -> PassResult:
         qmod = gm.get_submodule(node.target)
         if not isinstance(qmod, QuantizedWeights) or isinstance(qmod, PiecewiseQuantizedWeights):
             continue
+        if qmod.bits < 3:
+            raise ConfigError(f"QuantConfig(weight_quantizer='pwlq') needs weight_bits >= 3; layer "
+                              f"'{node.target}' has {qmod.bits}")
         pw = PiecewiseQuantizedWeights(qmod.module, qmod.bits, qmod.min_scale, qmod.per_channel)
         parent, _, leaf = node.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, pw)
         breakpoints[node.target] = round(float(pw.breakpoint.mean()), 3)
-    ctx.records["quantize_weights_piecewise"] = {"bits": cfg.weight_bits, "mean_breakpoint": breakpoints}
+    bits = cfg.uniform_weight_bits
+    ctx.records["quantize_weights_piecewise"] = {"bits": bits if bits is not None else "per layer",
+                                                 "mean_breakpoint": breakpoints}
     return PassResult(gm, bool(breakpoints))

@@ -1,6 +1,8 @@
 """User-facing quantization settings."""
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from qcompile.errors import ConfigError
@@ -22,8 +24,12 @@ TARGETS = ("cortex-m", "generic")
 class QuantConfig:
     """How to quantize.
 
-    * ``weight_bits``: bits of the symmetric weights, 2..8 (stored in int8 containers; the
-      C kernels accept any int8 values, packing is not done yet).
+    * ``weight_bits``: bits of the symmetric weights, 2..8: one integer for every layer, or a
+      mapping from conv/linear module paths or glob patterns to bits, e.g.
+      ``{"features.0": 8, "features.*": 4, "classifier": 8}`` (exact names first, then the first
+      matching pattern; unnamed layers keep 8, see :meth:`bits_for`). Flash stores 2- and 4-bit
+      weights packed, 3-bit ones in 4-bit slots, 5..7-bit ones in bytes
+      (:func:`qcompile.backends.ir.storage_bits`).
     * ``per_channel``: one weight scale per output channel (default) or, when ``False``, one
       scale for the whole tensor (per-tensor, as older integer runtimes require).
     * ``weight_observer``: ``"minmax"`` (scale from ``max|w|``), ``"mse"`` (per-channel clipping
@@ -90,7 +96,7 @@ class QuantConfig:
     * ``calib_batch_size``: batch size used when ``calib`` is a single tensor.
     """
 
-    weight_bits: int = 8
+    weight_bits: int | Mapping[str, int] = 8
     activation_bits: int = 8
     activation_observer: str = "mse"
     per_channel: bool = True
@@ -114,8 +120,7 @@ class QuantConfig:
     qat_keep_ends_8bit: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
-            raise ConfigError(f"QuantConfig.weight_bits={self.weight_bits}: choose an integer in 2..8")
+        self._check_weight_bits()
         if not isinstance(self.activation_bits, int) or not 2 <= self.activation_bits <= 8:
             raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits}: choose an integer in 2..8")
         self._check_qat()
@@ -143,6 +148,29 @@ class QuantConfig:
         if self.max_calib_samples < 1 or self.calib_batch_size < 1:
             raise ConfigError("QuantConfig.max_calib_samples and calib_batch_size must be positive")
 
+    def _check_weight_bits(self) -> None:
+        rules = self.weight_bits.items() if isinstance(self.weight_bits, Mapping) else [("*", self.weight_bits)]
+        for pattern, bits in rules:
+            if not isinstance(pattern, str) or isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+                raise ConfigError(f"QuantConfig.weight_bits: {pattern!r}: {bits!r}: map layer names or glob "
+                                  "patterns to integers in 2..8 (or give one integer)")
+
+    def bits_for(self, layer: str) -> int:
+        """Weight bits of the conv/linear at module path ``layer``: an integer ``weight_bits``
+        applies everywhere; a mapping is looked up by exact name first, then by the first glob
+        pattern (``fnmatch``, e.g. ``"blocks.*"``, ``"*"``) in the mapping's order that
+        matches; layers no rule names keep 8 bits."""
+        if not isinstance(self.weight_bits, Mapping):
+            return self.weight_bits
+        if layer in self.weight_bits:
+            return self.weight_bits[layer]
+        return next((b for pattern, b in self.weight_bits.items() if fnmatch.fnmatchcase(layer, pattern)), 8)
+
+    @property
+    def uniform_weight_bits(self) -> int | None:
+        """The single weight width when ``weight_bits`` is an integer, else ``None``."""
+        return None if isinstance(self.weight_bits, Mapping) else self.weight_bits
+
     def _check_qat(self) -> None:
         if self.activation_quantizer not in ACTIVATION_QUANTIZERS:
             raise ConfigError(f"QuantConfig.activation_quantizer={self.activation_quantizer!r}: "
@@ -152,6 +180,9 @@ class QuantConfig:
                 raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits} needs QAT: "
                                   "set activation_quantizer='lsq' or 'n2uq' (PTQ activations are 8-bit)")
             return
+        if self.uniform_weight_bits is None:
+            raise ConfigError("QuantConfig.weight_bits per layer is post-training only; "
+                              f"activation_quantizer={self.activation_quantizer!r} needs one integer width")
         if self.weight_quantizer != "uniform":
             raise ConfigError(f"QuantConfig.weight_quantizer={self.weight_quantizer!r} is post-training only; "
                               f"activation_quantizer={self.activation_quantizer!r} learns its own weights")

@@ -121,6 +121,10 @@ def format_report(rows: list[dict[str, Any]], totals: dict[str, Any], fmt: str =
     return table + "\n\n" + "\n".join(lines)
 
 
+def _bits(bits: int | str) -> str:
+    return f"{bits}-bit" if isinstance(bits, int) else f"{bits} bits"
+
+
 def pass_summary(records: dict[str, Any]) -> dict[str, Any]:
     """What the quantization passes did, JSON-friendly (the "passes" section of report.json)."""
     out: dict[str, Any] = {}
@@ -156,12 +160,12 @@ def format_passes(records: dict[str, Any]) -> str:
                      f"split in {len(r['pairs'])} pairs, +{r['extra_macs']:,} MACs, +{r['extra_bytes']:,} B")
     if "quantize_weights" in p and isinstance(p["quantize_weights"], dict) and "bits" in p["quantize_weights"]:
         r = p["quantize_weights"]
-        lines.append(f"  quantize_weights: {len(r['layers'])} layers, {r['bits']}-bit "
+        lines.append(f"  quantize_weights: {len(r['layers'])} layers, {_bits(r['bits'])} "
                      f"{'per-channel' if r['per_channel'] else 'per-tensor'}")
     if "quantize_weights_piecewise" in p:
         r = p["quantize_weights_piecewise"]
         mean_p = sum(r["mean_breakpoint"].values()) / max(len(r["mean_breakpoint"]), 1)
-        lines.append(f"  quantize_weights_piecewise: {len(r['mean_breakpoint'])} layers, {r['bits']}-bit codes, "
+        lines.append(f"  quantize_weights_piecewise: {len(r['mean_breakpoint'])} layers, {_bits(r['bits'])} codes, "
                      f"mean breakpoint p/m {mean_p:.3f}")
     if "correct_bias" in p:
         r = p["correct_bias"]

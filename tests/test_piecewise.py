@@ -78,7 +78,7 @@ def test_int8_realization_is_an_exact_codebook(seed, bits):
 def test_pwlq_needs_three_bits():
     m, shape = build("plain_cnn")
     x = torch.randn(8, *shape)
-    with pytest.raises(ConfigError, match="weight_bits >= 3"):
+    with pytest.raises(ConfigError, match="needs weight_bits >= 3"):
         qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=2, weight_quantizer="pwlq"),
                          progress=False)
     with pytest.raises(ConfigError, match="weight_quantizer"):
@@ -121,3 +121,27 @@ def test_pwlq_model_is_bit_exact_in_c(name, tmp_path):
     xq = art.quantize_input(x[:4])
     got = run_c_host(art.program, art.plan, xq, workdir=tmp_path)
     np.testing.assert_array_equal(got, art.run_int(xq))
+
+
+def test_per_layer_weight_bits_by_name_and_pattern():
+    """Mixed precision by rule: exact names beat patterns, the first matching pattern wins, the
+    rest keeps 8 bits; the program carries each layer's width and the pipeline records it."""
+    cfg = QuantConfig(weight_bits={"conv2": 3, "conv*": 4, "fc": 6})
+    assert (cfg.bits_for("conv2"), cfg.bits_for("conv0"), cfg.bits_for("fc"), cfg.bits_for("head")) == (3, 4, 6, 8)
+    assert cfg.uniform_weight_bits is None and QuantConfig(weight_bits=5).uniform_weight_bits == 5
+    for bad in ({"conv0": 9}, {"conv0": 1}, {3: 4}, {"x": True}):
+        with pytest.raises(ConfigError, match="weight_bits"):
+            QuantConfig(weight_bits=bad)
+    with pytest.raises(ConfigError, match="per layer"):
+        QuantConfig(weight_bits={"*": 4}, activation_quantizer="lsq", activation_bits=4)
+    m, shape = build("residual")
+    torch.manual_seed(2)
+    x = torch.randn(32, *shape)
+    art = qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits={"conv0": 8, "*": 4}), progress=False)
+    bits = {op.name: op.w_bits for op in art.program.ops if isinstance(op, (ir.Conv2D, ir.Dense))}
+    assert bits["conv0"] == 8 and set(v for k, v in bits.items() if k != "conv0") == {4}
+    assert art.records["quantize_weights"]["layers"]["conv0"] == 8
+    assert "per layer bits" in art.report()
+    with pytest.raises(ConfigError, match="layer 'conv0' has 2"):
+        qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits={"conv0": 2, "*": 4},
+                                                                  weight_quantizer="pwlq"), progress=False)
