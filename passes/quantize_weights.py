@@ -37,7 +37,7 @@ from qcompile.ops import Kind, info
 from qcompile.pass_manager import PassContext, PassResult, graph_pass
 from qcompile.quantization import tensor_qparams
 
-__all__ = ["quantize_weights", "BIAS_LIMIT"]
+__all__ = ["quantize_weights", "layer_inputs", "BIAS_LIMIT"]
 
 BIAS_LIMIT = 2**29
 
@@ -47,7 +47,7 @@ AUTO_BELOW_8 = "per_layer"  # weight_observer="auto" below 8 bits
 _SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5)
 
 
-def _layer_inputs(gm: GraphModule, ctx: PassContext) -> dict[str, torch.Tensor]:
+def layer_inputs(gm: GraphModule, ctx: PassContext) -> dict[str, torch.Tensor]:
     """Input of every conv/linear on the first calibration samples, as the quantized graph feeds it."""
     seen: dict[str, torch.Tensor] = {}
     hooks = []
@@ -207,7 +207,7 @@ def quantize_weights(gm: GraphModule, ctx: PassContext) -> PassResult:
             min_scales[node.target] = mod.bias.detach().double().abs() / (s_in * BIAS_LIMIT)
     modes = {node.target: _layer_mode(mode, cfg.bits_for(node.target)) for node in layers}
     wants_data = any(m in ("output_mse", "per_layer") for m in modes.values())
-    inputs = _layer_inputs(gm, ctx) if wants_data and ctx.calib else {}
+    inputs = layer_inputs(gm, ctx) if wants_data and ctx.calib else {}
     # empirical bias correction runs after this pass and cancels the mean output error
     centered = bool(ctx.calib) and cfg.bias_correction in ("auto", "empirical")
     network: dict[str, tuple[str, torch.Tensor | None]] = {}

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from qcompile.nn import QuantizedWeights
 
-__all__ = ["pwlq_levels", "search_breakpoints", "quantize_piecewise", "PiecewiseQuantizedWeights",
+__all__ = ["pwlq_levels", "search_breakpoints", "quantize_piecewise", "uniform_codebook", "PiecewiseQuantizedWeights",
            "BREAKPOINT_GRID", "INT8_LEVEL"]
 
 INT8_LEVEL = 127
@@ -117,6 +117,14 @@ def quantize_piecewise(weight: torch.Tensor, bits: int, min_scale: torch.Tensor 
             "breakpoint": np.where(m > 0, p / np.where(m > 0, m, 1), 0.0)}
 
 
+def uniform_codebook(weight_int: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, levels)`` of symmetric uniform ``bits``-bit integers ``weight_int (C, ...)``:
+    every channel's table is ``-qmax .. qmax`` (one spare code), ``codes = w + qmax``."""
+    qmax = (1 << (bits - 1)) - 1
+    levels = np.append(np.arange(-qmax, qmax + 1), 0).astype(np.int8)
+    return (weight_int.astype(np.int16) + qmax).astype(np.uint8), np.tile(levels, (weight_int.shape[0], 1))
+
+
 class PiecewiseQuantizedWeights(QuantizedWeights):
     """A conv/linear with PWLQ weights: simulates and lowers like
     :class:`~qcompile.nn.QuantizedWeights` (int8 levels at scale ``u``) and additionally
@@ -136,6 +144,20 @@ class PiecewiseQuantizedWeights(QuantizedWeights):
         self.register_buffer("levels", torch.from_numpy(q["levels"]))
         self.breakpoint = q["breakpoint"]
         self.simulate = True
+
+    def take_uniform_channels(self, uniform: QuantizedWeights, channels: torch.Tensor) -> None:
+        """Replace the selected output channels by ``uniform``'s levels and scales (same bits),
+        expressed in the codebook as the table ``-qmax .. qmax``; ``breakpoint`` becomes NaN there."""
+        if not bool(channels.any()):
+            return
+        codes, levels = uniform_codebook(uniform.weight_int.numpy(), self.bits)
+        sel = channels.numpy()
+        for name, new in (("weight_int", uniform.weight_int.numpy()), ("weight_scale", uniform.weight_scale.numpy()),
+                          ("codes", codes), ("levels", levels)):
+            buf = getattr(self, name).numpy().copy()
+            buf[sel] = new[sel]
+            setattr(self, name, torch.from_numpy(buf))
+        self.breakpoint = np.where(sel, np.nan, self.breakpoint)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits} (piecewise-linear), per_channel={self.per_channel}"
