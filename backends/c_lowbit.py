@@ -12,8 +12,16 @@ than 8 bits (``ir.storage_bits``), it has a :class:`~qcompile.backends.ir.Codebo
   row-major; expanded per chunk of output channels into the int8 channel-pair layout in scratch.
 * ``W8`` -- 8-bit (or 5..7-bit) values in today's int8 channel-pair layout, with a threshold stage.
 
-Depthwise layers on this path (``qc_dwconv_lb_s8``) store row-major ``(C, taps)`` fields. Threshold
-layers use unscaled accumulators (exact form, no pre-scale).
+Channels-last layers with the fast requantization (pre-scale 2) run whole pixel pairs in one assembly
+routine: ``qc_w4_pair_full/clamp`` for W4, ``qc_w8_pair_full/clamp`` on the expanded int8 pairs.
+
+Depthwise layers on this path store row-major ``(C, taps)`` fields: expanded once into scratch and run
+by the specialized ``qc_dw3x3_s8`` (3x3, channels-last, fast form), else by ``qc_dwconv_s8`` per channel
+chunk (``qc_dwconv_lb_s8``). Threshold layers use unscaled accumulators (exact form, no pre-scale) and
+count the thresholds reached by binary search.
+
+Scratch (RAM) cost: a DECODE layer's expansion takes at most :data:`DECODE_BUDGET` bytes (channels per
+chunk chosen to fit), a depthwise layer's ``4 * taps`` bytes per channel up to the same budget.
 """
 from __future__ import annotations
 
