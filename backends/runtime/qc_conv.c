@@ -33,6 +33,14 @@
 
 /* ------------------------------------------------------------------ small helpers */
 
+/* Helpers shared by the int8 kernels and the low-bit ones stay inlined into each caller (as they were
+   with a single caller), so the int8 kernels' code does not depend on the low-bit ones. */
+#if defined(__GNUC__)
+#define QC_INLINE __attribute__((always_inline)) inline
+#else
+#define QC_INLINE inline
+#endif
+
 static inline uint32_t qc_pack16(int32_t lo, int32_t hi)
 {
     return (uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16);
@@ -656,8 +664,27 @@ static void qc_requant_store(const int32_t *acc, int32_t n, const qc_rq *rq, int
     }
 }
 
+/*
+ * The low-bit kernels' requantize-and-store (plain loops; a call site of their own keeps the int8
+ * kernels' qc_requant_store compiled exactly as without them).
+ */
+static void qc_lb_requant_store(const int32_t *acc, int32_t n, const qc_rq *rq, int8_t *out, int32_t stride,
+                                int32_t lo, int32_t hi, int fast)
+{
+    int32_t i;
+    if (fast) {
+        for (i = 0; i < n; ++i) {
+            out[i * stride] = qc_out8(qc_rq_fast(acc[i], &rq[i]), lo, hi);
+        }
+    } else {
+        for (i = 0; i < n; ++i) {
+            out[i * stride] = qc_out8(qc_rq_exact(acc[i], &rq[i]), lo, hi);
+        }
+    }
+}
+
 /* acc0[0..1] += channels (0, 1) x pixel slot 0, acc1[0..1] the same for slot 1. */
-static void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t *acc0, int32_t *acc1, int w8)
+static QC_INLINE void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t *acc0, int32_t *acc1, int w8)
 {
 #if QC_ASM_GEMM
     int32_t acc[4];
@@ -717,7 +744,7 @@ static void qc_mac_2x2(const uint32_t *w, const uint32_t *x, int32_t blocks, int
 }
 
 /* acc[0..1] += channels (0, 1) x one pixel whose words are x[0], x[1] of every x_step words. */
-static void qc_mac_2x1(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t x_step, int32_t *acc, int w8)
+static QC_INLINE void qc_mac_2x1(const uint32_t *w, const uint32_t *x, int32_t blocks, int32_t x_step, int32_t *acc, int w8)
 {
     if (w8) {
         int32_t a0 = acc[0], a1 = acc[1];
@@ -980,7 +1007,7 @@ void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output)
 
 /* acc[0..3] += one 4-channel block over the taps of a window (see qc_dwconv_s8). */
 #if QC_DSP
-static inline void qc_dw_block(const int8_t *src_row, const uint32_t *w_blk, int32_t rows, int32_t n_x,
+static QC_INLINE void qc_dw_block(const int8_t *src_row, const uint32_t *w_blk, int32_t rows, int32_t n_x,
                                int32_t step_x, int32_t step_y, int32_t w_row, uint32_t off2, int32_t *acc)
 {
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
@@ -1467,7 +1494,7 @@ static void qc_lb_output(const qc_conv_lb_params *p, const int32_t *acc, int32_t
         qc_threshold_store(acc, n, p->thresholds + ch * p->n_thresholds, p->n_thresholds, p->output_offset, out,
                            stride, cp->act_min, cp->act_max);
     } else {
-        qc_requant_store(acc, n, cp->rq + ch, out, stride, cp->act_min, cp->act_max, cp->rq_fast != 0);
+        qc_lb_requant_store(acc, n, cp->rq + ch, out, stride, cp->act_min, cp->act_max, cp->rq_fast != 0);
     }
 }
 
@@ -1764,7 +1791,7 @@ void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *
                     qc_threshold_store(acc, n, p->thresholds + cb * p->n_thresholds, p->n_thresholds,
                                        p->output_offset, out_px, d->out_cs, d->act_min, d->act_max);
                 } else {
-                    qc_requant_store(acc, n, d->rq + cb, out_px, d->out_cs, d->act_min, d->act_max, fast);
+                    qc_lb_requant_store(acc, n, d->rq + cb, out_px, d->out_cs, d->act_min, d->act_max, fast);
                 }
             }
         }
