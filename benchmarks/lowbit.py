@@ -20,10 +20,15 @@ distills the float model); top-1 is measured on the test split (``--eval`` sampl
 all) **through the integer interpreter** (``Artifact.run``), never used to choose anything.
 Columns: top-1 and its drop vs float, weight flash bytes (``ir.weight_storage_bytes`` summed:
 packed codes or values plus codebook tables), threshold table bytes (int32, N2UQ/low-bit
-output stages), agreement of the interpreter with the fake-quant graph ``art.graph``, and
-bit-exact interpreter vs C on the host (``art.verify(on="host")`` on ``--verify`` samples) or
-``n/a (C pending)`` for programs with threshold output stages, which the C backend does not
-emit yet.
+output stages), agreement of the interpreter with the fake-quant graph ``art.graph``,
+bit-exact interpreter vs C on the host (``art.verify(on="host")`` on ``--verify`` samples) and
+on an emulated Cortex-M4 (``art.measure``: the DSP build at -O2 runs on QEMU's MPS2-AN386,
+bit-exactness is checked and the exact instruction count per inference is recorded, with the
+MACs and instructions per MAC; ``--no-qemu`` skips it).
+
+``mixed W4A8`` keeps the first and the last conv/linear (in execution order) at 8 bits and
+quantizes every other layer's weights to 4 bits (the usual mixed-precision recipe); ``int8`` is
+the all-int8 default for comparison.
 """
 from __future__ import annotations
 
@@ -50,6 +55,8 @@ from ptq import RECIPES_PTQ  # noqa: E402
 __all__ = ["ROWS", "main"]
 
 ROWS: dict[str, dict] = {
+    "int8": dict(),
+    "mixed W4A8": dict(weight_bits="ends8"),  # resolved per model by _weight_bits_keeping_ends
     "uniform W4A8": dict(weight_bits=4, weight_quantizer="uniform"),
     "pwlq W4A8": dict(weight_bits=4, weight_quantizer="pwlq"),
     "uniform W3A8": dict(weight_bits=3, weight_quantizer="uniform"),
@@ -68,9 +75,20 @@ def _top1(logits: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float((logits.argmax(dim=1) == y).float().mean())
 
 
-def _bit_exact(art, xs: torch.Tensor) -> str:
-    if any(getattr(op, "thresholds", None) is not None for op in art.program.ops):
-        return "n/a (C pending)"
+def _weight_layers_in_order(model: torch.nn.Module) -> list[str]:
+    """Module paths of the conv/linear layers in the order the traced graph calls them."""
+    gm = torch.fx.symbolic_trace(model)
+    mods = dict(model.named_modules())
+    return [n.target for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(mods[n.target], (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear))]
+
+
+def _weight_bits_keeping_ends(model: torch.nn.Module, bits: int = 4) -> dict[str, int]:
+    layers = _weight_layers_in_order(model)
+    return {layers[0]: 8, layers[-1]: 8, "*": bits}
+
+
+def _bit_exact_host(art, xs: torch.Tensor) -> str:
     try:
         art.verify(xs, on="host")
         return "yes"
@@ -78,6 +96,20 @@ def _bit_exact(art, xs: torch.Tensor) -> str:
         return "NO"
     except Exception as exc:  # noqa: BLE001 - a broken toolchain is reported, not hidden
         return f"error: {type(exc).__name__}"
+
+
+def _on_cortex_m4(art, xs: torch.Tensor) -> dict:
+    """Bit-exactness on QEMU Cortex-M4 and the exact instruction count (``Artifact.measure``)."""
+    try:
+        mcu = art.measure(xs, cpu="cortex-m4", opt="-O2")
+    except qcompile.VerificationError:
+        return {"bit_exact_qemu_m4": "NO"}
+    except Exception as exc:  # noqa: BLE001
+        return {"bit_exact_qemu_m4": f"error: {type(exc).__name__}: {str(exc)[:120]}"}
+    macs = art.report_data()["summary"]["macs"]
+    return {"bit_exact_qemu_m4": "yes", "m4_instructions": mcu["instructions_per_inference"],
+            "m4_flash_bytes": mcu["flash_bytes"], "macs": macs,
+            "m4_instructions_per_mac": round(mcu["instructions_per_inference"] / max(macs, 1), 2)}
 
 
 def bench(model_name: str, rows: list[str], args) -> list[dict]:
@@ -92,7 +124,10 @@ def bench(model_name: str, rows: list[str], args) -> list[dict]:
     out = [{"model": model_name, "row": "float", "top1": round(float_top1, 2), "drop": 0.0}]
     print(f"{model_name}: float {float_top1:.2f}", flush=True)
     for row in rows:
-        cfg = QuantConfig(**ROWS[row], max_calib_samples=args.samples, qat_epochs=args.epochs, qat_lr=args.lr)
+        kw = dict(ROWS[row])
+        if kw.get("weight_bits") == "ends8":
+            kw["weight_bits"] = _weight_bits_keeping_ends(model)
+        cfg = QuantConfig(**kw, max_calib_samples=args.samples, qat_epochs=args.epochs, qat_lr=args.lr)
         t0 = time.perf_counter()
         art = qcompile.compile(model, (x_test[:1],), calib=calib, config=cfg, name="m", progress=args.progress)
         secs = time.perf_counter() - t0
@@ -107,26 +142,31 @@ def bench(model_name: str, rows: list[str], args) -> list[dict]:
             "threshold_bytes": sum(4 * op.thresholds.size for op in ops if getattr(op, "thresholds", None) is not None),
             "graph_top1": round(_top1(graph_logits, y_test), 2),
             "interp_vs_graph_agreement": round(100.0 * float((logits.argmax(1) == graph_logits.argmax(1)).float().mean()), 2),
-            "bit_exact_c_host": _bit_exact(art, x_test[:args.verify]),
+            "bit_exact_c_host": _bit_exact_host(art, x_test[:args.verify]),
             "compile_seconds": round(secs, 1),
         }
+        if args.qemu:
+            rec.update(_on_cortex_m4(art, x_test[:args.verify]))
         qat = art.records.get("train_quantization_aware")
         if qat:
             rec["qat_loss_per_epoch"] = qat["loss_per_epoch"]
         out.append(rec)
         print(f"  {row:14s} top1 {top1:6.2f} (drop {rec['drop']:5.2f})  flash {rec['weight_flash_bytes']:7d} B"
               f"  thr {rec['threshold_bytes']:6d} B  agree {rec['interp_vs_graph_agreement']:6.2f}"
-              f"  C {rec['bit_exact_c_host']}  {secs:.0f}s", flush=True)
+              f"  C {rec['bit_exact_c_host']}  M4 {rec.get('bit_exact_qemu_m4', '-')} "
+              f"{rec.get('m4_instructions', '-')} instr  {secs:.0f}s", flush=True)
     return out
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | row | top-1 (interpreter) | drop | weight flash B | threshold B | interp=graph % | bit-exact C |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | row | top-1 (interpreter) | drop | weight flash B | threshold B | interp=graph % "
+             "| bit-exact C host | bit-exact QEMU M4 | M4 instr | instr/MAC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['row']} | {r['top1']:.2f} | {r['drop']:.2f} | {r.get('weight_flash_bytes', '')} "
                      f"| {r.get('threshold_bytes', '')} | {r.get('interp_vs_graph_agreement', '')} "
-                     f"| {r.get('bit_exact_c_host', '')} |")
+                     f"| {r.get('bit_exact_c_host', '')} | {r.get('bit_exact_qemu_m4', '')} "
+                     f"| {r.get('m4_instructions', '')} | {r.get('m4_instructions_per_mac', '')} |")
     return "\n".join(lines)
 
 
@@ -137,6 +177,13 @@ def targets(results: list[dict]) -> dict[str, str]:
         u, p = by.get((m, "uniform W4A8")), by.get((m, "pwlq W4A8"))
         if u and p:
             out[f"pwlq W4 > uniform W4 on {m}"] = f"{'met' if p['top1'] > u['top1'] else 'MISSED'} ({p['top1']:.2f} vs {u['top1']:.2f})"
+        i8 = by.get((m, "int8"))
+        if u and i8:
+            ratio = u["weight_flash_bytes"] / i8["weight_flash_bytes"]
+            out[f"W4A8 weight flash <= 0.55x int8 on {m}"] = f"{'met' if ratio <= 0.55 else 'MISSED'} ({ratio:.3f})"
+            if u.get("m4_instructions_per_mac") and i8.get("m4_instructions_per_mac"):
+                r = u["m4_instructions_per_mac"] / i8["m4_instructions_per_mac"]
+                out[f"W4 instr/MAC <= 1.3x int8 on {m}"] = f"{'met' if r <= 1.3 else 'MISSED'} ({r:.2f})"
         f, n = by.get((m, "float")), by.get((m, "n2uq W2A2"))
         if m.startswith("fashion") and f and n:
             out[f"n2uq W2A2 within 3 pts of float on {m}"] = (f"{'met' if f['top1'] - n['top1'] <= 3 else 'MISSED'} "
@@ -154,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval", type=int, default=0, help="test samples (0: all)")
     ap.add_argument("--verify", type=int, default=8, help="samples for the host C check")
     ap.add_argument("--train", action="store_true", help="train models that are not cached")
+    ap.add_argument("--no-qemu", dest="qemu", action="store_false",
+                    help="skip the Cortex-M4 QEMU run (bit-exactness and instruction counts)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
