@@ -38,10 +38,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from qcompile.nn import ActQuant, QuantizedWeights, QuantMode
-from qcompile.qat import ACT_QMIN
+from qcompile.qat import ACT_QMIN, TrainableWeights
 
 __all__ = ["N2UQActQuant", "N2UQWeights", "n2uq_weight_codes", "MAX_N2UQ_WEIGHT_BITS", "A_MIN"]
 
@@ -137,7 +136,7 @@ def n2uq_weight_codes(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, to
     return codes, sf / n
 
 
-class N2UQWeights(QuantizedWeights):
+class N2UQWeights(TrainableWeights):
     """A conv/linear with the paper's weight quantizer (module docstring). While training the
     scale follows ``mean|w|``; :meth:`freeze` stores ``weight_int`` (odd int8 values),
     ``weight_scale`` and the codebook (``codes``, ``levels``) that the lowering emits."""
@@ -175,15 +174,6 @@ class N2UQWeights(QuantizedWeights):
         self.weight_int = (2 * codes - n).to(torch.int8)
         self.weight_scale = scale
         self.frozen = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.frozen or not self.simulate:
-            return super().forward(x)
-        m = self.module
-        w = self.fake_weight()
-        if isinstance(m, nn.Linear):
-            return F.linear(x, w, m.bias)
-        return m._conv_forward(x, w, m.bias)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits} (N2UQ weights), frozen={self.frozen}"

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from qcompile.nn import ActQuant, QuantizedWeights, QuantMode
 
-__all__ = ["grad_scale", "round_ste", "LsqWeights", "LsqActQuant", "init_activation_range", "ACT_QMIN"]
+__all__ = ["grad_scale", "round_ste", "TrainableWeights", "LsqWeights", "LsqActQuant", "init_activation_range", "ACT_QMIN"]
 
 ACT_QMIN = -128  # sub-8-bit activations use int8 values qmin .. qmin + 2**bits - 1
 
@@ -79,7 +79,28 @@ def init_activation_range(values: torch.Tensor, bits: int, qmin: int = ACT_QMIN,
     return best[1], best[2]
 
 
-class LsqWeights(QuantizedWeights):
+class TrainableWeights(QuantizedWeights):
+    """Base of the QAT weight quantizers: until :meth:`freeze`, ``forward`` computes with
+    ``fake_weight()`` (differentiable); afterwards it is the plain :class:`QuantizedWeights`
+    simulation of the stored integers."""
+
+    frozen: bool
+    simulate: bool
+
+    def fake_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frozen or not self.simulate:
+            return super().forward(x)
+        m = self.module
+        w = self.fake_weight()
+        if isinstance(m, nn.Linear):
+            return F.linear(x, w, m.bias)
+        return m._conv_forward(x, w, m.bias)
+
+
+class LsqWeights(TrainableWeights):
     """A conv/linear whose weights are LSQ-quantized with a learnable per-channel step.
 
     While training, ``forward`` quantizes ``module.weight`` with the current step (STE);
@@ -132,15 +153,6 @@ class LsqWeights(QuantizedWeights):
         self.weight_int = torch.clamp(torch.round(w / s.reshape(shape)), -self.qmax, self.qmax).to(torch.int8)
         self.weight_scale = s
         self.frozen = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.frozen or not self.simulate:
-            return super().forward(x)
-        m = self.module
-        w = self.fake_weight()
-        if isinstance(m, nn.Linear):
-            return F.linear(x, w, m.bias)
-        return m._conv_forward(x, w, m.bias)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits} (LSQ), per_channel={self.per_channel}, frozen={self.frozen}"
