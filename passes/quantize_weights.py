@@ -47,18 +47,21 @@ AUTO_BELOW_8 = "per_layer"  # weight_observer="auto" below 8 bits
 _SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5)
 
 
-def layer_inputs(gm: GraphModule, ctx: PassContext) -> dict[str, torch.Tensor]:
-    """Input of every conv/linear on the first calibration samples, as the quantized graph feeds it."""
+def layer_inputs(gm: GraphModule, ctx: PassContext, samples: int = OUTPUT_MSE_SAMPLES,
+                 only: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Input of every conv/linear (or those in ``only``) on the first ``samples`` calibration
+    samples, as the graph feeds it (run it under :func:`qcompile.analysis.float_mode` for the
+    float network's inputs)."""
     seen: dict[str, torch.Tensor] = {}
     hooks = []
     for node in gm.graph.nodes:
-        if info(node).kind in (Kind.CONV, Kind.LINEAR) and node.op == "call_module":
+        if info(node).kind in (Kind.CONV, Kind.LINEAR) and node.op == "call_module" and (only is None or node.target in only):
             mod = gm.get_submodule(node.target)
             hooks.append(mod.register_forward_pre_hook(
                 lambda m, args, t=node.target: seen.setdefault(t, args[0].detach())))
     try:
         with torch.no_grad():
-            gm(torch.cat(ctx.calib)[:OUTPUT_MSE_SAMPLES])
+            gm(torch.cat(ctx.calib)[:samples])
     finally:
         for h in hooks:
             h.remove()

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from qcompile.errors import ConfigError
 
 __all__ = ["QuantConfig", "OBSERVERS", "TARGETS", "BIAS_CORRECTIONS", "CLE_RELU6", "WEIGHT_OBSERVERS",
-           "WEIGHT_QUANTIZERS",
-           "ACTIVATION_QUANTIZERS"]
+           "WEIGHT_QUANTIZERS", "ACTIVATION_QUANTIZERS", "ROUNDINGS", "BIT_ALLOCATIONS", "per_layer_value"]
 
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl", "best")
 WEIGHT_OBSERVERS = ("auto", "minmax", "mse", "output_mse", "per_layer")
@@ -18,6 +17,20 @@ CLE_RELU6 = ("skip", "replace", "auto")
 WEIGHT_QUANTIZERS = ("uniform", "pwlq")
 ACTIVATION_QUANTIZERS = ("uniform", "lsq", "n2uq")  # uniform: PTQ observers; lsq/n2uq: QAT
 TARGETS = ("cortex-m", "generic")
+ROUNDINGS = ("nearest", "adaround", "attention_round")
+BIT_ALLOCATIONS = ("lossy_coding_length", "uniform", "sqnr_greedy")
+
+
+def per_layer_value(setting, layer: str, default):
+    """Resolve a per-layer setting for the conv/linear at module path ``layer``: a plain value
+    applies everywhere; a mapping is looked up by exact name first, then by the first glob
+    pattern (``fnmatch``, e.g. ``"blocks.*"``, ``"*"``) in the mapping's order that matches;
+    layers no rule names get ``default``."""
+    if not isinstance(setting, Mapping):
+        return setting
+    if layer in setting:
+        return setting[layer]
+    return next((v for pattern, v in setting.items() if fnmatch.fnmatchcase(layer, pattern)), default)
 
 
 @dataclass(frozen=True)
@@ -94,9 +107,21 @@ class QuantConfig:
     * ``split_outliers=0``: OCS alone lost W4 accuracy on every model measured (fashion_plain
       81.6 vs 84.2 naive).
     * ``calib_batch_size``: batch size used when ``calib`` is a single tensor.
+    * ``rounding``: how weights are rounded onto the grid ``quantize_weights`` chose (same
+      scales, same clipping): ``"nearest"`` (default), ``"adaround"`` (AdaRound, Nagel et al.
+      2020) or ``"attention_round"`` (Diao et al. 2022), both by layer-wise output reconstruction
+      on ``rounding_samples`` calibration samples for ``rounding_iters`` Adam steps with seed
+      ``rounding_seed``; one string, or per layer like ``weight_bits`` (unnamed layers:
+      ``"nearest"``). See :mod:`qcompile.passes.optimize_weight_rounding`.
+    * ``weight_bits="auto"`` with ``flash_budget`` (bytes of conv/linear weights as stored, the
+      sum of :func:`qcompile.backends.ir.weight_storage_bytes`): per-layer widths from
+      ``bits_candidates`` chosen by ``bit_allocation``: ``"lossy_coding_length"`` (Ma et al.
+      2007 coding length of each layer's weights, the seed paper's measure), ``"uniform"`` (the
+      largest single width that fits) or ``"sqnr_greedy"`` (greedy on the measured network
+      output error of each layer alone). See :mod:`qcompile.bit_allocation`.
     """
 
-    weight_bits: int | Mapping[str, int] = 8
+    weight_bits: int | str | Mapping[str, int] = 8
     activation_bits: int = 8
     activation_observer: str = "mse"
     per_channel: bool = True
@@ -118,9 +143,17 @@ class QuantConfig:
     qat_batch_size: int = 64
     qat_seed: int = 0
     qat_keep_ends_8bit: bool = True
+    rounding: str | Mapping[str, str] = "nearest"
+    rounding_iters: int = 1000
+    rounding_samples: int = 1024
+    rounding_seed: int = 0
+    flash_budget: int | None = None
+    bits_candidates: tuple[int, ...] = (2, 3, 4, 6, 8)
+    bit_allocation: str = "lossy_coding_length"
 
     def __post_init__(self) -> None:
         self._check_weight_bits()
+        self._check_rounding()
         if not isinstance(self.activation_bits, int) or not 2 <= self.activation_bits <= 8:
             raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits}: choose an integer in 2..8")
         self._check_qat()
@@ -149,27 +182,71 @@ class QuantConfig:
             raise ConfigError("QuantConfig.max_calib_samples and calib_batch_size must be positive")
 
     def _check_weight_bits(self) -> None:
+        if self.weight_bits == "auto":
+            self._check_allocation()
+            return
+        if self.flash_budget is not None:
+            raise ConfigError(f"QuantConfig.flash_budget={self.flash_budget} needs weight_bits='auto' "
+                              f"(got weight_bits={self.weight_bits!r})")
         rules = self.weight_bits.items() if isinstance(self.weight_bits, Mapping) else [("*", self.weight_bits)]
         for pattern, bits in rules:
             if not isinstance(pattern, str) or isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise ConfigError(f"QuantConfig.weight_bits: {pattern!r}: {bits!r}: map layer names or glob "
                                   "patterns to integers in 2..8 (or give one integer)")
 
+    def _check_allocation(self) -> None:
+        from qcompile.bit_allocation import FlashBudgetError
+
+        if self.flash_budget is None or isinstance(self.flash_budget, bool) or not isinstance(self.flash_budget, int) \
+                or self.flash_budget <= 0:
+            raise FlashBudgetError(f"QuantConfig(weight_bits='auto') needs flash_budget=<bytes>, a positive integer "
+                                   f"(got {self.flash_budget!r})")
+        cands = self.bits_candidates
+        if not cands or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in cands):
+            raise ConfigError(f"QuantConfig.bits_candidates={cands!r}: a non-empty tuple of integers in 2..8")
+        if self.bit_allocation not in BIT_ALLOCATIONS:
+            raise ConfigError(f"QuantConfig.bit_allocation={self.bit_allocation!r}: "
+                              f"choose one of {', '.join(BIT_ALLOCATIONS)}")
+        if self.weight_quantizer == "pwlq" and not any(b >= 3 for b in cands):
+            raise ConfigError("QuantConfig(weight_quantizer='pwlq') needs a bits_candidates entry >= 3")
+
+    def _check_rounding(self) -> None:
+        rules = self.rounding.items() if isinstance(self.rounding, Mapping) else [("*", self.rounding)]
+        for pattern, how in rules:
+            if not isinstance(pattern, str) or how not in ROUNDINGS:
+                raise ConfigError(f"QuantConfig.rounding: {pattern!r}: {how!r}: choose one of {', '.join(ROUNDINGS)} "
+                                  "(one string, or a mapping from layer names or glob patterns)")
+        if self.rounding_iters < 1 or self.rounding_samples < 1:
+            raise ConfigError("QuantConfig.rounding_iters and rounding_samples must be positive")
+        optimized = any(how != "nearest" for _, how in rules)
+        if optimized and self.weight_quantizer != "uniform":
+            raise ConfigError(
+                f"QuantConfig(rounding={self.rounding!r}) optimizes the rounding of uniform weights; "
+                f"weight_quantizer={self.weight_quantizer!r} has its own codebook levels: use rounding='nearest' "
+                "with it, or weight_quantizer='uniform'")
+        if optimized and self.activation_quantizer != "uniform":
+            raise ConfigError(f"QuantConfig(rounding={self.rounding!r}) is post-training; "
+                              f"activation_quantizer={self.activation_quantizer!r} trains the weights itself")
+
     def bits_for(self, layer: str) -> int:
         """Weight bits of the conv/linear at module path ``layer``: an integer ``weight_bits``
-        applies everywhere; a mapping is looked up by exact name first, then by the first glob
-        pattern (``fnmatch``, e.g. ``"blocks.*"``, ``"*"``) in the mapping's order that
-        matches; layers no rule names keep 8 bits."""
-        if not isinstance(self.weight_bits, Mapping):
-            return self.weight_bits
-        if layer in self.weight_bits:
-            return self.weight_bits[layer]
-        return next((b for pattern, b in self.weight_bits.items() if fnmatch.fnmatchcase(layer, pattern)), 8)
+        applies everywhere; a mapping is resolved by :func:`per_layer_value` (exact name, then the
+        first matching glob pattern); layers no rule names keep 8 bits. ``weight_bits="auto"``
+        is resolved into a mapping by :func:`qcompile.passes.allocate_weight_bits` first."""
+        if self.weight_bits == "auto":
+            raise ConfigError("QuantConfig(weight_bits='auto') is resolved by the allocate_weight_bits pass, "
+                              "which must run before the weights are quantized")
+        return per_layer_value(self.weight_bits, layer, 8)
+
+    def rounding_for(self, layer: str) -> str:
+        """Rounding method of the conv/linear at ``layer`` (resolved like :meth:`bits_for`;
+        unnamed layers round to nearest)."""
+        return per_layer_value(self.rounding, layer, "nearest")
 
     @property
     def uniform_weight_bits(self) -> int | None:
         """The single weight width when ``weight_bits`` is an integer, else ``None``."""
-        return None if isinstance(self.weight_bits, Mapping) else self.weight_bits
+        return None if isinstance(self.weight_bits, (Mapping, str)) else self.weight_bits
 
     def _check_qat(self) -> None:
         if self.activation_quantizer not in ACTIVATION_QUANTIZERS:

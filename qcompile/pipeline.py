@@ -4,12 +4,14 @@ from __future__ import annotations
 from qcompile.pass_manager import Pipeline
 from qcompile.passes import (
     absorb_high_bias,
+    allocate_weight_bits,
     calibrate,
     correct_bias,
     equalize_cross_layer,
     fold_batchnorm,
     fuse_activations,
     insert_observers,
+    optimize_weight_rounding,
     quantize_weights,
     quantize_weights_piecewise,
     record_batchnorm_statistics,
@@ -42,8 +44,10 @@ def default_pipeline() -> Pipeline:
         fuse_activations,             # ReLU/ReLU6/clamp become requantization bounds
         insert_observers,             # one observer per independently quantized tensor
         calibrate,                    # ranges from calibration data, then frozen
+        allocate_weight_bits,         # weight_bits='auto': per-layer widths within flash_budget (no-op otherwise)
         quantize_weights,             # 2..8-bit per-channel/per-tensor weights; graph simulates the integer program
         quantize_weights_piecewise,   # weight_quantizer="pwlq": center + tail grids per channel (no-op otherwise)
+        optimize_weight_rounding,     # rounding='adaround'/'attention_round': levels by layer-wise reconstruction (no-op for 'nearest')
         correct_bias,                 # cancel the mean output shift the weight rounding introduced
         train_quantization_aware,     # activation_quantizer='lsq'/'n2uq': QAT by distillation, last so nothing re-calibrates it
     ])

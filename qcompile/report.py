@@ -83,6 +83,7 @@ def summary(program: ir.Program, plan: MemoryPlan) -> dict[str, Any]:
         "ops": len(program.ops),
         "macs": sum(op_macs(program, op) for op in program.ops),
         "param_bytes": sum(op_param_bytes(op) for op in program.ops),
+        "weight_storage_bytes": sum(ir.weight_storage_bytes(op) for op in program.ops),
         "arena_bytes": plan.arena_size,
         "arena_lower_bound": plan.lower_bound,
         "input": {"shape": list(program.input.shape), "scale": program.input.scale,
@@ -106,7 +107,8 @@ def format_report(rows: list[dict[str, Any]], totals: dict[str, Any], fmt: str =
     table = tabulate(body, headers=headers, tablefmt=fmt)
     lines = [
         f"model '{totals['name']}': {totals['ops']} ops, {totals['macs']:,} MACs, "
-        f"{totals['param_bytes']:,} B constants (flash)",
+        f"{totals['param_bytes']:,} B constants (flash)"
+        + (f", {totals['weight_storage_bytes']:,} B conv/linear weights as stored (packed)" if "weight_storage_bytes" in totals else ""),
         f"arena: {totals['arena_bytes']:,} B (lower bound for this op order: {totals['arena_lower_bound']:,} B)",
         f"input {totals['input']['shape']} scale={totals['input']['scale']:.6g} zp={totals['input']['zero_point']}; "
         f"output {totals['output']['shape']} scale={totals['output']['scale']:.6g} zp={totals['output']['zero_point']}",
@@ -128,8 +130,8 @@ def _bits(bits: int | str) -> str:
 def pass_summary(records: dict[str, Any]) -> dict[str, Any]:
     """What the quantization passes did, JSON-friendly (the "passes" section of report.json)."""
     out: dict[str, Any] = {}
-    for name in ("equalize_cross_layer", "absorb_high_bias", "split_outlier_channels", "quantize_weights",
-                 "quantize_weights_piecewise", "correct_bias"):
+    for name in ("equalize_cross_layer", "absorb_high_bias", "split_outlier_channels", "allocate_weight_bits",
+                 "quantize_weights", "quantize_weights_piecewise", "optimize_weight_rounding", "correct_bias"):
         if name in records:
             out[name] = records[name]
     if "calibrate" in records:
@@ -137,8 +139,9 @@ def pass_summary(records: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_passes(records: dict[str, Any]) -> str:
-    """One line per quantization pass: what it changed."""
+def format_passes(records: dict[str, Any], weight_bytes: int | None = None) -> str:
+    """One line per quantization pass: what it changed. ``weight_bytes``: the program's weight
+    flash as stored, shown next to the flash budget."""
     p = pass_summary(records)
     lines = ["passes:"]
     if "equalize_cross_layer" in p:
@@ -158,6 +161,11 @@ def format_passes(records: dict[str, Any]) -> str:
         lines.append("  split_outlier_channels: off" if not r.get("enabled") else
                      f"  split_outlier_channels: ratio {r['ratio']}, {sum(x['split'] for x in r['pairs'])} channels "
                      f"split in {len(r['pairs'])} pairs, +{r['extra_macs']:,} MACs, +{r['extra_bytes']:,} B")
+    if "allocate_weight_bits" in p:
+        r = p["allocate_weight_bits"]
+        widths = ", ".join(f"{k}: {v}" for k, v in r["bits"].items())
+        achieved = f"{weight_bytes:,} B weight flash" if weight_bytes is not None else f"{r['allocated_bytes']:,} B"
+        lines.append(f"  allocate_weight_bits: {r['method']}, budget {r['flash_budget']:,} B, {achieved}; bits {widths}")
     if "quantize_weights" in p and isinstance(p["quantize_weights"], dict) and "bits" in p["quantize_weights"]:
         r = p["quantize_weights"]
         lines.append(f"  quantize_weights: {len(r['layers'])} layers, {_bits(r['bits'])} "
@@ -167,6 +175,17 @@ def format_passes(records: dict[str, Any]) -> str:
         mean_p = sum(r["mean_breakpoint"].values()) / max(len(r["mean_breakpoint"]), 1)
         lines.append(f"  quantize_weights_piecewise: {len(r['mean_breakpoint'])} layers, {_bits(r['bits'])} codes, "
                      f"mean breakpoint p/m {mean_p:.3f}")
+    if "optimize_weight_rounding" in p:
+        r = p["optimize_weight_rounding"]
+        by: dict[str, int] = {}
+        for layer in r["layers"].values():
+            by[layer["method"]] = by.get(layer["method"], 0) + 1
+        kept = sum(layer["kept_nearest"] for layer in r["layers"].values())
+        err = [(layer["error_nearest"], layer["error_optimized"]) for layer in r["layers"].values()]
+        ratio = sum(a for _, a in err) / max(sum(b for b, _ in err), 1e-12)
+        lines.append(f"  optimize_weight_rounding: {', '.join(f'{k} {v} layers' for k, v in by.items())}, "
+                     f"{r['iters']} iterations on {r['samples']} samples, seed {r['seed']}, {r['seconds']:.1f} s; "
+                     f"layer output error x{ratio:.2f} of nearest; {kept} kept nearest")
     if "correct_bias" in p:
         r = p["correct_bias"]
         lines.append(f"  correct_bias: {r['mode']}" + (f", {r['layers']} layers" if "layers" in r else ""))
