@@ -333,6 +333,20 @@ def assert_c_matches(program: ir.Program, *, n: int = N_SAMPLES, min_distinct: i
     return got
 
 
+def assert_qemu_matches(program: ir.Program, cpu: str, *, seed: int, n: int = 3, min_distinct: int = 1,
+                        name: str = "model") -> None:
+    """Run ``program`` on ``n`` random inputs in the interpreter and as firmware for ``cpu`` on QEMU;
+    require identical int8 outputs (and at least ``min_distinct`` distinct output values)."""
+    from qcompile.backends.qemu import run_c_qemu
+
+    xs = random_input(program, n, seed=seed)
+    run = run_c_qemu(program, plan_memory(program), xs, name=name, cpu=cpu)
+    expected = interpret(program, xs)
+    assert np.unique(expected).size >= min_distinct, "degenerate output: the test would prove little"
+    bad = np.argwhere(run.outputs != expected)
+    assert bad.size == 0, f"{cpu}: {len(bad)} mismatches, first at {tuple(bad[0])}"
+
+
 # ---------------------------------------------------------------------------- fixed-point helpers
 
 

@@ -25,7 +25,7 @@ from qcompile.backends.c_layout import analyze
 from qcompile.backends.interpreter import interpret
 from qcompile.backends.memory_plan import plan_memory
 from qcompile.backends.qemu import run_c_qemu, toolchain_available
-from test_c_backend import CFLAGS, Builder, assert_c_matches, random_input
+from test_c_backend import assert_qemu_matches, CFLAGS, Builder, assert_c_matches, random_input
 
 needs_qemu = pytest.mark.skipif(not toolchain_available(), reason="needs arm-none-eabi-gcc and qemu-system-arm")
 
@@ -173,12 +173,7 @@ def test_host_plain_c(program):
 @pytest.mark.qemu
 @pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m3", "cortex-m7", "cortex-m33"])
 def test_qemu_bit_exact(program, cpu):
-    xs = random_input(program, 3, seed=7)
-    run = run_c_qemu(program, plan_memory(program), xs, name="kern", cpu=cpu)
-    expected = interpret(program, xs)
-    assert np.unique(expected).size >= 16
-    bad = np.argwhere(run.outputs != expected)
-    assert bad.size == 0, f"{cpu}: {len(bad)} mismatches, first at {tuple(bad[0])}"
+    assert_qemu_matches(program, cpu, seed=7, name="kern", min_distinct=16)
 
 
 @needs_qemu

@@ -24,7 +24,7 @@ from qcompile.backends.c_layout import analyze
 from qcompile.backends.interpreter import interpret
 from qcompile.backends.memory_plan import plan_memory
 from qcompile.backends.qemu import run_c_qemu, toolchain_available
-from test_c_backend import Builder, assert_c_matches, random_input
+from test_c_backend import assert_qemu_matches, Builder, assert_c_matches, random_input
 
 needs_qemu = pytest.mark.skipif(not toolchain_available(), reason="needs arm-none-eabi-gcc and qemu-system-arm")
 
@@ -100,12 +100,7 @@ def test_host_plain_c(program):
 @pytest.mark.qemu
 @pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m3", "cortex-m7", "cortex-m33"])
 def test_qemu_bit_exact(program, cpu):
-    xs = random_input(program, 3, seed=9)
-    run = run_c_qemu(program, plan_memory(program), xs, name="spec", cpu=cpu)
-    expected = interpret(program, xs)
-    assert np.unique(expected).size >= 16
-    bad = np.argwhere(run.outputs != expected)
-    assert bad.size == 0, f"{cpu}: {len(bad)} mismatches, first at {tuple(bad[0])}"
+    assert_qemu_matches(program, cpu, seed=9, name="spec", min_distinct=16)
 
 
 @needs_qemu

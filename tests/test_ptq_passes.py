@@ -21,7 +21,6 @@ from qcompile.observers import BestObserver, KLObserver, make_observer
 from qcompile.pass_manager import PassContext
 from qcompile.passes import (
     absorb_high_bias,
-    correct_bias,
     equalize_cross_layer,
     fold_batchnorm,
     record_batchnorm_statistics,
