@@ -143,6 +143,23 @@ def _stored(op, perm_cols=None, kperm=None) -> np.ndarray:
     return a
 
 
+def _codebook_tables(ctx: EmitContext, op, defs: list[str]) -> tuple[str, str]:
+    """Append the codebook's level tables as stored (:meth:`ir.Codebook.shared_tables`): the
+    distinct rows and, when channels share rows, a uint8 row index per channel. Returns the
+    identifiers of both (``"NULL"`` for the index when every channel has its own row)."""
+    rows, index = op.codebook.shared_tables()
+    n = 1 << op.codebook.bits
+    levels_id = ctx.ident(op.name, "levels")
+    if index is None:
+        defs.append(c_array("int8_t", levels_id, rows, f"{op.name}: codebook, {n} int8 levels per output channel"))
+        return levels_id, "NULL"
+    rows_id = ctx.ident(op.name, "level_rows")
+    defs.append(c_array("int8_t", levels_id, rows, f"{op.name}: codebook, {len(rows)} distinct tables of {n} "
+                                                   f"int8 levels shared by the {len(index)} output channels"))
+    defs.append(c_array("uint8_t", rows_id, index, f"{op.name}: codebook table of each output channel"))
+    return levels_id, rows_id
+
+
 def gemm_lb_parts(ctx: EmitContext, op, raw: np.ndarray, groups: int, cog: int, k_pad: int, k_seq: bool,
                   perm=None) -> tuple[list[str], GemmPlan, list[tuple[str, object]], str, str, str]:
     """Arrays of a low-bit GEMM layer: (definitions, plan, lb fields, weight id, bias id, rq id)."""
@@ -150,7 +167,7 @@ def gemm_lb_parts(ctx: EmitContext, op, raw: np.ndarray, groups: int, cog: int, 
     cout_pad = cog + (cog & 1)
     defs: list[str] = []
     w_id = "NULL"
-    packed_id, levels_id = "NULL", "NULL"
+    packed_id, levels_id, rows_id = "NULL", "NULL", "NULL"
     form = "fast requantization" if plan.fast else ("thresholds" if op.thresholds is not None else "exact requantization")
     if plan.mode == "w4":
         words = np.concatenate([pack_w4(raw[g * cog:(g + 1) * cog], k_pad, k_seq) for g in range(groups)])
@@ -171,9 +188,7 @@ def gemm_lb_parts(ctx: EmitContext, op, raw: np.ndarray, groups: int, cog: int, 
         defs.append(c_array("uint8_t", packed_id, pack_fields(_stored(op, perm), plan.field_bits),
                             f"{op.name}: {what}, {plan.field_bits} bits each, row-major (out, k), low bits first"))
         if op.codebook is not None:
-            levels_id = ctx.ident(op.name, "levels")
-            defs.append(c_array("int8_t", levels_id, op.codebook.levels,
-                                f"{op.name}: codebook, {1 << op.codebook.bits} int8 levels per output channel"))
+            levels_id, rows_id = _codebook_tables(ctx, op, defs)
     b_id, r_id = ctx.ident(op.name, "bias"), ctx.ident(op.name, "rq")
     defs.append(c_array("int32_t", b_id, pad_channels(plan.bias, groups, cog, cout_pad),
                         f"{op.name}: bias per (padded) channel" + (f", pre-scaled by 2^{plan.shift}" if plan.shift else "")))
@@ -185,7 +200,7 @@ def gemm_lb_parts(ctx: EmitContext, op, raw: np.ndarray, groups: int, cog: int, 
     code_bits = op.codebook.bits if op.codebook is not None else 0
     lb_fields = [
         [("mode", mode), ("bits", plan.field_bits), ("code_bits", code_bits), ("chunk", plan.chunk)],
-        [("packed", packed_id), ("levels", levels_id)],
+        [("packed", packed_id), ("levels", levels_id), ("level_row", rows_id)],
         [("thresholds", t_id), ("n_thresholds", n_t), ("output_offset", op.output_offset)],
     ]
     return defs, plan, lb_fields, w_id, b_id, r_id
@@ -242,11 +257,7 @@ def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, no
     what = f"{op.codebook.bits}-bit codes" if op.codebook is not None else f"{op.w_bits}-bit weights"
     defs = [c_array("uint8_t", packed_id, pack_fields(fields, bits),
                     f"{op.name}: depthwise {what}, {bits} bits each, row-major (channel, tap {kh}x{kw})")]
-    levels_id = "NULL"
-    if op.codebook is not None:
-        levels_id = ctx.ident(op.name, "levels")
-        defs.append(c_array("int8_t", levels_id, op.codebook.levels,
-                            f"{op.name}: codebook, {1 << op.codebook.bits} int8 levels per channel"))
+    levels_id, rows_id = _codebook_tables(ctx, op, defs) if op.codebook is not None else ("NULL", "NULL")
     b_id, r_id = ctx.ident(op.name, "bias"), ctx.ident(op.name, "rq")
     bias_p = np.zeros(c_pad, dtype=np.int64)
     bias_p[:c] = bias
@@ -265,7 +276,7 @@ def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, no
         [("dw", f"&{d_id}")],
         [("bits", bits), ("code_bits", op.codebook.bits if op.codebook is not None else 0), ("w_shift", w_shift),
          ("chunk", dw_chunk(op))],
-        [("packed", packed_id), ("levels", levels_id)],
+        [("packed", packed_id), ("levels", levels_id), ("level_row", rows_id)],
         [("thresholds", t_id), ("n_thresholds", n_t), ("output_offset", op.output_offset)],
     ])
     in_cs = dict(dw_rows[0])["in_cs"]
@@ -317,7 +328,8 @@ def _gemm_int8_w8(op, raw: np.ndarray, groups: int, cog: int) -> bool:
 
 def emitted_param_bytes(op) -> int:
     """Bytes of the ``static const`` arrays the C emitter writes for a Conv2D / Dense: weights as
-    stored (packed values or codes, int8 channel pairs, int16 pairs), codebook levels, the padded
+    stored (packed values or codes, int8 channel pairs, int16 pairs), codebook level tables (shared
+    rows plus their index), the padded
     bias (int32) and requantization records (3 x int32), thresholds (int32)."""
     if isinstance(op, ir.Conv2D):
         co, cig, kh, kw = (int(d) for d in op.weight.shape)
@@ -327,7 +339,7 @@ def emitted_param_bytes(op) -> int:
     else:
         co, k = (int(d) for d in op.weight.shape)
         groups, depthwise = 1, False
-    levels = op.codebook.levels.size if op.codebook is not None else 0
+    levels = op.codebook.table_bytes if op.codebook is not None else 0
     n_t = op.thresholds.shape[1] if op.thresholds is not None else 0
     if depthwise:
         c_pad = (co + 3) // 4 * 4

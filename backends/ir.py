@@ -82,6 +82,27 @@ class Codebook:
         flat = self.codes.reshape(co, -1).astype(np.intp)
         return np.take_along_axis(self.levels, flat, axis=1).reshape(self.codes.shape).astype(np.int8)
 
+    def shared_tables(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The level tables as stored: ``(rows, row_of_channel)``.
+
+        Channels often share a table (PWLQ levels depend only on the breakpoint ratio chosen
+        from a grid, uniform-fallback and N2UQ channels all use one table), so the distinct
+        rows are stored once with a ``uint8`` row index per output channel. When sharing saves
+        nothing (every channel distinct, or more than 256 distinct rows) the rows are the
+        per-channel tables and the index is ``None``.
+        """
+        rows, inverse = np.unique(self.levels, axis=0, return_inverse=True)
+        co = self.levels.shape[0]
+        if len(rows) > 256 or len(rows) * rows.shape[1] + co >= self.levels.size:
+            return self.levels, None
+        return rows.astype(np.int8), inverse.reshape(-1).astype(np.uint8)
+
+    @property
+    def table_bytes(self) -> int:
+        """Flash bytes of the level tables as stored (rows plus the per-channel row index)."""
+        rows, index = self.shared_tables()
+        return rows.size + (index.size if index is not None else 0)
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -521,12 +542,12 @@ def _check_weighted(op, n_out: int) -> None:
 
 def weight_storage_bytes(op: Op) -> int:
     """Flash bytes of a conv/dense layer's weights as stored: packed codes or values, plus the
-    codebook's int8 levels (0 for ops without weights)."""
+    codebook's level tables as stored (:meth:`Codebook.table_bytes`; 0 for ops without weights)."""
     if not isinstance(op, (Conv2D, Dense)):
         return 0
     bits = storage_bits(op.w_bits)
     per_row = -(-int(np.prod(op.weight.shape[1:])) * bits // 8)
-    table = op.codebook.levels.size if op.codebook is not None else 0
+    table = op.codebook.table_bytes if op.codebook is not None else 0
     return op.weight.shape[0] * per_row + table
 
 

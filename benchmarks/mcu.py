@@ -105,9 +105,10 @@ def const_bytes(source: str) -> int:
 
 def weight_bytes(source: str) -> int:
     """Bytes of the weight arrays of a generated model as stored: packed values or codes
-    (``*_weight``, ``*_packed``) and codebook level tables (``*_levels``); no bias, rq or thresholds."""
+    (``*_weight``, ``*_packed``) and codebook level tables (``*_levels``, ``*_level_rows``); no bias,
+    rq or thresholds."""
     return sum(_CTYPE_BYTES[t] * int(n) for t, n in
-               re.findall(r"static const (\w+) \w+_(?:weight|packed|levels)(?:_\d+)?\[(\d+)\]", source))
+               re.findall(r"static const (\w+) \w+_(?:weight|packed|levels|level_rows)(?:_\d+)?\[(\d+)\]", source))
 
 
 MLPERF = ("resnet8", "dscnn", "fc_autoencoder", "mobilenetv1_025")

@@ -25,18 +25,28 @@ from test_c_backend import assert_qemu_matches, Builder, assert_c_matches, rando
 needs_qemu = pytest.mark.skipif(not toolchain_available(), reason="needs arm-none-eabi-gcc and qemu-system-arm")
 
 
-def _codebook(b: Builder, bits: int, wide: bool = False) -> None:
-    """Give the last conv/dense a codebook of ``bits``-bit codes (random int8 levels per channel)."""
+def _codebook(b: Builder, bits: int, wide: bool = False, shared: int = 0) -> None:
+    """Give the last conv/dense a codebook of ``bits``-bit codes: random int8 levels per channel, or
+    with ``shared`` > 0 that many random tables, each channel using one of them (stored once, with a
+    row index per channel)."""
     op = b.ops[-1]
     co = op.weight.shape[0]
+    rows = shared or co
     if wide:  # extreme levels: the int8 channel pairs' bound fails, the expansion keeps int16 pairs
-        levels = np.sort(b.rng.choice([-127, 127], (co, 1 << bits)), axis=1).astype(np.int8)
+        levels = np.sort(b.rng.choice([-127, 127], (rows, 1 << bits)), axis=1).astype(np.int8)
     else:
-        levels = np.sort(b.rng.integers(-40, 41, (co, 1 << bits)), axis=1).astype(np.int8)
+        levels = np.sort(b.rng.integers(-40, 41, (rows, 1 << bits)), axis=1).astype(np.int8)
+    if shared:
+        levels = levels[b.rng.integers(0, shared, co)]
+        assert cb_rows(levels) <= shared
     codes = b.rng.integers(0, 1 << bits, op.weight.shape).astype(np.uint8)
     cb = ir.Codebook(codes, levels, bits)
     weight = cb.decode()
     b.ops[-1] = dataclasses.replace(op, weight=weight, codebook=cb, w_bits=bits)
+
+
+def cb_rows(levels: np.ndarray) -> int:
+    return len(np.unique(levels, axis=0))
 
 
 def _accumulators(program: ir.Program, op_name: str, xs: np.ndarray) -> np.ndarray:
@@ -93,7 +103,7 @@ def gemm_program() -> ir.Program:
     t5 = b.conv(t4, 6, kernel=(2, 2), groups=2, w_bits=4)                    # grouped W4
     outs.append(t5)
     t6 = b.conv(t4, 10, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4)
-    _codebook(b, 4)                                                          # PWLQ-style codebook
+    _codebook(b, 4, shared=3)                                                # PWLQ-style shared tables
     outs.append(t6)
     t7 = b.conv(t4, 5, kernel=(1, 3), padding=(0, 1, 0, 1), w_bits=5)       # 5-bit: int8 kernels
     outs.append(t7)
@@ -111,7 +121,7 @@ def gemm_program() -> ir.Program:
     f1 = b.conv(t4, 8, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4, act=(-128, 127))
     f2 = b.conv(t4, 10, kernel=(1, 1), w_bits=4, act=(-50, 90))
     f3 = b.conv(t4, 8, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4, act=(-128, 127))
-    _codebook(b, 4)                                                          # fused int8 routine on decoded codes
+    _codebook(b, 4, shared=2)                                                # fused int8 routine on decoded codes
     f4 = b.conv(t4, 6, kernel=(1, 1), w_bits=2, act=(-70, 100))
     for f in (f1, f2, f3, f4):
         outs.append(b.conv(f, 3, kernel=(1, 1), w_bits=8))
@@ -139,7 +149,7 @@ def depthwise_program() -> ir.Program:
     z = b.conv(x, 12, kernel=(1, 1), w_bits=8, act=(-128, 127))
     outs.append(b.conv(z, 12, kernel=(3, 3), groups=12, padding=(1, 1, 1, 1), w_bits=4))  # expand + qc_dw3x3_s8
     outs.append(b.conv(z, 12, kernel=(3, 3), groups=12, stride=(2, 2), padding=(1, 1, 1, 1), w_bits=4))
-    _codebook(b, 4)
+    _codebook(b, 4, shared=3)
     y = b.conv(x, 30, kernel=(1, 1), w_bits=8)
     outs.append(b.conv(y, 30, kernel=(9, 9), groups=30, padding=(4, 4, 4, 4), w_bits=4))  # 2 expansion chunks
     _codebook(b, 4)
@@ -161,7 +171,7 @@ def chunk_program() -> ir.Program:
     s[0], m[0] = 0, 1 << 30  # exact requantization
     b.ops[-1] = dataclasses.replace(op, multiplier=m, shift=s)
     g1 = b.conv(b.input, 30, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4, act=(-128, 127))
-    _codebook(b, 4)                                                          # chunks of 14, 14, 2 channels, fused
+    _codebook(b, 4, shared=4)                                                # chunks of 14, 14, 2 channels, fused
     outs.append(b.conv(g1, 3, kernel=(1, 1), w_bits=8))
     flats = [b.reshape(o, (b.size(o),)) for o in outs]
     return b.build(b.concat(flats, reals=list(1.0 + 0.05 * b.rng.random(len(flats)))))
@@ -194,6 +204,8 @@ def test_routes_and_flash(program):
     assert calls == len(lowbit)
     if any(isinstance(op, ir.Conv2D) and op.groups == 12 for op in program.ops):
         assert src.count("qc_dwconv_expand_s8(") == 2 and src.count("qc_dw3x3_s8(&spec") == 2
+    shared = [op for op in lowbit if op.codebook is not None and op.codebook.shared_tables()[1] is not None]
+    assert shared and len(re.findall(r"static const uint8_t \w+_level_rows\[", src)) == len(shared)
 
 
 def test_host_plain_c(program):
@@ -236,3 +248,21 @@ def test_packed_flash_is_packed_size():
     assert report.op_param_bytes(op8) == n + fixed
     assert report.op_param_bytes(op4) == n // 2 + fixed == ir.weight_storage_bytes(op4) + fixed
     assert report.op_param_bytes(op2) == n // 4 + fixed == ir.weight_storage_bytes(op2) + fixed
+
+
+def test_codebook_tables_are_shared_when_it_saves_flash():
+    """Channels with equal level tables store the table once plus a uint8 row index per channel;
+    per-channel tables stay as they are when sharing saves nothing. Bytes by hand: 10 channels of
+    16 levels = 160 B per channel; 3 distinct tables: 3 * 16 + 10 = 58 B."""
+    rng = np.random.default_rng(0)
+    table = np.sort(rng.integers(-40, 41, (3, 16)), axis=1).astype(np.int8)
+    which = np.array([0, 1, 2, 0, 0, 1, 2, 2, 1, 0])
+    codes = rng.integers(0, 16, (10, 4, 3, 3)).astype(np.uint8)
+    cb = ir.Codebook(codes, table[which], 4)
+    rows, index = cb.shared_tables()
+    assert rows.shape == (3, 16) and index.dtype == np.uint8 and index.shape == (10,)
+    assert np.array_equal(rows[index], table[which])
+    assert cb.table_bytes == 58
+    distinct = ir.Codebook(codes, np.sort(rng.integers(-40, 41, (10, 16)), axis=1).astype(np.int8), 4)
+    rows, index = distinct.shared_tables()
+    assert index is None and rows.shape == (10, 16) and distinct.table_bytes == 160

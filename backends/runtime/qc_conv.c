@@ -1435,13 +1435,15 @@ static inline int32_t qc_lb_field(const uint8_t *data, int32_t bits, int32_t i)
     return (data[bit >> 3] >> (bit & 7)) & ((1 << bits) - 1);
 }
 
-/* Weight i (flat index) of channel c: sign-extended field, or the channel's codebook level. */
+/* Weight i (flat index) of channel c: sign-extended field, or the channel's codebook level (table
+ * level_row[c] of the shared tables, or table c when level_row is NULL). */
 static inline int32_t qc_lb_value(const uint8_t *data, int32_t bits, int32_t code_bits, const int8_t *levels,
-                                  int32_t c, int32_t i)
+                                  const uint8_t *level_row, int32_t c, int32_t i)
 {
     const int32_t f = qc_lb_field(data, bits, i);
     if (code_bits != 0) {
-        return levels[(c << code_bits) + f];
+        const int32_t row = level_row != NULL ? (int32_t)level_row[c] : c;
+        return levels[(row << code_bits) + f];
     }
     return (f ^ (1 << (bits - 1))) - (1 << (bits - 1));
 }
@@ -1467,8 +1469,8 @@ static void qc_lb_expand(const qc_conv_lb_params *p, int32_t g, int32_t c0, int3
             uint8_t *d = (uint8_t *)(void *)(dst + j * blocks);
             memset(d, 0, (size_t)blocks * 8);
             for (kk = 0; kk < k; ++kk) {
-                const int32_t we = je < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, ce, ce * k + kk) : 0;
-                const int32_t wo = jo < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, co, co * k + kk) : 0;
+                const int32_t we = je < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, ce, ce * k + kk) : 0;
+                const int32_t wo = jo < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, co, co * k + kk) : 0;
                 uint8_t *b = d + (kk >> 2) * 8 + pos[kk & 3];
                 b[0] = (uint8_t)we;
                 b[1] = (uint8_t)(wo - (we < 0 ? 1 : 0));
@@ -1479,8 +1481,8 @@ static void qc_lb_expand(const qc_conv_lb_params *p, int32_t g, int32_t c0, int3
             memset(d, 0, (size_t)blocks * 16);
             for (kk = 0; kk < k; ++kk) {
                 int16_t *b = d + (kk >> 2) * 8 + pos[kk & 3];
-                b[0] = (int16_t)(je < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, ce, ce * k + kk) : 0);
-                b[4] = (int16_t)(jo < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, co, co * k + kk) : 0);
+                b[0] = (int16_t)(je < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, ce, ce * k + kk) : 0);
+                b[4] = (int16_t)(jo < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, co, co * k + kk) : 0);
             }
         }
     }
@@ -1695,7 +1697,7 @@ static void qc_dw_expand(const qc_dwconv_lb_params *p, int32_t c0, int32_t n, ui
             int32_t i;
             for (i = 0; i < 4 && cb + i < n; ++i) {
                 const int32_t c = c0 + cb + i;
-                v[i] = qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, c, c * taps + t) * scale;
+                v[i] = qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, c, c * taps + t) * scale;
             }
             blk[2 * t] = qc_pack16(v[0], v[2]);
             blk[2 * t + 1] = qc_pack16(v[1], v[3]);
@@ -1743,7 +1745,7 @@ void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *
             int32_t i;
             for (i = 0; i < n; ++i) {
                 const int32_t c = cb + i;
-                v[i] = qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, c, c * taps + t) * scale;
+                v[i] = qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, c, c * taps + t) * scale;
             }
             scratch[2 * t] = qc_pack16(v[0], v[2]);
             scratch[2 * t + 1] = qc_pack16(v[1], v[3]);

@@ -376,7 +376,8 @@ typedef struct {
  * QC_LB_DECODE (2-bit uniform weights four per byte, codebook codes of 2, 4 or 8 bits): fields
  * of `bits` bits, row-major (out_c, k), low bits first; a pass expands `chunk` output channels
  * into the int8 "w8" layout (or int16 pairs when conv->w8 = 0) in scratch (uniform: sign
- * extension; codebook: levels[c * 2^code_bits + code]) and runs the int8 GEMM on them.
+ * extension; codebook: levels[row(c) * 2^code_bits + code], row(c) = level_row[c] or c) and runs
+ * the int8 GEMM on them.
  * QC_LB_W8: the qc_conv_params layout from flash (8-bit weights with a threshold stage).
  * Threshold stage (thresholds != NULL, (groups * cout_pad, n_thresholds) non-decreasing int32
  * per channel, accumulators unscaled): out = clamp(output_offset + #{k : acc >= T[c, k]}).
@@ -392,7 +393,8 @@ typedef struct {
     int32_t code_bits;           /* codebook: 2^code_bits levels per channel; 0: uniform values */
     int32_t chunk;               /* QC_LB_DECODE: output channels expanded per pass (even) */
     const uint8_t *packed;       /* QC_LB_DECODE: the fields */
-    const int8_t *levels;        /* codebook levels (out_c, 2^code_bits) */
+    const int8_t *levels;        /* codebook level tables (rows, 2^code_bits) */
+    const uint8_t *level_row;    /* codebook table of each output channel; NULL: row c for channel c */
     const int32_t *thresholds;   /* NULL: requantize with conv->rq */
     int32_t n_thresholds;
     int32_t output_offset;
@@ -410,7 +412,8 @@ typedef struct {
     const qc_dwconv_params *dw;  /* geometry, bias, rq (dw->weight unused) */
     int32_t bits, code_bits, w_shift, chunk;
     const uint8_t *packed;
-    const int8_t *levels;
+    const int8_t *levels;        /* codebook level tables, as in qc_conv_lb_params */
+    const uint8_t *level_row;
     const int32_t *thresholds;   /* NULL: requantize; else (c_pad, n_thresholds) */
     int32_t n_thresholds;
     int32_t output_offset;
