@@ -11,7 +11,7 @@ instructions per MAC, flash (``arm-none-eabi-size`` text + data of the whole fir
 bytes of the model's constant arrays (weights are stored one byte each where the int8 GEMM layout
 is proved exact, see ``qc_kernels.h``), the arena (bytes, with the kernel scratch) next to the
 memory plan's lower bound and their ratio (target <= 1.05), whether the outputs equal the
-interpreter's bit for bit (on 4 inputs), and for the MLPerf models the share of int8 output
+interpreter's bit for bit (on 4 inputs), and for the MLPerf and Fashion models the share of int8 output
 elements within 1 LSB of the float model's output quantized with the output scale / zero point
 (64 synthetic inputs; target >= 95 %) and the same share for the vendor's int8 ``.tflite`` run in
 TFLite Micro on the same inputs (its dequantized outputs quantized with our output scale and zero
@@ -20,9 +20,11 @@ point). Next to them the TFLite Micro + CMSIS-NN anchors of
 published MLPerf Tiny latencies on a 120 MHz Cortex-M4 converted to cycles (cycles are not
 instructions: orientation only).
 
-Models: the 8 test-zoo models (``tests/zoo_models.py``, random weights) and the 4 MLPerf Tiny
+Models: the 8 test-zoo models (``tests/zoo_models.py``, random weights), the 4 MLPerf Tiny
 models with their real pretrained weights (``qcompile.zoo.mlperf_tiny``, fetched once and cached),
-calibrated on 256 synthetic inputs.
+calibrated on 256 synthetic inputs, and the Fashion-MNIST models of ``benchmarks/ptq.py``
+(plain CNN, ResNet- and MobileNet-style; loaded from its cache, trained otherwise), calibrated on
+256 training images, the within-1-LSB share measured on 64 test images.
 ``--weight-bits 4 [--weight-quantizer uniform pwlq]`` also compiles every model with
 ``QuantConfig(weight_bits=4, weight_quantizer=...)`` (packed 4-bit weights, or PWLQ codebooks, in
 the generated C) and prints weight flash and instructions per MAC against the int8 build, with the
@@ -112,6 +114,25 @@ def weight_bytes(source: str) -> int:
 
 
 MLPERF = ("resnet8", "dscnn", "fc_autoencoder", "mobilenetv1_025")
+FASHION = ("fashion_plain", "fashion_resnet", "fashion_mobilenet")  # benchmarks/ptq.py's trained models
+
+
+def _fashion(name: str):
+    """(recipe, data) of a Fashion-MNIST model of ``benchmarks/ptq.py``."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ptq import RECIPES_PTQ
+
+    recipe = RECIPES_PTQ[name]
+    return recipe, _fashion_data(recipe.data_fn)
+
+
+_DATA: dict[Any, Any] = {}
+
+
+def _fashion_data(data_fn):
+    if data_fn not in _DATA:
+        _DATA[data_fn] = data_fn()
+    return _DATA[data_fn]
 
 
 def models(names: list[str] | None) -> list[tuple[str, torch.nn.Module, tuple[int, ...], str]]:
@@ -126,15 +147,25 @@ def models(names: list[str] | None) -> list[tuple[str, torch.nn.Module, tuple[in
         for name in wanted:
             model, shape = mt.load_mlperf_tiny(name)
             out.append((name, model.eval(), shape, "MLPerf Tiny, pretrained"))
+    for name in (n for n in FASHION if not names or n in names):
+        from qcompile.zoo import load_or_train  # cached by benchmarks/ptq.py (trained here otherwise)
+
+        recipe, data = _fashion(name)
+        model, _ = load_or_train(recipe, data, progress=False)
+        out.append((name, model.eval(), tuple(data[0].shape[1:]), "Fashion-MNIST, trained (benchmarks/ptq.py)"))
     return out
 
 
-def calibration(name: str, shape: tuple[int, ...], n: int, seed: int = 1) -> torch.Tensor:
-    """MLPerf models: ``synthetic_inputs(name, n, seed)``; zoo models: normal samples."""
+def calibration(name: str, shape: tuple[int, ...], n: int, seed: int = 1, split: str = "train") -> torch.Tensor:
+    """MLPerf models: ``synthetic_inputs(name, n, seed)``; Fashion-MNIST models: the first ``n``
+    images of the ``split`` (train or test); zoo models: normal samples."""
     if name in MLPERF:
         from qcompile.zoo import mlperf_tiny as mt
 
         return mt.synthetic_inputs(name, n, seed=seed).float()
+    if name in FASHION:
+        x_train, _, x_test, _ = _fashion(name)[1]
+        return (x_test if split == "test" else x_train)[:n].float()
     torch.manual_seed(seed)
     return torch.randn(n, *shape)
 
@@ -185,7 +216,7 @@ def measure(name: str, model, shape, origin: str, args, base, weight_bits: int =
     """One model under one weight configuration; low-bit configurations (``weight_bits < 8`` or a
     non-uniform quantizer) are measured at -O2 only, without the vendor and baseline columns."""
     lowbit = weight_bits != 8 or weight_quantizer != "uniform"
-    calib = calibration(name, shape, 256 if name in MLPERF else 32)
+    calib = calibration(name, shape, 256 if name in MLPERF or name in FASHION else 32)
     config = qcompile.QuantConfig(weight_bits=weight_bits, weight_quantizer=weight_quantizer)
     art = qcompile.compile(model, (calib[:1],), calib=calib, name=name, progress=False, config=config)
     program, plan = art.program, art.plan
@@ -211,8 +242,8 @@ def measure(name: str, model, shape, origin: str, args, base, weight_bits: int =
     row["arena_plan"] = plan.arena_size
     row["arena_lower_bound"] = plan.lower_bound
     row["arena_vs_lower_bound"] = round(layout.arena_size / max(plan.lower_bound, 1), 4)
-    if name in MLPERF:
-        x_lsb = calibration(name, shape, LSB_SAMPLES, seed=3)
+    if name in MLPERF or name in FASHION:
+        x_lsb = calibration(name, shape, LSB_SAMPLES, seed=3, split="test")
         row["within_1lsb"] = round(within_one_lsb(art, model, x_lsb), 5)
     if lowbit:
         return row
@@ -322,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                + (f" (vendor int8 tflite: {100 * r['vendor_within_1lsb']:.2f}%)" if "vendor_within_1lsb" in r else "")
                for r in rows if r.get("within_1lsb", 1.0) < LSB_TARGET]
     misses += [f"{r['model']} arena {r['arena_vs_lower_bound']:.3f}x lower bound > {ARENA_TARGET}" for r in rows
-               if r["model"] in MLPERF and r["arena_vs_lower_bound"] > ARENA_TARGET]
+               if (r["model"] in MLPERF or r["model"] in FASHION) and r["arena_vs_lower_bound"] > ARENA_TARGET]
     for r, low in lowbit:
         if low["config"].endswith("uniform") and low["config"].startswith("W4"):
             if low["weight_flash_vs_int8"] > W4_FLASH_TARGET:
