@@ -61,8 +61,10 @@ class LayerCost:
 def weight_bytes(shape: Sequence[int], bits: int, codebook: bool = False) -> int:
     """Flash bytes of a ``shape`` (``(Co, ...)``) weight at ``bits`` as the backend stores it, the
     same count as :func:`qcompile.backends.ir.weight_storage_bytes`: each output channel's values
-    packed in ``storage_bits(bits)``-bit slots and padded to a byte, plus an int8 level table of
-    ``2**bits`` entries per channel for codebook (PWLQ) weights."""
+    packed in ``storage_bits(bits)``-bit slots and padded to a byte. For codebook (PWLQ) weights
+    it adds an int8 level table of ``2**bits`` entries per channel: an upper bound, since the
+    backend stores a table once per distinct row (with a uint8 row index) when that is smaller,
+    which is only known after quantization; the budget then still holds."""
     co = int(shape[0])
     k = int(np.prod(shape[1:], dtype=np.int64))
     return co * (-(-k * storage_bits(bits) // 8)) + (co * (1 << bits) if codebook else 0)
