@@ -12,6 +12,7 @@ from qcompile.errors import (
     CalibrationError,
     ConfigError,
     IRVerificationError,
+    MemoryBudgetError,
     PassError,
     QCompileError,
     TraceError,
@@ -20,6 +21,7 @@ from qcompile.errors import (
 )
 from qcompile.pass_manager import PassContext, PassResult, Pipeline, graph_pass
 from qcompile.pipeline import default_pipeline
+from qcompile.target import Target
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,7 @@ __all__ = [
     "compile",
     "Artifact",
     "QuantConfig",
+    "Target",
     "default_pipeline",
     "Pipeline",
     "PassContext",
@@ -41,4 +44,5 @@ __all__ = [
     "IRVerificationError",
     "VerificationError",
     "BuildError",
+    "MemoryBudgetError",
 ]

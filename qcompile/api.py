@@ -13,12 +13,14 @@ from qcompile.backends.interpreter import interpret
 from qcompile.backends.lower import lower
 from qcompile.backends.memory_plan import plan_memory
 from qcompile.backends.schedule import schedule_for_memory
-from qcompile.config import TARGETS, QuantConfig
+from qcompile.config import QuantConfig
 from qcompile.data import calibration_batches
 from qcompile.errors import ConfigError
 from qcompile.frontend import check_supported, trace
 from qcompile.pass_manager import PassContext, Pipeline
 from qcompile.pipeline import default_pipeline
+from qcompile.provenance import build_info
+from qcompile.target import Target, check_fits, resolve_target
 
 __all__ = ["compile"]
 
@@ -29,7 +31,7 @@ def compile(  # noqa: A001 - the public name the product promises
     model: nn.Module,
     example_inputs: tuple[torch.Tensor, ...] | torch.Tensor,
     calib: Any = None,
-    target: str = "cortex-m",
+    target: str | Target = "cortex-m",
     config: QuantConfig | None = None,
     pipeline: Pipeline | None = None,
     name: str = "model",
@@ -39,11 +41,12 @@ def compile(  # noqa: A001 - the public name the product promises
 
     ``calib`` is a tensor of samples or any iterable of batches (tensors, or tuples whose first
     element is the input, e.g. a DataLoader). ``pipeline`` defaults to
-    :func:`qcompile.default_pipeline`.
+    :func:`qcompile.default_pipeline`. ``target`` is ``"cortex-m"``/``"generic"`` (no memory budget), a
+    :class:`qcompile.Target` with flash/RAM budgets, or a part preset name such as ``"stm32f446re"``;
+    a model over budget raises :class:`qcompile.MemoryBudgetError`.
     """
     start = time.perf_counter()
-    if target not in TARGETS:
-        raise ConfigError(f"target={target!r}: choose one of {', '.join(TARGETS)}")
+    target = resolve_target(target)
     if not name.isidentifier():
         raise ConfigError(f"name={name!r} must be a C identifier")
     config = config or QuantConfig()
@@ -53,13 +56,16 @@ def compile(  # noqa: A001 - the public name the product promises
     batches = calibration_batches(calib, example_inputs[0], max_samples=config.max_calib_samples,
                                   batch_size=config.calib_batch_size)
     ctx = PassContext(config=config, example_inputs=tuple(example_inputs), calib=batches, progress=progress)
-    gm = (pipeline if pipeline is not None else default_pipeline()).run(gm, ctx)
+    pipeline = pipeline if pipeline is not None else default_pipeline()
+    build = build_info(model, tuple(example_inputs), batches, config, target, name, pipeline)
+    gm = pipeline.run(gm, ctx)
     program = schedule_for_memory(lower(gm, name))
     plan = plan_memory(program)
+    budget = check_fits(program, plan, target, name)  # raises MemoryBudgetError before anything is written
 
     sample = torch.cat(batches)[:_SQNR_SAMPLES]
     art = Artifact(name=name, target=target, config=config, graph=gm, program=program, plan=plan,
-                   records=ctx.records)
+                   records=ctx.records, build=build, budget=budget)
     sample_q = art.quantize_input(sample)
     art.sample_input = sample_q[:1]
     int_values = interpret(program, sample_q, keep=True)

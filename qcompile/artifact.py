@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,13 @@ from qcompile.backends.memory_plan import MemoryPlan
 from qcompile.config import QuantConfig
 from qcompile.errors import ConfigError, VerificationError
 from qcompile.report import format_passes, format_report, layer_rows, pass_summary, summary
+from qcompile.target import Target
 
-__all__ = ["Artifact"]
+__all__ = ["Artifact", "BUILD_MARKER"]
+
+# Written into every build folder; save() only replaces folders that hold it (or are empty).
+BUILD_MARKER = ".qcompile-build"
+_MARKER_TEXT = "This folder was written by qcompile's Artifact.save(); the next save() replaces it as a whole.\n"
 
 
 def _jsonable(v: Any) -> Any:
@@ -31,6 +39,34 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _fresh_sibling(out: Path, tag: str, create: bool = True) -> Path:
+    """A new hidden path next to ``out`` (same file system, so renames are atomic)."""
+    while True:
+        p = out.parent / f".{out.name}.{tag}-{secrets.token_hex(4)}"
+        if create:
+            try:
+                p.mkdir()  # honours the umask, unlike tempfile.mkdtemp's 0700
+            except FileExistsError:
+                continue
+        elif p.exists():
+            continue
+        return p
+
+
+def _check_replaceable(out: Path) -> None:
+    """``out`` may be created or replaced by save(): absent, an empty folder, or a qcompile build."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"save({str(out)!r}): it exists and is not a folder; choose another path")
+    if (out / BUILD_MARKER).is_file() or not any(out.iterdir()):
+        return
+    if (out / "report.json").is_file() and (out / "qc_kernels.h").is_file():
+        return  # a build written before the marker existed
+    raise ConfigError(f"save({str(out)!r}): the folder exists and is not a qcompile build (no {BUILD_MARKER} file); "
+                      "save() replaces the whole folder, so choose a new or empty folder, or delete this one")
+
+
 @dataclass
 class Artifact:
     """A compiled model.
@@ -40,7 +76,7 @@ class Artifact:
     """
 
     name: str
-    target: str
+    target: str | Target
     config: QuantConfig
     graph: GraphModule
     program: ir.Program
@@ -51,6 +87,8 @@ class Artifact:
     last_qemu_run: Any = None  # QemuRun of the latest verify(on="qemu"): instruction counts, sizes
     sample_input: np.ndarray | None = None  # one quantized calibration sample (default for measure())
     mcu: dict[str, Any] | None = None  # on-target measurements from measure(), shown in the report
+    build: dict[str, Any] | None = None  # package versions and input hashes (qcompile.provenance.build_info)
+    budget: dict[str, Any] | None = None  # flash/RAM estimate vs the Target's budget (qcompile.target.check_fits)
 
     # -- quantization of the model boundary -------------------------------------------------
     def quantize_input(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -124,9 +162,30 @@ class Artifact:
         if self.mcu is not None:
             for row in layers:
                 row["instructions"] = self.mcu["instructions_per_op"].get(row["name"])
-        return {"summary": summary(self.program, self.plan), "layers": layers, "mcu": self.mcu,
-                "target": self.target, "compile_seconds": round(self.compile_seconds, 3),
+        target = self.target.as_dict() if isinstance(self.target, Target) else self.target
+        data = {"summary": summary(self.program, self.plan), "layers": layers, "mcu": self.mcu,
+                "target": target, "compile_seconds": round(self.compile_seconds, 3),
                 "passes": pass_summary(self.records)}
+        if self.build is not None:
+            data["build"] = self.build
+        if self.budget is not None:
+            data["budget"] = self.budget
+        return data
+
+    def _build_lines(self) -> str:
+        """Versions, input hashes and the memory budget, for report.md."""
+        lines = []
+        if self.budget is not None:
+            t, f, r = self.budget["target"], self.budget["flash"], self.budget["ram"]
+            part = t["part"] or t["cpu"]
+            lines.append(f"memory budget ({part}): flash {f['total']:,} B estimated"
+                         + (f" of {t['flash']:,} B" if t["flash"] else "")
+                         + f", RAM {r['total']:,} B" + (f" of {t['ram']:,} B" if t["ram"] else ""))
+        if self.build is not None:
+            v = self.build["versions"]
+            lines.append("built with " + ", ".join(f"{k} {v[k]}" for k in sorted(v)))
+            lines.append("inputs sha256: " + ", ".join(f"{k} {h[:16]}" for k, h in sorted(self.build["inputs_sha256"].items())))
+        return "\n".join(lines)
 
     def report(self, fmt: str = "simple") -> str:
         data = self.report_data()
@@ -145,9 +204,32 @@ class Artifact:
         ``harness=True`` adds a bare-metal harness for QEMU's MPS2 board of ``cpu`` (startup,
         linker script, semihosting I/O, a main that runs every input of a file) and a Makefile
         (``make run IN=in.bin OUT=out.bin``, ``make icount``).
+
+        The folder is written atomically: everything goes to a temporary folder next to it, which
+        then replaces ``directory`` by rename, so an interrupted save never leaves a half-written
+        build. ``directory`` may be new, empty, or a previous qcompile build (it holds the
+        :data:`BUILD_MARKER` file); anything else raises :class:`ConfigError` and is left alone.
+        The same artifact gives byte-identical files (the compile time is not written).
         """
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        _check_replaceable(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _fresh_sibling(out, "tmp")
+        try:
+            self._write_files(tmp, harness, cpu)
+            if out.exists():
+                old = _fresh_sibling(out, "old", create=False)
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    def _write_files(self, out: Path, harness: bool, cpu: str) -> None:
         sources = self.c_sources()
         for fname, text in sources.items():
             (out / fname).write_text(text)
@@ -155,9 +237,13 @@ class Artifact:
             from qcompile.backends.qemu import write_harness_project
 
             write_harness_project(out, self.name, list(sources), cpu)
-        (out / "report.md").write_text(f"# qcompile report: {self.name}\n\n" + self.report(fmt="github") + "\n")
-        (out / "report.json").write_text(json.dumps(_jsonable(self.report_data()), indent=2, sort_keys=True) + "\n")
-        return out
+        build = self._build_lines()
+        (out / "report.md").write_text(f"# qcompile report: {self.name}\n\n" + self.report(fmt="github") + "\n"
+                                       + (f"\n{build}\n" if build else ""))
+        data = self.report_data()
+        data.pop("compile_seconds")  # measured, so it would make two identical builds differ
+        (out / "report.json").write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
+        (out / BUILD_MARKER).write_text(_MARKER_TEXT)
 
     def verify(self, xs: torch.Tensor | np.ndarray, on: str = "host", cpu: str = "cortex-m4", **kwargs: Any) -> np.ndarray:
         """Build the emitted C, run it on ``xs`` and compare bit for bit with :meth:`run_int`.

@@ -12,6 +12,7 @@ __all__ = [
     "IRVerificationError",
     "BuildError",
     "UnsupportedQuantizationError",
+    "MemoryBudgetError",
 ]
 
 
@@ -63,3 +64,12 @@ class UnsupportedQuantizationError(QCompileError):
     """The graph holds a quantizer the integer IR cannot express yet, e.g. N2UQ thresholds after
     an op without a threshold output stage, or a sub-8-bit range on an op without a clamp.
     The message names the node."""
+
+
+class MemoryBudgetError(QCompileError):
+    """The compiled model does not fit the target's flash or RAM budget. The message gives the
+    required vs available bytes and the largest layers/tensors; ``estimate`` holds the numbers."""
+
+    def __init__(self, message: str, estimate: dict | None = None):
+        super().__init__(message)
+        self.estimate = dict(estimate or {})

@@ -19,7 +19,8 @@ from torch.fx import GraphModule, Interpreter, Node, Tracer
 from qcompile.errors import ConfigError, TraceError, UnsupportedOpError
 from qcompile.ops import Kind, NodeInfo, classify, info
 
-__all__ = ["trace", "propagate_shapes", "check_supported", "check_invariants", "source_location"]
+__all__ = ["trace", "propagate_shapes", "check_supported", "check_invariants", "check_model_tensors",
+           "source_location"]
 
 _INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}
 
@@ -56,6 +57,7 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphMo
         raise ConfigError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 3, 32, 32),)")
     if len(example_inputs) != 1:
         raise ConfigError(f"qcompile models take exactly one input tensor, got {len(example_inputs)}")
+    check_model_tensors(model, example_inputs[0])
     model = copy.deepcopy(model).eval()
     for m in model.modules():
         if getattr(m, "inplace", False):
@@ -81,9 +83,62 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphMo
     return gm
 
 
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def check_model_tensors(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Reject what no quantizer can represent, naming the tensor and the fix.
+
+    The example input must be a floating-point tensor with a batch dimension; every
+    floating-point parameter and buffer must be finite and of the input's dtype.
+    Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) are ignored.
+    """
+    x = example_input
+    if x.dtype not in _FLOAT_DTYPES:
+        hint = (" Integer data (e.g. uint8 pixels) must be converted the way the model was trained, e.g. "
+                "x.float() / 255, before compile(); the generated C then takes the quantized int8 input."
+                if not x.dtype.is_floating_point and not x.dtype.is_complex else "")
+        raise ConfigError(f"example_inputs[0] has dtype {x.dtype}; qcompile compiles floating-point models "
+                          f"({', '.join(str(d) for d in _FLOAT_DTYPES)}).{hint}")
+    if x.dim() < 2:
+        raise ConfigError(f"example_inputs[0] has shape {tuple(x.shape)}; it needs a batch dimension first, "
+                          f"e.g. x.unsqueeze(0) -> {(1, *x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ConfigError("example_inputs[0] contains NaN or Inf")
+    named = [("parameter", n, t) for n, t in model.named_parameters()] + \
+            [("buffer", n, t) for n, t in model.named_buffers()]
+    for what, pname, t in named:
+        if t is None or not (t.dtype.is_floating_point or t.dtype.is_complex):
+            continue
+        if t.dtype not in _FLOAT_DTYPES:
+            raise ConfigError(f"{what} '{pname}' has dtype {t.dtype}; convert the model with model.float()")
+        bad = ~torch.isfinite(t.detach())
+        if bool(bad.any()):
+            first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+            raise ConfigError(
+                f"{what} '{pname}' {tuple(t.shape)} holds {int(bad.sum())} NaN/Inf value(s), first at index {first}; "
+                "fix the checkpoint (e.g. a diverged training run) before compiling")
+        if t.dtype != x.dtype:
+            raise ConfigError(f"{what} '{pname}' is {t.dtype} but example_inputs[0] is {x.dtype}; use one dtype, "
+                              f"e.g. model.to({x.dtype}) or x.to({t.dtype})")
+
+
 class _ShapeRecorder(Interpreter):
     def run_node(self, n: Node):
-        result = super().run_node(n)
+        try:
+            result = super().run_node(n)
+        except Exception as exc:  # noqa: BLE001 - name the node that failed
+            if n.op in ("placeholder", "output"):
+                raise
+            target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+            if n.op == "call_module":
+                target = f"{target} ({type(self.module.get_submodule(n.target)).__name__})"
+            args = [tuple(a.shape) for a in self.fetch_args_kwargs_from_env(n)[0] if isinstance(a, torch.Tensor)]
+            raise TraceError(
+                f"node '{n.name}' ({target}) at {source_location(n)} failed on input shape(s) {args}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0]}. Check that example_inputs[0] has the shape "
+                "(batch first) and dtype the model expects"
+            ) from exc
         old = n.meta.get("qc")
         kind = classify(n, self.module)
         shape = tuple(result.shape) if isinstance(result, torch.Tensor) else None
@@ -102,6 +157,8 @@ def propagate_shapes(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...]) 
     with torch.no_grad():
         try:
             _ShapeRecorder(gm).run(*example_inputs)
+        except TraceError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise TraceError(f"running the traced graph on example_inputs failed: {type(exc).__name__}: {exc}") from exc
     return gm
@@ -173,6 +230,8 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
             return "add/sub with alpha="
     elif kind is Kind.MUL:
         a, b = node.args[:2]
+        if not (isinstance(a, Node) and isinstance(b, Node)) or info(a).shape is None or info(b).shape is None:
+            return "mul by a value computed at run time that is not a tensor (e.g. .item()); use a constant"
         sa, sb = info(a).shape, info(b).shape
         if sa != sb and not (_per_channel(sa, sb) or _per_channel(sb, sa)):
             return f"mul broadcasting {sa} x {sb}: only equal shapes or per-channel (N, C, 1, 1)"
@@ -222,7 +281,10 @@ def check_supported(gm: GraphModule) -> GraphModule:
     bad: list[tuple[str, str, str, str]] = []
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node in gm.graph.nodes:
-        reason = _why_unsupported(node, gm)
+        try:
+            reason = _why_unsupported(node, gm)
+        except Exception as exc:  # noqa: BLE001 - an odd node must still be reported, not crash the check
+            reason = f"cannot be analyzed ({type(exc).__name__}: {exc})"
         if reason is not None:
             target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
             if node.op == "call_module":
