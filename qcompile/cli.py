@@ -12,6 +12,7 @@ from pathlib import Path
 
 from qcompile.config import TARGETS, QuantConfig
 from qcompile.errors import ConfigError, QCompileError
+from qcompile.target import PRESETS
 
 __all__ = ["main"]
 
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="quantize a model and write C, report and Makefile fragment")
     c.add_argument("factory", help="FILE.py:FACTORY returning (model, example_inputs, calib)")
     c.add_argument("-o", "--output", default="build", help="output directory (default: build)")
-    c.add_argument("--target", default="cortex-m", choices=TARGETS)
+    c.add_argument("--target", default="cortex-m", choices=[*TARGETS, *sorted(PRESETS)],
+                   help="cortex-m/generic (no budget) or a part whose flash/RAM the model must fit")
     c.add_argument("--bits", type=int, default=8, help="weight bits (default 8)")
     c.add_argument("--observer", default=QuantConfig.activation_observer, help="activation observer")
     c.add_argument("--name", default="model", help="C symbol prefix (default: model)")
