@@ -1765,6 +1765,8 @@ void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *
                 tap0 = ky_lo * d->kernel_w + kx_lo;
                 memcpy(acc, d->bias + cb, 4 * sizeof(int32_t));
 #if QC_DSP
+                /* n is 4 in every channel block but the last (cppcheck's value flow misses that) */
+                /* cppcheck-suppress knownConditionTrueFalse */
                 if (d->in_cs == 1 && n == 4) {
                     qc_dw_block(input + (first + cb), scratch + 2 * tap0, ky_hi - ky_lo, n_x, step_x, step_y,
                                 2 * d->kernel_w, qc_pack16(off, off), acc);

@@ -38,6 +38,12 @@
 
 #include <stdint.h>
 
+/* The kernels shift negative int32 values right and need that shift to be arithmetic, as
+ * CMSIS-NN does: implementation-defined in C99, arithmetic on GCC, Clang, Arm Compiler and IAR. */
+#if (-1 >> 1) != -1
+#error "qcompile kernels need an arithmetic right shift of negative integers"
+#endif
+
 /*
  * Window taps k in [0, count) read position start + k * step; return in [*lo, *hi) the taps
  * that fall inside [0, limit). Positions grow with k, so the valid taps are contiguous.
