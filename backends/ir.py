@@ -492,7 +492,10 @@ def _check_accumulator_bound(op, weight: np.ndarray, bias: np.ndarray, input_off
     """Prove no int32 partial sum can overflow: ``sum|w| * max|x + offset| + |bias| <= INT32_MAX``."""
     bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1) * _max_abs_input(input_offset)
     bound = bound + np.abs(bias.astype(np.int64))
-    _check(bool(np.all(bound <= INT32_MAX)), op, f"int32 accumulator may overflow (bound {int(bound.max())})")
+    _check(bool(np.all(bound <= INT32_MAX)), op,
+           f"int32 accumulator may overflow (bound {int(bound.max()):,} > {INT32_MAX:,}, fan-in "
+           f"{int(np.prod(weight.shape[1:]))}); reduce the layer's fan-in (e.g. pool or narrow its input) "
+           "or its weight range")
 
 
 def _check_requant(op, multiplier, shift) -> None:

@@ -50,7 +50,9 @@ def _features(s: Spec) -> list[str]:
     return out
 
 
-def run(examples: int, check, label: str) -> dict:
+def run(examples: int, check, label: str, progress: Path | None = None) -> dict:
+    """Run ``check`` on ``examples`` generated specs; every 100 examples the counts so far go to
+    ``progress`` (so an interrupted release run still leaves a record)."""
     seen: Counter = Counter()
     count = [0]
     start = time.perf_counter()
@@ -62,6 +64,9 @@ def run(examples: int, check, label: str) -> dict:
         count[0] += 1
         seen.update(_features(spec))
         check(spec)
+        if progress is not None and count[0] % 100 == 0:
+            progress.write_text(json.dumps({"label": label, "examples_passed": count[0],
+                                            "seconds": round(time.perf_counter() - start, 1)}) + "\n")
 
     failure = None
     try:
@@ -87,7 +92,8 @@ def main() -> int:
               | {"python": platform.python_version()}}
     with tempfile.TemporaryDirectory() as d:
         runner = HostRunner(Path(d))
-        result["host"] = run(args.examples, lambda s: check_spec(s, runner), "host (gcc -O2)")
+        result["host"] = run(args.examples, lambda s: check_spec(s, runner), "host (gcc -O2)",
+                             Path(args.json).with_suffix(".progress"))
     if args.qemu:
         from qcompile.backends.qemu import toolchain_available
 

@@ -166,11 +166,30 @@ class Artifact:
         data = {"summary": summary(self.program, self.plan), "layers": layers, "mcu": self.mcu,
                 "target": target, "compile_seconds": round(self.compile_seconds, 3),
                 "passes": pass_summary(self.records)}
+        data["overflow"] = {b.name: b.as_dict() for b in self.overflow_bounds()}
         if self.build is not None:
             data["build"] = self.build
         if self.budget is not None:
             data["budget"] = self.budget
         return data
+
+    def overflow_bounds(self) -> list:
+        """Exact int32 bounds of every op's intermediates (:func:`qcompile.backends.overflow.prove_no_overflow`)."""
+        from qcompile.backends.overflow import prove_no_overflow
+
+        return prove_no_overflow(self.program)
+
+    def _overflow_lines(self) -> str:
+        lines = ["overflow (exact int32 bounds over all int8 inputs):"]
+        for b in self.overflow_bounds():
+            if b.op in ("Reshape", "MaxPool", "Lut", "Pad"):
+                lines.append(f"  {b.name} ({b.op}): {b.status()} (no arithmetic)")
+                continue
+            c = f"; C {b.c_requant} requantization" if b.c_requant else ""
+            extra = "".join(f"; {n}" for n in b.notes)
+            lines.append(f"  {b.name} ({b.op}): {b.status()}, intermediates in [{b.acc_min:,}, {b.acc_max:,}] "
+                         f"({b.headroom_bits:.1f} bits headroom; {b.detail}{c}{extra})")
+        return "\n".join(lines)
 
     def _build_lines(self) -> str:
         """Versions, input hashes and the memory budget, for report.md."""
@@ -190,7 +209,8 @@ class Artifact:
     def report(self, fmt: str = "simple") -> str:
         data = self.report_data()
         passes = format_passes(self.records)
-        return format_report(data["layers"], data["summary"], fmt, data["mcu"]) + ("\n" + passes if passes else "")
+        return (format_report(data["layers"], data["summary"], fmt, data["mcu"]) + ("\n" + passes if passes else "")
+                + "\n" + self._overflow_lines())
 
     # -- emitting ---------------------------------------------------------------------------
     def c_sources(self) -> dict[str, str]:
