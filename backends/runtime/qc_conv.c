@@ -1435,15 +1435,22 @@ static inline int32_t qc_lb_field(const uint8_t *data, int32_t bits, int32_t i)
     return (data[bit >> 3] >> (bit & 7)) & ((1 << bits) - 1);
 }
 
-/* Weight i (flat index) of channel c: sign-extended field, or the channel's codebook level (table
- * level_row[c] of the shared tables, or table c when level_row is NULL). */
-static inline int32_t qc_lb_value(const uint8_t *data, int32_t bits, int32_t code_bits, const int8_t *levels,
-                                  const uint8_t *level_row, int32_t c, int32_t i)
+/* Level table of channel c of a codebook layer (row level_row[c] of the shared tables, or row c
+ * when level_row is NULL); NULL for uniform values (code_bits 0). */
+static inline const int8_t *qc_lb_table(const int8_t *levels, const uint8_t *level_row, int32_t code_bits, int32_t c)
+{
+    if (code_bits == 0) {
+        return NULL;
+    }
+    return levels + (((level_row != NULL) ? (int32_t)level_row[c] : c) << code_bits);
+}
+
+/* Weight i (flat index): the field's level in the channel's table, or the sign-extended field. */
+static inline int32_t qc_lb_value(const uint8_t *data, int32_t bits, const int8_t *table, int32_t i)
 {
     const int32_t f = qc_lb_field(data, bits, i);
-    if (code_bits != 0) {
-        const int32_t row = level_row != NULL ? (int32_t)level_row[c] : c;
-        return levels[(row << code_bits) + f];
+    if (table != NULL) {
+        return table[f];
     }
     return (f ^ (1 << (bits - 1))) - (1 << (bits - 1));
 }
@@ -1464,13 +1471,15 @@ static void qc_lb_expand(const qc_conv_lb_params *p, int32_t g, int32_t c0, int3
     for (j = 0; j < n_pad; j += 2) {
         const int32_t je = c0 + j, jo = je + 1;
         const int32_t ce = g * cog + je, co = g * cog + jo;
+        const int8_t *te = je < cog ? qc_lb_table(p->levels, p->level_row, p->code_bits, ce) : NULL;
+        const int8_t *to = jo < cog ? qc_lb_table(p->levels, p->level_row, p->code_bits, co) : NULL;
         if (cp->w8) {
             const uint8_t *pos = cp->k_seq ? pos8_seq : pos8_ext;
             uint8_t *d = (uint8_t *)(void *)(dst + j * blocks);
             memset(d, 0, (size_t)blocks * 8);
             for (kk = 0; kk < k; ++kk) {
-                const int32_t we = je < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, ce, ce * k + kk) : 0;
-                const int32_t wo = jo < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, co, co * k + kk) : 0;
+                const int32_t we = je < cog ? qc_lb_value(p->packed, p->bits, te, ce * k + kk) : 0;
+                const int32_t wo = jo < cog ? qc_lb_value(p->packed, p->bits, to, co * k + kk) : 0;
                 uint8_t *b = d + (kk >> 2) * 8 + pos[kk & 3];
                 b[0] = (uint8_t)we;
                 b[1] = (uint8_t)(wo - (we < 0 ? 1 : 0));
@@ -1481,8 +1490,8 @@ static void qc_lb_expand(const qc_conv_lb_params *p, int32_t g, int32_t c0, int3
             memset(d, 0, (size_t)blocks * 16);
             for (kk = 0; kk < k; ++kk) {
                 int16_t *b = d + (kk >> 2) * 8 + pos[kk & 3];
-                b[0] = (int16_t)(je < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, ce, ce * k + kk) : 0);
-                b[4] = (int16_t)(jo < cog ? qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, co, co * k + kk) : 0);
+                b[0] = (int16_t)(je < cog ? qc_lb_value(p->packed, p->bits, te, ce * k + kk) : 0);
+                b[4] = (int16_t)(jo < cog ? qc_lb_value(p->packed, p->bits, to, co * k + kk) : 0);
             }
         }
     }
@@ -1697,7 +1706,7 @@ static void qc_dw_expand(const qc_dwconv_lb_params *p, int32_t c0, int32_t n, ui
             int32_t i;
             for (i = 0; i < 4 && cb + i < n; ++i) {
                 const int32_t c = c0 + cb + i;
-                v[i] = qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, c, c * taps + t) * scale;
+                v[i] = qc_lb_value(p->packed, p->bits, qc_lb_table(p->levels, p->level_row, p->code_bits, c), c * taps + t) * scale;
             }
             blk[2 * t] = qc_pack16(v[0], v[2]);
             blk[2 * t + 1] = qc_pack16(v[1], v[3]);
@@ -1745,7 +1754,7 @@ void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *
             int32_t i;
             for (i = 0; i < n; ++i) {
                 const int32_t c = cb + i;
-                v[i] = qc_lb_value(p->packed, p->bits, p->code_bits, p->levels, p->level_row, c, c * taps + t) * scale;
+                v[i] = qc_lb_value(p->packed, p->bits, qc_lb_table(p->levels, p->level_row, p->code_bits, c), c * taps + t) * scale;
             }
             scratch[2 * t] = qc_pack16(v[0], v[2]);
             scratch[2 * t + 1] = qc_pack16(v[1], v[3]);
