@@ -1,13 +1,16 @@
-"""Static checks of the generated C for the test zoo (int8, and W4 / W2 / PWLQ low-bit variants):
-no warning under -Wall -Wextra -Wconversion -Wshadow (and the rest of STRICT_WARNING_CFLAGS) with
-the host gcc and arm-none-eabi-gcc (Cortex-M4 with DSP, Cortex-M0+ plain C), and nothing from
-cppcheck. The kernel library is the same for every model, so it is checked once."""
+"""Static and dynamic checks of the generated C for the test zoo (int8, and W4 / W2 / PWLQ low-bit
+variants): no warning under -Wall -Wextra -Wconversion -Wshadow (and the rest of
+STRICT_WARNING_CFLAGS) with the host gcc and arm-none-eabi-gcc (Cortex-M4 with DSP, Cortex-M0+
+plain C), nothing from cppcheck, and a host run under AddressSanitizer + UBSan that matches the
+interpreter. The kernel library is the same for every model, so it is checked (and, for the
+sanitizer runs, compiled) once."""
 from __future__ import annotations
 
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,7 +60,22 @@ def model_dir(request, tmp_path_factory) -> Path:
                            progress=False)
     d = tmp_path_factory.mktemp(request.param)
     write_sources(art.c_sources(), d)
+    ARTIFACTS[d] = art
     return d
+
+
+ARTIFACTS: dict[Path, qcompile.Artifact] = {}
+
+
+@pytest.fixture(scope="module")
+def sanitized_runner(tmp_path_factory):
+    from qcompile.backends.host_build import SANITIZE_CFLAGS
+    from test_fuzz_graphs import HostRunner
+
+    try:
+        return HostRunner(tmp_path_factory.mktemp("asan"), (*STRICT, *SANITIZE_CFLAGS))
+    except subprocess.CalledProcessError:
+        pytest.skip("the host compiler cannot build with -fsanitize=address,undefined")
 
 
 def _model_source(d: Path) -> str:
@@ -96,3 +114,12 @@ def test_cppcheck_finds_real_problems(tmp_path):
     found = run_cppcheck(tmp_path)
     assert any("arrayIndexOutOfBounds" in line for line in found), found
     assert all(reason for reason in CPPCHECK_SUPPRESSIONS.values())
+
+
+def test_generated_model_runs_clean_under_sanitizers(model_dir, sanitized_runner):
+    art = ARTIFACTS[model_dir]
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([art.sample_input, rng.integers(-128, 128, (5, *art.program.input.shape), dtype=np.int8),
+                         np.full((1, *art.program.input.shape), 127, np.int8),
+                         np.full((1, *art.program.input.shape), -128, np.int8)])
+    np.testing.assert_array_equal(sanitized_runner.run(art, xs), art.run_int(xs))
