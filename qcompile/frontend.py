@@ -90,7 +90,7 @@ def check_model_tensors(model: nn.Module, example_input: torch.Tensor) -> None:
     """Reject what no quantizer can represent, naming the tensor and the fix.
 
     The example input must be a floating-point tensor with a batch dimension; every
-    floating-point parameter and buffer must be finite and of the input's dtype.
+    floating-point parameter and buffer must be finite, and parameters of the input's dtype.
     Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) are ignored.
     """
     x = example_input
@@ -118,7 +118,7 @@ def check_model_tensors(model: nn.Module, example_input: torch.Tensor) -> None:
             raise ConfigError(
                 f"{what} '{pname}' {tuple(t.shape)} holds {int(bad.sum())} NaN/Inf value(s), first at index {first}; "
                 "fix the checkpoint (e.g. a diverged training run) before compiling")
-        if t.dtype != x.dtype:
+        if what == "parameter" and t.dtype != x.dtype:  # buffers may legitimately keep another precision
             raise ConfigError(f"{what} '{pname}' is {t.dtype} but example_inputs[0] is {x.dtype}; use one dtype, "
                               f"e.g. model.to({x.dtype}) or x.to({t.dtype})")
 
