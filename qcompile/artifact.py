@@ -231,7 +231,11 @@ class Artifact:
         :data:`BUILD_MARKER` file); anything else raises :class:`ConfigError` and is left alone.
         The same artifact gives byte-identical files (the compile time is not written).
         """
-        out = Path(directory)
+        given = Path(directory)
+        out = given.resolve()
+        if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
+            raise ConfigError(f"save({str(given)!r}): save() replaces the whole folder, so it cannot be the current "
+                              "directory or one above it; choose a subfolder such as 'build'")
         _check_replaceable(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = _fresh_sibling(out, "tmp")
@@ -247,7 +251,7 @@ class Artifact:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return out
+        return given
 
     def _write_files(self, out: Path, harness: bool, cpu: str) -> None:
         sources = self.c_sources()

@@ -250,6 +250,13 @@ def test_save_refuses_a_foreign_folder(art, tmp_path):
         art.save(tmp_path / "file")
 
 
+def test_save_refuses_the_current_directory(art, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="current directory"):
+        art.save(".")
+    assert (art.save("build") / "model.c").is_file()
+
+
 def test_save_into_an_empty_or_nested_new_folder(art, tmp_path):
     assert (art.save(tmp_path) / "model.h").is_file()
     assert (art.save(tmp_path / "a" / "b") / "report.json").is_file()
