@@ -186,14 +186,20 @@ class HostRunner:
                 self.objects.append(obj)
 
     def run(self, art: qcompile.Artifact, xs: np.ndarray) -> np.ndarray:
-        files = {k: v for k, v in art.c_sources().items() if k not in RUNTIME_FILES and not k.endswith(".mk")}
-        files["main.c"] = host_driver_source(art.name)
+        return self.run_program(art.program, art.plan, art.name, xs)
+
+    def run_program(self, program, plan, name: str, xs: np.ndarray) -> np.ndarray:
+        from qcompile.backends.c_emitter import emit_c
+
+        files = {k: v for k, v in emit_c(program, plan, name).items()
+                 if k not in RUNTIME_FILES and not k.endswith(".mk")}
+        files["main.c"] = host_driver_source(name)
         write_sources(files, self.dir)
-        exe = f"{art.name}_host"
-        r = subprocess.run(["cc", *self.cflags, "-I.", f"{art.name}.c", "main.c", *self.objects, "-o", exe],
+        exe = f"{name}_host"
+        r = subprocess.run(["cc", *self.cflags, "-I.", f"{name}.c", "main.c", *self.objects, "-o", exe],
                            cwd=self.dir, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
-        return run_host_runner(self.dir / exe, art.program, xs)
+        return run_host_runner(self.dir / exe, program, xs)
 
 
 def compile_spec(s: Spec) -> tuple[qcompile.Artifact, np.ndarray]:

@@ -1,12 +1,11 @@
 """Overflow proof: exact int32 bounds per layer (backends/overflow.py), adversarial layers whose
 accumulators reach INT32_MAX / -INT32_MAX exactly (8-bit, packed 4-bit, PWLQ codebook) run in C
-under AddressSanitizer + UBSan and match the interpreter bit for bit, one more unit of bias is
+(-O2, AddressSanitizer + UBSan where the host supports them) and match the interpreter bit for bit, one more unit of bias is
 rejected by the IR verifier, and the report states "overflow-free: proven" for every layer."""
 from __future__ import annotations
 
-import functools
 import json
-from pathlib import Path
+import subprocess
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import torch.nn as nn
 
 import qcompile
 from qcompile.backends import ir
-from qcompile.backends.host_build import run_c_host
+from qcompile.backends.host_build import HOST_CFLAGS, SANITIZE_CFLAGS
 from qcompile.backends.interpreter import interpret
 from qcompile.backends.memory_plan import plan_memory
 from qcompile.backends.overflow import prove_no_overflow
@@ -91,25 +90,19 @@ CASES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _sanitizers_work() -> bool:
-    import subprocess
-    import tempfile
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    """Kernel objects built once, with AddressSanitizer + UBSan when the host supports them."""
+    from test_fuzz_graphs import HostRunner
 
-    from qcompile.backends.host_build import SANITIZE_CFLAGS
-
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "t.c").write_text("int main(void) { return 0; }\n")
-        try:
-            return subprocess.run(["cc", *SANITIZE_CFLAGS, "t.c", "-o", "t"], cwd=d, capture_output=True,
-                                  timeout=60).returncode == 0 and \
-                subprocess.run([str(Path(d) / "t")], capture_output=True, timeout=60).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return False
+    try:
+        return HostRunner(tmp_path_factory.mktemp("asan"), (*HOST_CFLAGS, *SANITIZE_CFLAGS))
+    except subprocess.CalledProcessError:
+        return HostRunner(tmp_path_factory.mktemp("plain"))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_accumulators_at_the_int32_limit_run_exactly_in_c(case):
+def test_accumulators_at_the_int32_limit_run_exactly_in_c(case, runner):
     rng = np.random.default_rng(0)
     cls, w, in_shape, out_shape, bits, cb, conv = CASES[case](rng)
     w = cb.decode() if cb is not None else w
@@ -119,7 +112,7 @@ def test_accumulators_at_the_int32_limit_run_exactly_in_c(case):
     assert bound.headroom_bits == 0.0
     xs = _adversarial_inputs(in_shape, rng)
     expected = interpret(program, xs)
-    got = run_c_host(program, plan_memory(program), xs, name="adv", sanitize=_sanitizers_work())
+    got = runner.run_program(program, plan_memory(program), "adv", xs)
     np.testing.assert_array_equal(got, expected)
     assert np.unique(expected).size >= 3  # the outputs are not all clamped
     # one more unit of bias in the extreme channels and the verifier refuses the layer
