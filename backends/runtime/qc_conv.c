@@ -1477,7 +1477,23 @@ static void qc_lb_expand(const qc_conv_lb_params *p, int32_t g, int32_t c0, int3
             const uint8_t *pos = cp->k_seq ? pos8_seq : pos8_ext;
             uint8_t *d = (uint8_t *)(void *)(dst + j * blocks);
             memset(d, 0, (size_t)blocks * 8);
-            for (kk = 0; kk < k; ++kk) {
+            kk = 0;
+            if (p->bits == 4 && (k & 1) == 0 && te != NULL && to != NULL) {
+                /* 4-bit codes of two whole channels, byte-aligned rows: two codes per byte and channel */
+                const uint8_t *re = p->packed + ce * k / 2, *ro = p->packed + co * k / 2;
+                for (; kk < k; kk += 2) {
+                    const int32_t be = re[kk >> 1], bo = ro[kk >> 1];
+                    const int32_t we0 = te[be & 15], we1 = te[be >> 4];
+                    const int32_t wo0 = to[bo & 15], wo1 = to[bo >> 4];
+                    uint8_t *b0 = d + (kk >> 2) * 8 + pos[kk & 3];
+                    uint8_t *b1 = d + (kk >> 2) * 8 + pos[(kk + 1) & 3];
+                    b0[0] = (uint8_t)we0;
+                    b0[1] = (uint8_t)(wo0 - (we0 < 0 ? 1 : 0));
+                    b1[0] = (uint8_t)we1;
+                    b1[1] = (uint8_t)(wo1 - (we1 < 0 ? 1 : 0));
+                }
+            }
+            for (; kk < k; ++kk) {
                 const int32_t we = je < cog ? qc_lb_value(p->packed, p->bits, te, ce * k + kk) : 0;
                 const int32_t wo = jo < cog ? qc_lb_value(p->packed, p->bits, to, co * k + kk) : 0;
                 uint8_t *b = d + (kk >> 2) * 8 + pos[kk & 3];
