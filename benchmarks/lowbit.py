@@ -203,10 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", action="store_true", help="train models that are not cached")
     ap.add_argument("--no-qemu", dest="qemu", action="store_false",
                     help="skip the Cortex-M4 QEMU run (bit-exactness and instruction counts)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when other jobs share the cores)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     results, skipped = [], {}
     for name in args.models:
         if not args.train and not _cached(RECIPES_PTQ[name]):
