@@ -1488,8 +1488,10 @@ static void qc_lb_expand(const qc_conv_lb_params *p, int32_t g, int32_t c0, int3
                     uint8_t *b0 = d + (kk >> 2) * 8 + pos[kk & 3];
                     uint8_t *b1 = d + (kk >> 2) * 8 + pos[(kk + 1) & 3];
                     b0[0] = (uint8_t)we0;
+                    /* cppcheck-suppress knownConditionTrueFalse ; level tables are int8, we0 can be negative */
                     b0[1] = (uint8_t)(wo0 - (we0 < 0 ? 1 : 0));
                     b1[0] = (uint8_t)we1;
+                    /* cppcheck-suppress knownConditionTrueFalse ; level tables are int8, we1 can be negative */
                     b1[1] = (uint8_t)(wo1 - (we1 < 0 ? 1 : 0));
                 }
             }
