@@ -33,9 +33,6 @@ the all-int8 default for comparison.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,6 +47,7 @@ from qcompile.config import QuantConfig  # noqa: E402
 from qcompile.zoo import load_or_train, predict  # noqa: E402
 from qcompile.zoo.train import cache_dir  # noqa: E402
 
+from bench_output import print_and_save  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["ROWS", "main"]
@@ -215,19 +213,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: skipped, not cached", flush=True)
             continue
         results += bench(name, args.rows, args)
-    print()
-    print(table(results))
-    tg = targets(results)
-    for k, v in tg.items():
-        print(f"{k}: {v}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": "python benchmarks/lowbit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
-            "top1_on": "integer interpreter (Artifact.run), test split", "samples": args.samples,
-            "epochs": args.epochs, "lr": args.lr, "skipped": skipped, "targets": tg, "results": results,
-        }, indent=1) + "\n")
+    print_and_save("lowbit.py", argv, results, table, targets, args.json,
+                   samples=args.samples, epochs=args.epochs, lr=args.lr, skipped=skipped)
 
 
 if __name__ == "__main__":

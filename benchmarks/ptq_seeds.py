@@ -33,9 +33,7 @@ per-layer bits of the mixed rows, compile time (seconds, 1 thread) and bit-exact
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,6 +50,7 @@ from qcompile.config import QuantConfig  # noqa: E402
 from qcompile.zoo import load_or_train, predict  # noqa: E402
 from qcompile.zoo.train import cache_dir  # noqa: E402
 
+from bench_output import print_and_save  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["ROUNDING_ROWS", "ALLOCATIONS", "BUDGETS", "main"]
@@ -211,19 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         results = [r for r in old["results"] if r["model"] not in done] + results
         skipped = {k: v for k, v in {**old.get("skipped", {}), **skipped}.items()
                    if k not in {r["model"] for r in results}}
-    print()
-    print(table(results))
-    tg = targets(results)
-    for k, v in tg.items():
-        print(f"{k}: {v}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": "python benchmarks/ptq_seeds.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
-            "top1_on": "integer interpreter (Artifact.run), test split", "samples": args.samples,
-            "iters": args.iters, "threads": args.threads, "skipped": skipped, "targets": tg, "results": results,
-        }, indent=1) + "\n")
+    print_and_save("ptq_seeds.py", argv, results, table, targets, args.json,
+                   samples=args.samples, iters=args.iters, threads=args.threads, skipped=skipped)
 
 
 if __name__ == "__main__":
