@@ -44,10 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qcompile  # noqa: E402
 from qcompile.backends import ir  # noqa: E402
 from qcompile.config import QuantConfig  # noqa: E402
-from qcompile.zoo import load_or_train, predict  # noqa: E402
-from qcompile.zoo.train import cache_dir  # noqa: E402
+from qcompile.zoo import predict  # noqa: E402
 
-from bench_output import print_and_save  # noqa: E402
+from bench_common import bit_exact_host, cached, load_model, print_and_save, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["ROWS", "main"]
@@ -65,14 +64,6 @@ ROWS: dict[str, dict] = {
 DEFAULT_MODELS = [name for name in RECIPES_PTQ]
 
 
-def _cached(recipe) -> bool:
-    return any(cache_dir().glob(f"{recipe.name}-v*.pt"))
-
-
-def _top1(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return 100.0 * float((logits.argmax(dim=1) == y).float().mean())
-
-
 def _weight_layers_in_order(model: torch.nn.Module) -> list[str]:
     """Module paths of the conv/linear layers in the order the traced graph calls them."""
     gm = torch.fx.symbolic_trace(model)
@@ -84,16 +75,6 @@ def _weight_layers_in_order(model: torch.nn.Module) -> list[str]:
 def _weight_bits_keeping_ends(model: torch.nn.Module, bits: int = 4) -> dict[str, int]:
     layers = _weight_layers_in_order(model)
     return {layers[0]: 8, layers[-1]: 8, "*": bits}
-
-
-def _bit_exact_host(art, xs: torch.Tensor) -> str:
-    try:
-        art.verify(xs, on="host")
-        return "yes"
-    except qcompile.VerificationError:
-        return "NO"
-    except Exception as exc:  # noqa: BLE001 - a broken toolchain is reported, not hidden
-        return f"error: {type(exc).__name__}"
 
 
 def _on_cortex_m4(art, xs: torch.Tensor) -> dict:
@@ -111,16 +92,9 @@ def _on_cortex_m4(art, xs: torch.Tensor) -> dict:
 
 
 def bench(model_name: str, rows: list[str], args) -> list[dict]:
-    recipe = RECIPES_PTQ[model_name]
-    data = recipe.data_fn()
-    x_train, _, x_test, y_test = data
-    if args.eval:
-        x_test, y_test = x_test[:args.eval], y_test[:args.eval]
-    model, _ = load_or_train(recipe, data, progress=False)
-    calib = x_train[:args.samples]
-    float_top1 = _top1(predict(model, x_test), y_test)
-    out = [{"model": model_name, "row": "float", "top1": round(float_top1, 2), "drop": 0.0}]
-    print(f"{model_name}: float {float_top1:.2f}", flush=True)
+    model, calib, x_test, y_test, float_top1, float_row = load_model(model_name, RECIPES_PTQ[model_name],
+                                                                      args.samples, args.eval)
+    out = [float_row]
     for row in rows:
         kw = dict(ROWS[row])
         if kw.get("weight_bits") == "ends8":
@@ -132,15 +106,15 @@ def bench(model_name: str, rows: list[str], args) -> list[dict]:
         logits = art.run(x_test)
         with torch.no_grad():
             graph_logits = predict(art.graph, x_test)
-        top1 = _top1(logits, y_test)
+        acc = top1(logits, y_test)
         ops = art.program.ops
         rec = {
-            "model": model_name, "row": row, "top1": round(top1, 2), "drop": round(float_top1 - top1, 2),
+            "model": model_name, "row": row, "top1": round(acc, 2), "drop": round(float_top1 - acc, 2),
             "weight_flash_bytes": sum(ir.weight_storage_bytes(op) for op in ops),
             "threshold_bytes": sum(4 * op.thresholds.size for op in ops if getattr(op, "thresholds", None) is not None),
-            "graph_top1": round(_top1(graph_logits, y_test), 2),
+            "graph_top1": round(top1(graph_logits, y_test), 2),
             "interp_vs_graph_agreement": round(100.0 * float((logits.argmax(1) == graph_logits.argmax(1)).float().mean()), 2),
-            "bit_exact_c_host": _bit_exact_host(art, x_test[:args.verify]),
+            "bit_exact_c_host": bit_exact_host(art, x_test[:args.verify]),
             "compile_seconds": round(secs, 1),
         }
         if args.qemu:
@@ -149,7 +123,7 @@ def bench(model_name: str, rows: list[str], args) -> list[dict]:
         if qat:
             rec["qat_loss_per_epoch"] = qat["loss_per_epoch"]
         out.append(rec)
-        print(f"  {row:14s} top1 {top1:6.2f} (drop {rec['drop']:5.2f})  flash {rec['weight_flash_bytes']:7d} B"
+        print(f"  {row:14s} top1 {acc:6.2f} (drop {rec['drop']:5.2f})  flash {rec['weight_flash_bytes']:7d} B"
               f"  thr {rec['threshold_bytes']:6d} B  agree {rec['interp_vs_graph_agreement']:6.2f}"
               f"  C {rec['bit_exact_c_host']}  M4 {rec.get('bit_exact_qemu_m4', '-')} "
               f"{rec.get('m4_instructions', '-')} instr  {secs:.0f}s", flush=True)
@@ -208,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     results, skipped = [], {}
     for name in args.models:
-        if not args.train and not _cached(RECIPES_PTQ[name]):
+        if not args.train and not cached(RECIPES_PTQ[name]):
             skipped[name] = "not in the cache (use --train)"
             print(f"{name}: skipped, not cached", flush=True)
             continue

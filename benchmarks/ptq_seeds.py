@@ -47,10 +47,8 @@ import qcompile  # noqa: E402
 from qcompile.backends import ir  # noqa: E402
 from qcompile.bit_allocation import weight_bytes  # noqa: E402
 from qcompile.config import QuantConfig  # noqa: E402
-from qcompile.zoo import load_or_train, predict  # noqa: E402
-from qcompile.zoo.train import cache_dir  # noqa: E402
 
-from bench_output import print_and_save  # noqa: E402
+from bench_common import bit_exact_host, cached, load_model, print_and_save, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["ROUNDING_ROWS", "ALLOCATIONS", "BUDGETS", "main"]
@@ -60,14 +58,6 @@ ROUNDING_ROWS = {f"W{b}A8 {r}": dict(weight_bits=b, rounding=r)
 ALLOCATIONS = ("uniform", "sqnr_greedy", "lossy_coding_length")
 BUDGETS = ("budget W4", "budget W3", "budget 3.0b")
 DEFAULT_MODELS = list(RECIPES_PTQ)
-
-
-def _cached(recipe) -> bool:
-    return any(cache_dir().glob(f"{recipe.name}-v*.pt"))
-
-
-def _top1(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return 100.0 * float((logits.argmax(dim=1) == y).float().mean())
 
 
 def _shapes(model: nn.Module) -> list[tuple[int, ...]]:
@@ -83,16 +73,6 @@ def budgets(model: nn.Module) -> dict[str, int]:
             "budget 3.0b": packed3}
 
 
-def _bit_exact(art, xs: torch.Tensor) -> str:
-    try:
-        art.verify(xs, on="host")
-        return "yes"
-    except qcompile.VerificationError:
-        return "NO"
-    except Exception as exc:  # noqa: BLE001 - a broken toolchain is reported, not hidden
-        return f"error: {type(exc).__name__}"
-
-
 def _rows(model: nn.Module, args) -> dict[str, dict]:
     rows = dict(ROUNDING_ROWS) if "rounding" in args.parts else {}
     if "mixed" in args.parts:
@@ -105,25 +85,18 @@ def _rows(model: nn.Module, args) -> dict[str, dict]:
 
 
 def bench(model_name: str, args) -> list[dict]:
-    recipe = RECIPES_PTQ[model_name]
-    data = recipe.data_fn()
-    x_train, _, x_test, y_test = data
-    if args.eval:
-        x_test, y_test = x_test[:args.eval], y_test[:args.eval]
-    model, _ = load_or_train(recipe, data, progress=False)
-    calib = x_train[:args.samples]
-    float_top1 = _top1(predict(model, x_test), y_test)
-    out = [{"model": model_name, "row": "float", "top1": round(float_top1, 2), "drop": 0.0}]
-    print(f"{model_name}: float {float_top1:.2f}", flush=True)
+    model, calib, x_test, y_test, float_top1, float_row = load_model(model_name, RECIPES_PTQ[model_name],
+                                                                      args.samples, args.eval)
+    out = [float_row]
     for row, kw in _rows(model, args).items():
         cfg = QuantConfig(**kw, max_calib_samples=args.samples, rounding_iters=args.iters)
         t0 = time.perf_counter()
         art = qcompile.compile(model, (x_test[:1],), calib=calib, config=cfg, name="m", progress=args.progress)
         secs = time.perf_counter() - t0
-        top1 = _top1(art.run(x_test), y_test)
-        rec = {"model": model_name, "row": row, "top1": round(top1, 2), "drop": round(float_top1 - top1, 2),
+        acc = top1(art.run(x_test), y_test)
+        rec = {"model": model_name, "row": row, "top1": round(acc, 2), "drop": round(float_top1 - acc, 2),
                "weight_flash_bytes": sum(ir.weight_storage_bytes(op) for op in art.program.ops),
-               "compile_seconds": round(secs, 1), "bit_exact_c_host": _bit_exact(art, x_test[:args.verify])}
+               "compile_seconds": round(secs, 1), "bit_exact_c_host": bit_exact_host(art, x_test[:args.verify])}
         alloc = art.records.get("allocate_weight_bits")
         if alloc:
             rec.update(flash_budget=alloc["flash_budget"], bits=alloc["bits"])
@@ -136,7 +109,7 @@ def bench(model_name: str, args) -> list[dict]:
             rec["rounding_kept_nearest"] = sum(v["kept_nearest"] for v in rnd["layers"].values())
         out.append(rec)
         bits = "/".join(str(b) for b in alloc["bits"].values()) if alloc else ""
-        print(f"  {row:36s} top1 {top1:6.2f} (drop {rec['drop']:5.2f})  flash {rec['weight_flash_bytes']:7d} B"
+        print(f"  {row:36s} top1 {acc:6.2f} (drop {rec['drop']:5.2f})  flash {rec['weight_flash_bytes']:7d} B"
               f"  {bits:24s} C {rec['bit_exact_c_host']}  {secs:.0f}s", flush=True)
     return out
 
@@ -199,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     results, skipped = [], {}
     for name in args.models:
-        if not _cached(RECIPES_PTQ[name]):
+        if not cached(RECIPES_PTQ[name]):
             skipped[name] = "not in the cache"
             print(f"{name}: skipped, not cached", flush=True)
             continue

@@ -1,0 +1,74 @@
+"""Pieces shared by the PTQ-model benchmark scripts ``lowbit.py`` and ``ptq_seeds.py``: top-1,
+the model cache check, the host bit-exactness verdict, the model/data setup and the table/JSON tail."""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["top1", "cached", "bit_exact_host", "load_model", "print_and_save"]
+
+
+def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * float((logits.argmax(dim=1) == y).float().mean())
+
+
+def cached(recipe) -> bool:
+    """Whether ``recipe``'s trained weights are in the qcompile model cache."""
+    from qcompile.zoo.train import cache_dir
+
+    return any(cache_dir().glob(f"{recipe.name}-v*.pt"))
+
+
+def bit_exact_host(art, xs: torch.Tensor) -> str:
+    """``art.verify(xs, on="host")`` as a table cell: yes, NO, or the error a broken toolchain raised."""
+    import qcompile
+
+    try:
+        art.verify(xs, on="host")
+        return "yes"
+    except qcompile.VerificationError:
+        return "NO"
+    except Exception as exc:  # noqa: BLE001 - a broken toolchain is reported, not hidden
+        return f"error: {type(exc).__name__}"
+
+
+def load_model(name: str, recipe, samples: int, n_eval: int = 0):
+    """``(model, calib, x_test, y_test, float_top1, float_row)`` of a PTQ-benchmark recipe: the cached model, the
+    first ``samples`` training inputs, the test split (its first ``n_eval`` samples when given) and
+    the float row of the results for model ``name`` (printed)."""
+    from qcompile.zoo import load_or_train, predict
+
+    data = recipe.data_fn()
+    x_train, _, x_test, y_test = data
+    if n_eval:
+        x_test, y_test = x_test[:n_eval], y_test[:n_eval]
+    model, _ = load_or_train(recipe, data, progress=False)
+    float_top1 = top1(predict(model, x_test), y_test)
+    print(f"{name}: float {float_top1:.2f}", flush=True)
+    row = {"model": name, "row": "float", "top1": round(float_top1, 2), "drop": 0.0}
+    return model, x_train[:samples], x_test, y_test, float_top1, row
+
+
+def print_and_save(script: str, argv: list[str] | None, results: list[dict], table: Callable[[list[dict]], str],
+                   targets: Callable[[list[dict]], dict[str, str]], json_path: Path | None, **meta: Any) -> None:
+    """Print ``table(results)`` and ``targets(results)``; with ``json_path`` write them as JSON
+    with the command line, date, versions and ``meta``."""
+    print()
+    print(table(results))
+    verdicts = targets(results)
+    for k, v in verdicts.items():
+        print(f"{k}: {v}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({
+            "command": f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
+            "top1_on": "integer interpreter (Artifact.run), test split", **meta,
+            "targets": verdicts, "results": results,
+        }, indent=1) + "\n")
