@@ -62,6 +62,7 @@ except ImportError as exc:  # pragma: no cover - only without an install
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # ptq.py's Fashion-MNIST recipes
 
 # shared/ANCHORS.md: TFLM + CMSIS-NN on the same QEMU board, arm-none-eabi-gcc 12.2, Cortex-M4.
 ANCHORS = {
@@ -119,7 +120,6 @@ FASHION = ("fashion_plain", "fashion_resnet", "fashion_mobilenet")  # benchmarks
 
 def _fashion(name: str):
     """(recipe, data) of a Fashion-MNIST model of ``benchmarks/ptq.py``."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from ptq import RECIPES_PTQ
 
     recipe = RECIPES_PTQ[name]
