@@ -45,8 +45,12 @@ def _user_frame(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
 
 
-def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
+def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
+          leaf_modules: tuple[type | str, ...] = ()) -> GraphModule:
     """Symbolically trace a deep copy of ``model`` (in eval mode) and propagate shapes.
+
+    ``leaf_modules``: module classes or qualified names (``"backbone.block1"``) torch.fx keeps
+    as one ``call_module`` node instead of tracing into, besides torch.nn's own modules.
 
     In-place spellings (``x += y``, ``ReLU(inplace=True)``) are rewritten to their
     out-of-place equivalents so observers inserted later never see mutated tensors.
@@ -62,7 +66,7 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphMo
     for m in model.modules():
         if getattr(m, "inplace", False):
             m.inplace = False
-    tracer = Tracer()
+    tracer = _LeafTracer(tuple(leaf_modules))
     tracer.record_stack_traces = True
     try:
         graph = tracer.trace(model)
@@ -81,6 +85,24 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphMo
     gm.recompile()
     propagate_shapes(gm, example_inputs)
     return gm
+
+
+class _LeafTracer(Tracer):
+    """A Tracer that also keeps the user's ``leaf_modules`` (classes or qualified names) opaque."""
+
+    def __init__(self, leaf_modules: tuple[type | str, ...]):
+        super().__init__()
+        for leaf in leaf_modules:
+            if not (isinstance(leaf, str) or (isinstance(leaf, type) and issubclass(leaf, nn.Module))):
+                raise ConfigError(f"leaf_modules entry {leaf!r} must be an nn.Module subclass or a qualified module "
+                                  "name such as 'backbone.block1'")
+        self._leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
+        self._leaf_names = frozenset(n for n in leaf_modules if isinstance(n, str))
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
 
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
