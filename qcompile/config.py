@@ -257,8 +257,8 @@ class QuantConfig:
                 raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits} needs QAT: "
                                   "set activation_quantizer='lsq' or 'n2uq' (PTQ activations are 8-bit)")
             return
-        if self.uniform_weight_bits is None:
-            raise ConfigError("QuantConfig.weight_bits per layer is post-training only; "
+        if self.uniform_weight_bits is None and self.activation_quantizer != "lsq":
+            raise ConfigError("QuantConfig.weight_bits per layer with QAT needs activation_quantizer='lsq'; "
                               f"activation_quantizer={self.activation_quantizer!r} needs one integer width")
         if self.weight_quantizer != "uniform":
             raise ConfigError(f"QuantConfig.weight_quantizer={self.weight_quantizer!r} is post-training only; "
