@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule
 
+from qcompile.layer_choice import choose_by_network_output, set_module
 from qcompile.nn import QuantizedWeights, mse_clip_factors
 from qcompile.ops import Kind, info
 from qcompile.pass_manager import PassContext, PassResult, graph_pass
@@ -103,25 +104,6 @@ def _best_clip_by_output(mod: nn.Module, x: torch.Tensor, bits: int, per_channel
     return best
 
 
-class _Shifted(nn.Module):
-    """``q(x) - shift`` per output channel: a weight-quantized layer with its empirical bias
-    correction applied, used only while clippings are compared."""
-
-    def __init__(self, q: QuantizedWeights, shift: torch.Tensor) -> None:
-        super().__init__()
-        self.q, self.shift = q, shift
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.q(x)
-        return y - self.shift.reshape(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
-
-
-def _outputs(gm: GraphModule, x: torch.Tensor) -> torch.Tensor:
-    out = gm(x)
-    flat = out if isinstance(out, torch.Tensor) else torch.cat([o.reshape(len(x), -1) for o in out], dim=1)
-    return flat.detach().double().reshape(len(x), -1)
-
-
 def _layer_mode(mode: str, bits: int) -> str:
     """The weight observer of one layer: ``"auto"`` resolves by the layer's bit width."""
     if mode == "auto":
@@ -129,66 +111,31 @@ def _layer_mode(mode: str, bits: int) -> str:
     return mode
 
 
-def _set(gm: GraphModule, target: str, mod: nn.Module) -> None:
-    parent, _, leaf = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, leaf, mod)
-
-
 def choose_clippings_by_network_output(gm: GraphModule, ctx: PassContext, layers: list, inputs: dict,
                                        min_scales: dict, centered: bool) -> dict[str, tuple[str, torch.Tensor | None]]:
     """Per layer, in graph order (greedy, earlier layers already quantized with their choice):
     the weight clipping, among ``minmax`` (none), ``mse`` (weight-MSE factors per channel) and
-    ``output_mse`` (per channel, the factor minimizing that channel's output MSE), that gives the
-    lowest MSE of the *network output* against the float network on calibration samples.
-
-    The per-channel ``output_mse`` factors and the mean shift that bias correction will remove
-    (``centered``) are fitted on the first half of the calibration samples; the candidates are
-    compared on the second half, so a clipping that only fits the samples it was tuned on does
-    not win. The local output MSE alone is not the criterion because a smaller error of one
-    layer can still cost more at the network output (measured: it lost 0.6 points W4 on
-    mnist1d_resnet where min/max wins)."""
+    ``output_mse`` (per channel, the factor minimizing that channel's output MSE, fitted on the
+    first calibration half), that gives the lowest MSE of the *network output* against the float
+    network on the held-out half (:func:`qcompile.layer_choice.choose_by_network_output`).
+    The local output MSE alone is not the criterion because a smaller error of one layer can
+    still cost more at the network output (measured: it lost 0.6 points W4 on mnist1d_resnet
+    where min/max wins)."""
     cfg = ctx.config
-    data = torch.cat(ctx.calib)[:OUTPUT_MSE_SAMPLES]
-    n = len(data)
-    fit_n = n // 2 if n >= 2 else n
-    held = data[fit_n:] if n >= 2 else data
-    from qcompile.nn import ActQuant, QuantMode
+    clips: dict[tuple[str, str], torch.Tensor | None] = {}
 
-    aqs = [m for m in gm.modules() if isinstance(m, ActQuant)]
-    modes = [m.mode for m in aqs]
-    with torch.no_grad():
-        for m in aqs:
-            m.mode = QuantMode.FLOAT
-        ref = _outputs(gm, held)
-        for m, mode in zip(aqs, modes):
-            m.mode = mode
-        chosen: dict[str, tuple[str, torch.Tensor | None]] = {}
-        for node in layers:
-            mod = gm.get_submodule(node.target)
-            x = inputs[node.target]
-            fit = x[:fit_n]
-            bits, pc, ms = cfg.bits_for(node.target), cfg.per_channel, min_scales.get(node.target)
-            cands: dict[str, torch.Tensor | None] = {
-                "minmax": None,
-                "mse": mse_clip_factors(mod.weight, bits, pc),
-                "output_mse": _best_clip_by_output(mod, fit, bits, pc, ms, centered),
-            }
-            best, best_err, best_mod = None, None, None
-            y_fit = mod(fit).detach().double()
-            for name, clip in cands.items():
-                q = QuantizedWeights(mod, bits, ms, pc, clip)
-                d = q(fit).detach().double() - y_fit
-                shift = d.mean(dim=[0] + list(range(2, d.dim()))) if centered else torch.zeros(d.shape[1])
-                trial = _Shifted(q, shift)
-                _set(gm, node.target, trial)
-                err = float((_outputs(gm, held) - ref).pow(2).mean())
-                if best_err is None or err < best_err:
-                    best, best_err, best_mod = name, err, trial
-            _set(gm, node.target, best_mod)
-            chosen[node.target] = (best, cands[best])
-        for node in layers:  # the real bias correction runs later, on the final graph
-            _set(gm, node.target, gm.get_submodule(node.target).q.module)
-    return chosen
+    def candidates(node, fit):
+        mod = gm.get_submodule(node.target)
+        bits, pc, ms = cfg.bits_for(node.target), cfg.per_channel, min_scales.get(node.target)
+        options = {"minmax": None, "mse": mse_clip_factors(mod.weight, bits, pc),
+                   "output_mse": _best_clip_by_output(mod, fit, bits, pc, ms, centered)}
+        clips.update({(node.target, name): clip for name, clip in options.items()})
+        return {name: QuantizedWeights(mod, bits, ms, pc, clip) for name, clip in options.items()}
+
+    chosen = choose_by_network_output(gm, ctx, layers, inputs, candidates, centered)
+    for node in layers:  # quantize_weights installs the final modules itself
+        set_module(gm, node.target, chosen[node.target][1].module)
+    return {t: (name, clips[(t, name)]) for t, (name, _) in chosen.items()}
 
 
 @graph_pass("weights become 2..8-bit per-channel (or per-tensor); the graph then simulates the integer program")
@@ -237,7 +184,7 @@ def quantize_weights(gm: GraphModule, ctx: PassContext) -> PassResult:
         chosen[node.target] = how
         if clip is not None:
             clipped[node.target] = round(float(clip.min()), 3)
-        _set(gm, node.target, QuantizedWeights(mod, bits, min_scale, cfg.per_channel, clip))
+        set_module(gm, node.target, QuantizedWeights(mod, bits, min_scale, cfg.per_channel, clip))
         done[node.target] = bits
     uniform = cfg.uniform_weight_bits
     ctx.records["quantize_weights"] = {"bits": uniform if uniform is not None else "per layer",

@@ -54,6 +54,10 @@ class QuantConfig:
     * ``weight_quantizer``: ``"uniform"`` (symmetric uniform levels) or ``"pwlq"``
       (piecewise-linear: a dense center and a sparse tail grid per channel, Fang et al. 2020;
       3..8 bits, stored as codes plus a per-channel level table, see :mod:`qcompile.piecewise`).
+    * ``pwlq_layers``: with ``weight_quantizer="pwlq"``, ``"auto"`` keeps PWLQ levels on a layer
+      only where they beat its uniform quantization at the network output on held-out
+      calibration samples (the others stay uniform, with no level table in flash); ``"all"``
+      uses PWLQ on every layer, the paper's setting.
     * ``activation_bits``: 2..8 (asymmetric per tensor, int8 tensors; below 8 bits a tensor uses
       ``2**bits`` int8 values and needs QAT, ``activation_quantizer`` ``"lsq"`` or ``"n2uq"``).
     * ``activation_quantizer``: ``"uniform"`` (PTQ: ranges from the observers, no training),
@@ -127,6 +131,7 @@ class QuantConfig:
     per_channel: bool = True
     weight_observer: str = "auto"
     weight_quantizer: str = "uniform"
+    pwlq_layers: str = "auto"
     equalize: bool = True
     equalize_relu6: str = "auto"
     relu6_tolerance: float = 1e-4
@@ -167,6 +172,8 @@ class QuantConfig:
         if self.weight_quantizer not in WEIGHT_QUANTIZERS:
             raise ConfigError(f"QuantConfig.weight_quantizer={self.weight_quantizer!r}: "
                               f"choose one of {', '.join(WEIGHT_QUANTIZERS)}")
+        if self.pwlq_layers not in ("auto", "all"):
+            raise ConfigError(f"QuantConfig.pwlq_layers={self.pwlq_layers!r}: choose 'auto' or 'all'")
         if self.bias_correction not in BIAS_CORRECTIONS:
             raise ConfigError(f"QuantConfig.bias_correction={self.bias_correction!r}: "
                               f"choose one of {', '.join(BIAS_CORRECTIONS)}")

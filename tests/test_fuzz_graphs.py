@@ -207,7 +207,7 @@ def compile_spec(s: Spec) -> tuple[qcompile.Artifact, np.ndarray]:
     model, shape = build_model(s)
     g = torch.Generator().manual_seed(s.seed)
     calib = torch.randn(16, *shape, generator=g)
-    cfg = qcompile.QuantConfig(weight_bits=s.weight_bits, weight_quantizer=s.quantizer)
+    cfg = qcompile.QuantConfig(weight_bits=s.weight_bits, weight_quantizer=s.quantizer, pwlq_layers="all")
     art = qcompile.compile(model, (calib[:1],), calib=calib, config=cfg, name="fuzz", progress=False)
     xs = np.concatenate([art.quantize_input(torch.randn(4, *shape, generator=g) * 2),
                          np.random.default_rng(s.seed).integers(-128, 128, (3, *shape), dtype=np.int8)])

@@ -141,7 +141,7 @@ def test_full_sum_bound_is_attained():
 @pytest.mark.parametrize("cfg", [
     {},
     {"weight_bits": 4},
-    {"weight_bits": 4, "weight_quantizer": "pwlq"},
+    {"weight_bits": 4, "weight_quantizer": "pwlq", "pwlq_layers": "all"},
     {"weight_bits": 3, "split_outliers": 0.1},
 ], ids=["int8", "w4", "pwlq", "w3_ocs"])
 def test_report_states_overflow_free_per_layer(cfg, tmp_path):

@@ -79,7 +79,7 @@ def test_pwlq_needs_three_bits():
     m, shape = build("plain_cnn")
     x = torch.randn(8, *shape)
     with pytest.raises(ConfigError, match="needs weight_bits >= 3"):
-        qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=2, weight_quantizer="pwlq"),
+        qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=2, weight_quantizer="pwlq", pwlq_layers="all"),
                          progress=False)
     with pytest.raises(ConfigError, match="weight_quantizer"):
         QuantConfig(weight_quantizer="lloyd")
@@ -88,7 +88,7 @@ def test_pwlq_needs_three_bits():
 def test_verifier_rejects_a_codebook_that_does_not_decode_to_the_weights():
     m, shape = build("plain_cnn")
     x = torch.randn(16, *shape)
-    art = qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=4, weight_quantizer="pwlq"),
+    art = qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=4, weight_quantizer="pwlq", pwlq_layers="all"),
                            progress=False)
     op = next(o for o in art.program.ops if isinstance(o, ir.Conv2D))
     assert op.codebook is not None and op.codebook.bits == 4
@@ -102,7 +102,7 @@ def test_verifier_rejects_a_codebook_that_does_not_decode_to_the_weights():
 def test_storage_bytes_count_packed_codes_and_tables():
     m, shape = build("plain_cnn")
     x = torch.randn(16, *shape)
-    art = qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=4, weight_quantizer="pwlq"),
+    art = qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=4, weight_quantizer="pwlq", pwlq_layers="all"),
                            progress=False)
     shared = 0
     for op in art.program.ops:
@@ -120,7 +120,7 @@ def test_pwlq_model_is_bit_exact_in_c(name, tmp_path):
     m, shape = build(name)
     torch.manual_seed(1)
     x = torch.randn(32, *shape)
-    art = qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=4, weight_quantizer="pwlq"),
+    art = qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=4, weight_quantizer="pwlq", pwlq_layers="all"),
                            progress=False)
     assert any(getattr(op, "codebook", None) is not None for op in art.program.ops)
     xq = art.quantize_input(x[:4])
@@ -149,4 +149,59 @@ def test_per_layer_weight_bits_by_name_and_pattern():
     assert "per layer bits" in art.report()
     with pytest.raises(ConfigError, match="layer 'conv0' has 2"):
         qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits={"conv0": 2, "*": 4},
-                                                                  weight_quantizer="pwlq"), progress=False)
+                                                                  weight_quantizer="pwlq", pwlq_layers="all"), progress=False)
+
+
+def test_network_output_chooser_keeps_the_candidate_closer_to_float():
+    """``choose_by_network_output`` on a two-layer net: per layer, a candidate computing the exact
+    float layer must beat one with visibly perturbed weights, wherever it is listed, and the
+    chosen modules (not the comparison wrappers) are left installed."""
+    from torch.fx import symbolic_trace
+
+    from qcompile.layer_choice import choose_by_network_output
+    from qcompile.pass_manager import PassContext
+
+    torch.manual_seed(0)
+    net = symbolic_trace(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval())
+    x = torch.randn(64, 6)
+    layers = [n for n in net.graph.nodes if n.op == "call_module" and n.target in ("0", "2")]
+    inputs = {"0": x, "2": torch.relu(net.get_submodule("0")(x)).detach()}
+
+    def noisy(layer):
+        out = torch.nn.Linear(layer.in_features, layer.out_features)
+        with torch.no_grad():
+            out.weight.copy_(layer.weight + 0.3 * torch.randn_like(layer.weight))
+            out.bias.copy_(layer.bias)
+        return out
+
+    order = {"0": ("noisy", "exact"), "2": ("exact", "noisy")}
+
+    def candidates(node, fit):
+        layer = net.get_submodule(node.target)
+        made = {"exact": layer, "noisy": noisy(layer)}
+        return {k: made[k] for k in order[node.target]}
+
+    ctx = PassContext(config=QuantConfig(), example_inputs=(x[:1],), calib=[x[:32], x[32:]], progress=False)
+    chosen = choose_by_network_output(net, ctx, layers, inputs, candidates, centered=False)
+    assert {t: name for t, (name, _) in chosen.items()} == {"0": "exact", "2": "exact"}
+    assert all(type(net.get_submodule(t)) is torch.nn.Linear for t in ("0", "2"))
+
+
+def test_pwlq_auto_keeps_pwlq_only_where_it_helps_and_lowers_both_kinds(tmp_path):
+    """``pwlq_layers="auto"``: every layer is recorded as PWLQ or uniform, the program carries a
+    codebook exactly for the PWLQ ones, and the mixed program is bit-exact in C."""
+    m, shape = build("residual")
+    torch.manual_seed(3)
+    x = torch.randn(64, *shape)
+    art = qcompile.compile(m, (x[:1],), calib=x, config=QuantConfig(weight_bits=4, weight_quantizer="pwlq"),
+                           progress=False)
+    rec = art.records["quantize_weights_piecewise"]
+    weighted = [op for op in art.program.ops if isinstance(op, (ir.Conv2D, ir.Dense))]
+    assert rec["uniform_layers"] and rec["mean_breakpoint"], "this model/seed must mix both kinds"
+    assert {op.name for op in weighted} == set(rec["uniform_layers"]) | set(rec["mean_breakpoint"])
+    for op in weighted:
+        assert (op.codebook is None) == (op.name in rec["uniform_layers"]), op.name
+    with pytest.raises(ConfigError, match="pwlq_layers"):
+        QuantConfig(weight_bits=4, weight_quantizer="pwlq", pwlq_layers="some")
+    xq = art.quantize_input(x[:4])
+    np.testing.assert_array_equal(run_c_host(art.program, art.plan, xq, workdir=tmp_path), art.run_int(xq))

@@ -30,7 +30,7 @@ ARM = {
 VARIANTS = {**{name: (name, {}) for name in ZOO},
             "depthwise_separable_w4": ("depthwise_separable", {"weight_bits": 4}),
             "residual_w2": ("residual", {"weight_bits": 2}),
-            "conv1d_pwlq": ("conv1d", {"weight_bits": 4, "weight_quantizer": "pwlq"})}
+            "conv1d_pwlq": ("conv1d", {"weight_bits": 4, "weight_quantizer": "pwlq", "pwlq_layers": "all"})}
 needs_cppcheck = pytest.mark.skipif(not cppcheck_available(), reason="cppcheck not installed (Debian package cppcheck)")
 
 
