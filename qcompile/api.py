@@ -17,6 +17,7 @@ from qcompile.config import QuantConfig
 from qcompile.data import calibration_batches
 from qcompile.errors import ConfigError
 from qcompile.frontend import check_supported, trace
+from qcompile.model_input import resolve_model
 from qcompile.pass_manager import PassContext, Pipeline
 from qcompile.pipeline import default_pipeline
 from qcompile.provenance import build_info
@@ -28,14 +29,15 @@ _SQNR_SAMPLES = 64
 
 
 def compile(  # noqa: A001 - the public name the product promises
-    model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...] | torch.Tensor,
+    model: nn.Module | str,
+    example_inputs: tuple[torch.Tensor, ...] | torch.Tensor | None = None,
     calib: Any = None,
     target: str | Target = "cortex-m",
     config: QuantConfig | None = None,
     pipeline: Pipeline | None = None,
     name: str = "model",
     progress: bool = True,
+    leaf_modules: tuple[type | str, ...] = (),
 ) -> Artifact:
     """Quantize ``model`` with calibration data ``calib`` and lower it to an integer program.
 
@@ -44,15 +46,19 @@ def compile(  # noqa: A001 - the public name the product promises
     :func:`qcompile.default_pipeline`. ``target`` is ``"cortex-m"``/``"generic"`` (no memory budget), a
     :class:`qcompile.Target` with flash/RAM budgets, or a part preset name such as ``"stm32f446re"``;
     a model over budget raises :class:`qcompile.MemoryBudgetError`.
+
+    ``model`` is an ``nn.Module`` (traced by torch.fx), an already-traced ``GraphModule`` (its
+    module calls are kept as traced) or the path of an ``.onnx`` file (``example_inputs`` then
+    defaults to the ONNX input shape with batch 1; needs the ``onnx`` extra). ``leaf_modules``:
+    module classes or qualified names torch.fx must not trace into (see docs/tracing.md).
     """
     start = time.perf_counter()
     target = resolve_target(target)
     if not name.isidentifier():
         raise ConfigError(f"name={name!r} must be a C identifier")
     config = config or QuantConfig()
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    gm = check_supported(trace(model, tuple(example_inputs)))
+    model, example_inputs, leaf_modules = resolve_model(model, example_inputs, leaf_modules)
+    gm = check_supported(trace(model, tuple(example_inputs), leaf_modules=leaf_modules))
     batches = calibration_batches(calib, example_inputs[0], max_samples=config.max_calib_samples,
                                   batch_size=config.calib_batch_size)
     ctx = PassContext(config=config, example_inputs=tuple(example_inputs), calib=batches, progress=progress)
