@@ -267,6 +267,10 @@ class Artifact:
         data = self.report_data()
         data.pop("compile_seconds")  # measured, so it would make two identical builds differ
         (out / "report.json").write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
+        from qcompile.report_html import memory_timeline, render_html
+
+        (out / "report.html").write_text(render_html(self.name, _jsonable(data), memory_timeline(self.program, self.plan),
+                                                     self.report()))
         (out / BUILD_MARKER).write_text(_MARKER_TEXT)
 
     def verify(self, xs: torch.Tensor | np.ndarray, on: str = "host", cpu: str = "cortex-m4", **kwargs: Any) -> np.ndarray:
