@@ -52,10 +52,10 @@ from qcompile.nn import ActQuant, QuantizedWeights
 from qcompile.ops import SHARES_INPUT_QUANT, Kind, info
 from qcompile.pass_manager import PassContext, PassResult, graph_pass
 from qcompile.passes.record_float_outputs import QAT_TEACHER_RECORD
-from qcompile.qat import LsqActQuant, LsqWeights, init_activation_range
+from qcompile.qat.lsq import LsqActQuant, LsqWeights, init_activation_range
 from qcompile.quantization import tensor_qparams
 
-__all__ = ["train_quantization_aware", "low_bit_producer", "QAT_QUANTIZERS", "QUANTIZER_LR_FACTOR"]
+__all__ = ["train_quantization_aware", "prepare_quantizers", "freeze_quantizers", "low_bit_producer", "QAT_QUANTIZERS", "QUANTIZER_LR_FACTOR"]
 
 QAT_QUANTIZERS = ("lsq", "n2uq")
 QUANTIZER_LR_FACTOR = 10.0
@@ -148,19 +148,9 @@ def _snap_biases(gm: GraphModule) -> None:
                 q.module.bias.copy_(snapped.to(q.module.bias.dtype))
 
 
-@graph_pass("below 8 bits, learn weights, steps and (N2UQ) thresholds by distilling the float model")
-def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
-    cfg = ctx.config
-    if cfg.activation_quantizer not in QAT_QUANTIZERS:
-        return PassResult(gm, False)
-    x_all = torch.cat(ctx.calib)
-    recorded = ctx.records.pop(QAT_TEACHER_RECORD, None)
-    if recorded is None or recorded["outputs"].shape[0] != x_all.shape[0]:
-        raise PassError("train_quantization_aware needs the float outputs that record_float_outputs stores: "
-                        "keep that pass early in the pipeline (after fold_batchnorm)")
-    teacher = recorded["outputs"]
-
-    # -- quantizers: activations first (initialized on the PTQ graph), then weights ---------------
+def prepare_quantizers(gm: GraphModule, cfg, x: torch.Tensor) -> tuple[dict[str, str], dict[str, str]]:
+    """Replace the PTQ quantizers by trainable ones (activations first, initialized on the PTQ graph
+    with ``x``, then weights); returns ``(activations, weights)``: module path -> quantizer kind."""
     chosen: dict[str, Node] = {}
     for node in gm.graph.nodes:
         if info(node).kind is Kind.QUANT and node.op == "call_module":
@@ -169,7 +159,7 @@ def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
                 prod = low_bit_producer(node)
                 if prod is not None:
                     chosen[node.target] = prod
-    samples = _collect_inputs(gm, list(chosen), x_all[:INIT_SAMPLES])
+    samples = _collect_inputs(gm, list(chosen), x[:INIT_SAMPLES])
     kinds: dict[str, str] = {}
     for target, prod in chosen.items():
         if target not in samples:
@@ -198,6 +188,38 @@ def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
             new = LsqWeights(q)
         _set_module(gm, node.target, new)
         weights[node.target] = f"{'n2uq' if isinstance(new, N2UQWeights) else 'lsq'}{new.bits}"
+    return kinds, weights
+
+
+def freeze_quantizers(gm: GraphModule) -> None:
+    """Freeze every trainable quantizer (integer weights, steps, thresholds into buffers), stop
+    their gradients and snap the biases onto the integer grid: from here the graph simulates
+    exactly what the lowering emits."""
+    for m in gm.modules():
+        if isinstance(m, (LsqWeights, N2UQWeights)):
+            for p in (m.module.weight, m.module.bias):
+                if p is not None:
+                    p.requires_grad_(False)
+        if isinstance(m, (LsqWeights, N2UQWeights, LsqActQuant, N2UQActQuant)):
+            m.freeze()
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(False)
+    _snap_biases(gm)
+
+
+@graph_pass("below 8 bits, learn weights, steps and (N2UQ) thresholds by distilling the float model")
+def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
+    cfg = ctx.config
+    if cfg.activation_quantizer not in QAT_QUANTIZERS:
+        return PassResult(gm, False)
+    x_all = torch.cat(ctx.calib)
+    recorded = ctx.records.pop(QAT_TEACHER_RECORD, None)
+    if recorded is None or recorded["outputs"].shape[0] != x_all.shape[0]:
+        raise PassError("train_quantization_aware needs the float outputs that record_float_outputs stores: "
+                        "keep that pass early in the pipeline (after fold_batchnorm)")
+    teacher = recorded["outputs"]
+
+    kinds, weights = prepare_quantizers(gm, cfg, x_all)
 
     # -- training ---------------------------------------------------------------------------
     base, quant = [], []
@@ -241,14 +263,7 @@ def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             epoch_losses.append(running / n)
         bar.close()
-    for p in base:
-        p.requires_grad_(False)
-    for m in gm.modules():
-        if isinstance(m, (LsqWeights, N2UQWeights, LsqActQuant, N2UQActQuant)):
-            m.freeze()
-            for p in m.parameters(recurse=False):
-                p.requires_grad_(False)
-    _snap_biases(gm)
+    freeze_quantizers(gm)
     with torch.no_grad():
         student = torch.cat([gm(b) for b in x_all.split(256)])
     record = {"quantizer": cfg.activation_quantizer, "weight_bits": cfg.weight_bits,

@@ -6,7 +6,7 @@ flash bytes of every candidate width, counted exactly as the backend stores them
 giving the distortion that layer adds at that width (lower is better, assumed additive over
 layers). :func:`allocate_bits` returns ``{layer: bits}`` with total bytes ``<= budget``. A new
 sensitivity measure (e.g. dual variables of a constrained training problem) is just another
-score provider.
+score provider: :func:`dual_variable_score` (``dual_variables``).
 
 * ``uniform``: the largest single width whose total fits (:func:`allocate_uniform`).
 * ``greedy`` on a score (:func:`allocate_greedy`): start every layer at its cheapest width,
@@ -39,7 +39,7 @@ from qcompile.backends.ir import storage_bits
 from qcompile.errors import ConfigError
 
 __all__ = ["FlashBudgetError", "LayerCost", "Score", "weight_bytes", "layer_cost", "coding_length",
-           "coding_length_score", "allocate_uniform", "allocate_greedy", "allocate_bits", "total_bytes", "EPS_REL"]
+           "coding_length_score", "dual_variable_score", "allocate_uniform", "allocate_greedy", "allocate_bits", "total_bytes", "EPS_REL"]
 
 EPS_REL = 0.1
 
@@ -112,6 +112,19 @@ def coding_length_score(weights: Mapping[str, np.ndarray], eps_rel: float = EPS_
         energy = float((v * v).sum()) / v.shape[0]
         lengths[name] = coding_length(v, eps_rel * math.sqrt(energy)) if energy > 0 else 0.0
     return (lambda name, bits: lengths[name] * 4.0 ** -bits), lengths
+
+
+def dual_variable_score(duals: Mapping[str, float]) -> Score:
+    """Score provider from the constrained method's dual variables (``method="constrained"`` of
+    :func:`qcompile.qat.train`, ``result.dual_variables``): ``lambda_l * 4**-bits``. By the
+    sensitivity result of Hounie et al. 2022 (sec. 4), ``lambda_l`` is the rate at which the
+    optimal loss grows per unit of distortion allowed in layer ``l``; a ``bits``-bit quantizer's
+    distortion scales as ``4**-bits``, so the product estimates the loss a width costs and the
+    greedy keeps the layers with the largest duals at the higher widths."""
+    missing = [n for n, v in duals.items() if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v))]
+    if missing:
+        raise ConfigError(f"dual_variables: {missing}: dual variables must be finite and >= 0")
+    return lambda name, bits: float(duals[name]) * 4.0 ** -bits
 
 
 def allocate_uniform(layers: Sequence[LayerCost], budget: int) -> dict[str, int]:

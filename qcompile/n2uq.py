@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from qcompile.nn import ActQuant, QuantizedWeights, QuantMode
-from qcompile.qat import ACT_QMIN, TrainableWeights
+from qcompile.qat.lsq import ACT_QMIN, TrainableWeights
 
 __all__ = ["N2UQActQuant", "N2UQWeights", "n2uq_weight_codes", "MAX_N2UQ_WEIGHT_BITS", "A_MIN"]
 

@@ -1,6 +1,25 @@
-"""Quantization-aware training. The LSQ quantizers (:mod:`qcompile.qat.lsq`) keep their old import
-path (``from qcompile.qat import LsqWeights, ...``)."""
+"""Quantization-aware training.
+
+* :func:`train` (``qcompile.qat.train(model, example_inputs, train_data, method=..., bits=...,
+  epochs=..., loss=None, val_data=None)``) returns a :class:`PreparedModel` that
+  :func:`qcompile.compile` lowers as trained; methods ``lsq``, ``constrained``, ``ddq``,
+  ``block_replace`` (:class:`QATConfig`).
+* The LSQ quantizers (:mod:`qcompile.qat.lsq`) keep their old import path
+  (``from qcompile.qat import LsqWeights, ...``).
+"""
 from qcompile.qat.lsq import *  # noqa: F401,F403
 from qcompile.qat.lsq import __all__ as _lsq_all
+from qcompile.qat.prepared import METHODS, PreparedModel, QATConfig
+from qcompile.qat.sensitivity import layer_sensitivity, spearman
 
-__all__ = list(_lsq_all)
+__all__ = list(_lsq_all) + ["train", "QATConfig", "PreparedModel", "METHODS", "layer_sensitivity", "spearman"]
+
+
+def __getattr__(name: str):
+    # train imports the pass pipeline, which imports the quantizers above (and n2uq, which
+    # imports this package): resolved on first use to keep the import graph acyclic
+    if name == "train":
+        from qcompile.qat.trainer import train
+
+        return train
+    raise AttributeError(f"module 'qcompile.qat' has no attribute {name!r}")

@@ -124,10 +124,26 @@ class LsqWeights(TrainableWeights):
         qp = (1 << (self.bits - 1)) - 1
         per_step = self.module.weight[0].numel() if self.per_channel else self.module.weight.numel()
         self.grad_g = 1.0 / math.sqrt(per_step * qp)
+        self.reference: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     @property
     def qmax(self) -> int:
         return (1 << (self.bits - 1)) - 1
+
+    def keep_reference(self) -> None:
+        """Snapshot the current float weight and bias as the *reference* (full-precision
+        counterpart): with ``simulate = False`` the layer then computes with them instead of the
+        trained latent weights (used by block replacement, :mod:`qcompile.qat.block_replace`)."""
+        m = self.module
+        self.reference = (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reference is not None and not self.frozen and not self.simulate:
+            w, b = self.reference
+            if isinstance(self.module, nn.Linear):
+                return F.linear(x, w, b)
+            return self.module._conv_forward(x, w, b)
+        return super().forward(x)
 
     def step(self) -> torch.Tensor:
         s = grad_scale(self.step_rel, self.grad_g)
