@@ -21,6 +21,7 @@ from qcompile.model_input import resolve_model
 from qcompile.pass_manager import PassContext, Pipeline
 from qcompile.pipeline import default_pipeline
 from qcompile.provenance import build_info
+from qcompile.qat.prepared import PreparedModel
 from qcompile.target import Target, check_fits, resolve_target
 
 __all__ = ["compile"]
@@ -47,7 +48,9 @@ def compile(  # noqa: A001 - the public name the product promises
     :class:`qcompile.Target` with flash/RAM budgets, or a part preset name such as ``"stm32f446re"``;
     a model over budget raises :class:`qcompile.MemoryBudgetError`.
 
-    ``model`` is an ``nn.Module`` (traced by torch.fx), an already-traced ``GraphModule`` (its
+    ``model`` is the :class:`~qcompile.qat.PreparedModel` :func:`qcompile.qat.train` returns (its
+    frozen graph is lowered as trained, no pass runs again, ``config``/``pipeline`` are ignored),
+    an ``nn.Module`` (traced by torch.fx), an already-traced ``GraphModule`` (its
     module calls are kept as traced) or the path of an ``.onnx`` file (``example_inputs`` then
     defaults to the ONNX input shape with batch 1; needs the ``onnx`` extra). ``leaf_modules``:
     module classes or qualified names torch.fx must not trace into (see docs/tracing.md).
@@ -57,11 +60,17 @@ def compile(  # noqa: A001 - the public name the product promises
     if not name.isidentifier():
         raise ConfigError(f"name={name!r} must be a C identifier")
     config = config or QuantConfig()
-    model, example_inputs, leaf_modules = resolve_model(model, example_inputs, leaf_modules)
-    gm = check_supported(trace(model, tuple(example_inputs), leaf_modules=leaf_modules))
+    prepared = model if isinstance(model, PreparedModel) else None
+    if prepared is not None:  # qcompile.qat.train(...): lower its trained, frozen graph as is (no pass re-runs)
+        config, gm, pipeline = prepared.config, prepared.graph, Pipeline([])
+        example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    else:
+        model, example_inputs, leaf_modules = resolve_model(model, example_inputs, leaf_modules)
+        gm = check_supported(trace(model, tuple(example_inputs), leaf_modules=leaf_modules))
     batches = calibration_batches(calib, example_inputs[0], max_samples=config.max_calib_samples,
                                   batch_size=config.calib_batch_size)
-    ctx = PassContext(config=config, example_inputs=tuple(example_inputs), calib=batches, progress=progress)
+    ctx = PassContext(config=config, example_inputs=tuple(example_inputs), calib=batches, progress=progress,
+                      records=dict(prepared.records) if prepared is not None else {})
     pipeline = pipeline if pipeline is not None else default_pipeline()
     build = build_info(model, tuple(example_inputs), batches, config, target, name, pipeline)
     gm = pipeline.run(gm, ctx)
