@@ -159,6 +159,13 @@ class KLObserver(_SamplingObserver):
     ``KL(P || Q)`` between the histogram ``P`` of the values clipped to ``[-T, T]`` (outliers
     folded into the last bin) and its quantized version ``Q`` with the int8 levels available on
     that side. Works on ``|x|``; the range is ``(max(min, -T), min(max, T))``.
+
+    Exact zeros are left out of the histograms (our choice; TensorRT keeps them): zero is
+    represented exactly whatever ``T`` is (the zero point is an integer), and after a ReLU
+    they are often most of the mass. Kept, their bin dominates both normalized histograms and
+    the divergence sees almost nothing of the clipped tail, so the search picked the smallest
+    threshold it tries on post-ReLU6 tensors (measured: fashion_mobilenet W8A8 fell from 87.9%
+    to 66.8%; a 50%-zero exponential sample got ``T = 2.2`` instead of ``6.0``).
     """
 
     BINS = 2048
@@ -167,6 +174,7 @@ class KLObserver(_SamplingObserver):
     def range(self) -> tuple[float, float]:
         s = self.samples()
         a = np.abs(s)
+        a = a[a > 0]
         amax = float(a.max()) if a.size else 0.0
         if amax <= 0:
             return self.min, self.max

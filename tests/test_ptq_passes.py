@@ -246,6 +246,22 @@ def test_kl_and_best_observers():
                                                                                           "mse", "kl")
 
 
+def test_kl_threshold_ignores_the_zeros_of_a_relu():
+    """Exact zeros are quantized exactly whatever the clipping: adding them (as a ReLU does, here
+    80% of the values) must not pull the entropy threshold down (it used to fall to the smallest
+    candidate, 0.75 of a 6.0 range)."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.empty(200_000, dtype=torch.float64).exponential_(1.0, generator=g).clamp(max=6.0)
+    thresholds = []
+    for zeros in (0.0, 0.8):
+        x = v.clone()
+        x[torch.rand(len(x), generator=g) < zeros] = 0.0
+        kl = KLObserver()
+        kl.observe(x)
+        thresholds.append(kl.range()[1])
+    assert thresholds[0] > 5.0 and abs(thresholds[1] - thresholds[0]) < 0.1 * thresholds[0], thresholds
+
+
 def test_cle_rescues_per_tensor_depthwise():
     """The MobileNet failure mode: a depthwise conv with per-channel ranges 1000x apart."""
     torch.manual_seed(0)
