@@ -267,7 +267,10 @@ class Artifact:
         data = self.report_data()
         data.pop("compile_seconds")  # measured, so it would make two identical builds differ
         (out / "report.json").write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
+        from qcompile.integration import CMAKE_FILE, cmake_snippet
         from qcompile.report_html import memory_timeline, render_html
+
+        (out / CMAKE_FILE).write_text(cmake_snippet(self.name, list(sources)))
 
         (out / "report.html").write_text(render_html(self.name, _jsonable(data), memory_timeline(self.program, self.plan),
                                                      self.report()))
