@@ -41,7 +41,7 @@ __all__ = ["add_fast_fields", "emit_c", "emit_op", "profile_regions", "runtime_s
            "RUNTIME_FILES"]
 
 RUNTIME_DIR = Path(__file__).parent / "runtime"
-RUNTIME_FILES = ("qc_kernels.h", "qc_inline.h", "qc_kernels.c", "qc_conv.c")
+RUNTIME_FILES = ("qc_kernels.h", "qc_inline.h", "qc_kernels.c", "qc_conv.c", "qc_wide.c")
 
 _C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 

@@ -331,6 +331,10 @@ def emitted_param_bytes(op) -> int:
     stored (packed values or codes, int8 channel pairs, int16 pairs), codebook level tables (shared
     rows plus their index), the padded
     bias (int32) and requantization records (3 x int32), thresholds (int32)."""
+    if op.acc_bits == 64:
+        from qcompile.backends.c_wide import wide_param_bytes
+
+        return wide_param_bytes(op)
     if isinstance(op, ir.Conv2D):
         co, cig, kh, kw = (int(d) for d in op.weight.shape)
         groups = op.groups

@@ -9,6 +9,7 @@ from qcompile.backends.c_context import EmitContext, Emitted, emit_op
 from qcompile.backends.c_format import c_params, spatial
 from qcompile.backends.c_layout import conv_k_pad, conv_k_seq, is_depthwise
 from qcompile.backends.c_lowbit import emit_dwconv_lb, emit_gemm_lb, is_lowbit
+from qcompile.backends.c_wide import emit_wide
 from qcompile.backends.c_weights import PERM4, layer_arrays, pack_gemm, pack_gemm_w8, pack_pairs, pad_channels, \
     requant_plan, w8_plan
 
@@ -32,6 +33,8 @@ def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
     in_cs, in_ps = ctx.strides(src)
     out_cs, out_ps = ctx.strides(op.output)
     note = f" (+ fused {ctx.layout.fused_pads[op.name].name})" if op.name in ctx.layout.fused_pads else ""
+    if op.acc_bits == 64:
+        return emit_wide(op, ctx, src, (pt, pl, pb, pr), note.strip())
     geometry = [
         [("kernel_h", kh), ("kernel_w", kw)],
         [("stride_h", op.stride[0]), ("stride_w", op.stride[1])],
@@ -162,6 +165,8 @@ def _dense_lb(op: ir.Dense, ctx: EmitContext) -> Emitted:
 
 @emit_op.register
 def _(op: ir.Dense, ctx: EmitContext) -> Emitted:
+    if op.acc_bits == 64:
+        return emit_wide(op, ctx, op.input, (0, 0, 0, 0))
     if is_lowbit(op):
         return _dense_lb(op, ctx)
     fo, fi = (int(d) for d in op.weight.shape)

@@ -51,9 +51,23 @@ def _clamp(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 
 def _check_acc(op, acc: np.ndarray) -> np.ndarray:
+    """The accumulators, after checking they fit the op's accumulator (int32, or int64 on the
+    wide path, whose bound the verifier proved; ``requantize`` then saturates them like C)."""
+    if getattr(op, "acc_bits", 32) == 64:
+        return acc
     if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
         raise IRVerificationError(f"{type(op).__name__} '{op.name}': int32 accumulator overflow")
     return acc
+
+
+def _gemm_dtype(op) -> type:
+    """float64 BLAS (exact: int32-bounded sums are far below 2**53), or exact int64 arithmetic
+    for the int64 accumulation path, whose sums may exceed 2**53."""
+    return np.int64 if op.acc_bits == 64 else np.float64
+
+
+def _integral(v: np.ndarray) -> np.ndarray:
+    return v if v.dtype == np.int64 else np.rint(v).astype(np.int64)
 
 
 def _as_nchw(x: np.ndarray) -> np.ndarray:
@@ -82,21 +96,23 @@ def _(op: ir.Conv2D, program, x):
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
     n, _, ho, wo = win.shape[:4]
     cog = co // op.groups
-    w = op.weight.astype(np.float64)
+    dt = _gemm_dtype(op)
+    w = op.weight.astype(dt)
     out = np.empty((n, co, ho, wo), dtype=np.int64)
     for g in range(op.groups):
-        patch = win[:, g * cig:(g + 1) * cig].astype(np.float64)  # (N, cig, Ho, Wo, kh, kw)
+        patch = win[:, g * cig:(g + 1) * cig].astype(dt)  # (N, cig, Ho, Wo, kh, kw)
         patch = patch.transpose(0, 2, 3, 1, 4, 5).reshape(n, ho, wo, cig * kh * kw)
         wg = w[g * cog:(g + 1) * cog].reshape(cog, cig * kh * kw)
-        out[:, g * cog:(g + 1) * cog] = np.rint(patch @ wg.T).astype(np.int64).transpose(0, 3, 1, 2)
+        out[:, g * cog:(g + 1) * cog] = _integral(patch @ wg.T).transpose(0, 3, 1, 2)
     acc = _check_acc(op, out + op.bias.astype(np.int64)[None, :, None, None])
     return _output_stage(op, acc.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
 @run_op.register
 def _(op: ir.Dense, program, x):
-    xf = (x.reshape(x.shape[0], -1) + op.input_offset).astype(np.float64)
-    acc = np.rint(xf @ op.weight.astype(np.float64).T).astype(np.int64) + op.bias.astype(np.int64)
+    dt = _gemm_dtype(op)
+    xf = (x.reshape(x.shape[0], -1).astype(np.int64) + op.input_offset).astype(dt)
+    acc = _integral(xf @ op.weight.astype(dt).T) + op.bias.astype(np.int64)
     return _output_stage(op, _check_acc(op, acc))
 
 

@@ -21,6 +21,14 @@ each width is stored in.
 
 A layer with ``thresholds`` (nonuniform-to-uniform activation quantization) replaces the
 fixed-point requantization by comparisons: ``out = output_offset + #{k : acc >= T[c, k]}``.
+
+Conv2D/Dense accumulate in int32 (``acc_bits = 32``) when the verifier can prove no partial sum
+overflows it. A layer whose bound exceeds int32 (huge fan-in, wide input range) is lowered with
+``acc_bits = 64``: the sum is taken in int64 and requantized by the same
+:func:`~qcompile.fixedpoint.requantize`, whose left shift saturates to int32 before the fixed-point
+multiply (defined in C and numpy alike; :mod:`qcompile.backends.overflow` reports per layer whether
+that saturation can change an output). Such layers store plain int8 weights (no packing, no
+codebook) and have no threshold stage.
 """
 from __future__ import annotations
 
@@ -52,10 +60,13 @@ __all__ = [
     "Codebook",
     "storage_bits",
     "weight_storage_bytes",
+    "accumulator_bound",
+    "ACC_BITS",
     "verify",
 ]
 
 STORAGE_BITS = {2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
+ACC_BITS = (32, 64)  # Conv2D/Dense accumulator widths
 
 
 def storage_bits(w_bits: int) -> int:
@@ -159,6 +170,7 @@ class Conv2D:
     w_bits: int = 8
     codebook: Codebook | None = None
     thresholds: np.ndarray | None = None
+    acc_bits: int = 32  # 64: the int64 accumulation path (see ACC_BITS)
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -186,6 +198,7 @@ class Dense:
     w_bits: int = 8
     codebook: Codebook | None = None
     thresholds: np.ndarray | None = None
+    acc_bits: int = 32  # 64: the int64 accumulation path (see ACC_BITS)
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -488,10 +501,26 @@ def _max_abs_input(input_offset: int) -> int:
     return max(abs(-128 + input_offset), abs(127 + input_offset))
 
 
+def accumulator_bound(weight: np.ndarray, bias: np.ndarray, input_offset: int) -> np.ndarray:
+    """Per output channel, ``sum|w| * max|x + offset| + |bias|``: no partial sum, in any order,
+    exceeds it in magnitude (exact integers; int64 is safe below 2**62, checked)."""
+    w = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1)
+    if w.shape[1] * 128 * 256 >= 1 << 62:
+        raise IRVerificationError(f"fan-in {w.shape[1]} too large to bound in int64")
+    return w.sum(axis=1) * _max_abs_input(input_offset) + np.abs(bias.astype(np.int64))
+
+
 def _check_accumulator_bound(op, weight: np.ndarray, bias: np.ndarray, input_offset: int) -> None:
-    """Prove no int32 partial sum can overflow: ``sum|w| * max|x + offset| + |bias| <= INT32_MAX``."""
-    bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1) * _max_abs_input(input_offset)
-    bound = bound + np.abs(bias.astype(np.int64))
+    """Prove no partial sum can overflow the op's accumulator. int32: ``sum|w| * max|x + offset|
+    + |bias| <= INT32_MAX``. int64 (:data:`ACC_BITS`): the requantization's ``acc * 2**max(shift, 0)``
+    stays below ``2**62`` (so the int64 product in C and numpy is exact)."""
+    bound = accumulator_bound(weight, bias, input_offset)
+    if op.acc_bits == 64:
+        left = np.maximum(np.asarray(op.shift, dtype=np.int64), 0)
+        _check(op.thresholds is None, op, "the int64 accumulation path has no threshold output stage")
+        _check(bool(np.all(bound < (np.int64(1) << (62 - left)))), op,
+               f"int64 accumulator bound {int(bound.max()):,} shifted left by the requantization exceeds 2**62")
+        return
     _check(bool(np.all(bound <= INT32_MAX)), op,
            f"int32 accumulator may overflow (bound {int(bound.max()):,} > {INT32_MAX:,}, fan-in "
            f"{int(np.prod(weight.shape[1:]))}); reduce the layer's fan-in (e.g. pool or narrow its input) "
@@ -520,6 +549,8 @@ def _check_weights(op, weight: np.ndarray, bias: np.ndarray, n_out: int, w_bits:
 
 def _check_weighted(op, n_out: int) -> None:
     """Weights (or their codebook), bias, accumulator bound and the output stage of a conv/dense."""
+    _check(op.acc_bits in ACC_BITS, op, f"acc_bits {op.acc_bits}, expected one of {ACC_BITS}")
+    _check(op.acc_bits == 32 or op.codebook is None, op, "the int64 accumulation path stores plain int8 weights")
     cb = op.codebook
     if cb is None:
         _check_weights(op, op.weight, op.bias, n_out, op.w_bits)
@@ -548,7 +579,7 @@ def weight_storage_bytes(op: Op) -> int:
     codebook's level tables as stored (:meth:`Codebook.table_bytes`; 0 for ops without weights)."""
     if not isinstance(op, (Conv2D, Dense)):
         return 0
-    bits = storage_bits(op.w_bits)
+    bits = 8 if op.acc_bits == 64 else storage_bits(op.w_bits)  # the int64 path reads int8 bytes
     per_row = -(-int(np.prod(op.weight.shape[1:])) * bits // 8)
     table = op.codebook.table_bytes if op.codebook is not None else 0
     return op.weight.shape[0] * per_row + table

@@ -232,13 +232,21 @@ def _lower_weighted(lw: _Lowering, node: Node) -> None:
     codebook = None
     if isinstance(qmod, (PiecewiseQuantizedWeights, N2UQWeights)):
         codebook = ir.Codebook(qmod.codes.numpy().astype(np.uint8), qmod.levels.numpy().astype(np.int8), qmod.bits)
+    bound = ir.accumulator_bound(w_int, bias_int, -zp_in)
+    acc_bits = 32 if int(bound.max(initial=0)) <= INT32_MAX else 64
+    if acc_bits == 64:
+        codebook = None  # the int64 path reads plain int8 weights (``weight`` holds the decoded levels)
     common = dict(name=node.name, input=lw.tid(x), output=out, bias=bias_int, input_offset=-zp_in,
-                  output_offset=zp_out, multiplier=mult, shift=shift, act_min=lo, act_max=hi, w_bits=qmod.bits)
+                  output_offset=zp_out, multiplier=mult, shift=shift, act_min=lo, act_max=hi, w_bits=qmod.bits,
+                  acc_bits=acc_bits)
     quantizer = lw.out_quantizer(node)
     real_thresholds = quantizer_thresholds(quantizer)
+    if real_thresholds is not None and acc_bits == 64:
+        raise UnsupportedQuantizationError(
+            f"layer '{node.name}' at {source_location(node)}: its accumulator can exceed int32 (bound "
+            f"{int(bound.max()):,}), and the N2UQ threshold stage needs int32 accumulators; narrow the layer's "
+            "fan-in or use activation_quantizer='lsq' for its output")
     if real_thresholds is not None:  # out = qmin + #{k : acc >= t[c, k]}
-        bound = (np.abs(w_int.astype(np.int64)).reshape(w_int.shape[0], -1).sum(axis=1)
-                 * max(abs(-128 - zp_in), abs(127 - zp_in)) + np.abs(bias_int.astype(np.int64)))
         common.update(output_offset=quantizer.qmin, act_min=quantizer.qmin, act_max=quantizer.qmax,
                       thresholds=accumulator_thresholds(real_thresholds, bias, s_in, s_w, bias_int,
                                                         info(node).fused_act or (-math.inf, math.inf), bound,

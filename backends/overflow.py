@@ -25,6 +25,13 @@ saturate. Add: both rescaled inputs and their int32 sum are bounded exactly by e
 (monotone) requantization at the input extremes. Pools sum at most ``count`` values of
 ``[lo, hi]``; Mul multiplies two 9-bit values; Softmax sums uint32 table entries in 64 bits.
 
+Conv2D / Dense lowered with ``acc_bits = 64`` (the lowering's answer when the int32 bound above
+fails, e.g. a fan-in beyond ~66k at 8 bits) accumulate in int64 (``qc_wide.c``); their limit is
+``2**62`` including the requantization's left shift, which the IR verifier checks. The report
+then says "overflow-free: proven (int64 accumulator)" and, per layer, whether the int32
+saturation inside the requantization can change an output or only happens where the int8 output
+clamps anyway (:func:`_wide_notes`).
+
 On the C side, the emitter uses a faster requantization (pre-scaled accumulators, int8 weight
 pairs) only where it has proved its own, looser bound (``c_weights.requant_plan``/``w8_plan``);
 otherwise it uses the exact 64-bit path. ``c_requant`` records which.
@@ -52,24 +59,33 @@ class LayerBound:
     detail: str         # what was bounded (fan-in, weight bits, codebook, ...)
     notes: list[str] = field(default_factory=list)
     c_requant: str | None = None  # "fast" / "exact" for conv/dense: which C requantization was proved usable
+    acc_bits: int = 32  # 64: the int64 accumulation path (ir.ACC_BITS)
+
+    @property
+    def limit(self) -> int:
+        """Largest magnitude the accumulator holds: INT32_MAX, or 2**62 on the int64 path (whose
+        requantization multiplies by 2**max(shift, 0) in int64; the IR verifier bounds that)."""
+        return INT32_MAX if self.acc_bits == 32 else 1 << 62
 
     @property
     def proven(self) -> bool:
-        return INT32_MIN <= self.acc_min and self.acc_max <= INT32_MAX
+        return -self.limit <= self.acc_min and self.acc_max <= self.limit
 
     @property
     def headroom_bits(self) -> float:
-        """log2(INT32_MAX / max |intermediate|): how many more bits the accumulator could take."""
+        """log2(limit / max |intermediate|): how many more bits the accumulator could take."""
         m = max(abs(self.acc_min), abs(self.acc_max), 1)
-        return float(np.log2(INT32_MAX / m))
+        return float(np.log2(self.limit / m))
 
     def status(self) -> str:
-        return "overflow-free: proven" if self.proven else "MAY OVERFLOW"
+        if not self.proven:
+            return "MAY OVERFLOW"
+        return "overflow-free: proven" + (" (int64 accumulator)" if self.acc_bits == 64 else "")
 
     def as_dict(self) -> dict:
         return {"op": self.op, "status": self.status(), "proven": self.proven, "acc_min": self.acc_min,
-                "acc_max": self.acc_max, "headroom_bits": round(self.headroom_bits, 2), "detail": self.detail,
-                "notes": list(self.notes), "c_requant": self.c_requant}
+                "acc_max": self.acc_max, "acc_bits": self.acc_bits, "headroom_bits": round(self.headroom_bits, 2),
+                "detail": self.detail, "notes": list(self.notes), "c_requant": self.c_requant}
 
 
 def _in_range(offset: int) -> tuple[int, int]:
@@ -100,6 +116,9 @@ def _weighted(program: ir.Program, op) -> LayerBound:
     kind = f"{op.w_bits}-bit weights" + (f" (PWLQ codebook, {op.codebook.bits}-bit codes)" if op.codebook else "")
     detail = f"fan-in {fan_in}, {kind}, inputs [{lo}, {hi}]; full sum in [{full_lo:,}, {full_hi:,}]"
     notes = [] if op.thresholds is not None else _saturation_note(full_lo, full_hi, op.shift)
+    if op.acc_bits == 64:
+        notes = _wide_notes(op, n + b, p + b)
+        return LayerBound(op.name, type(op).__name__, part_min, part_max, detail, notes, "exact", 64)
     c_requant = None
     if op.thresholds is None:
         from qcompile.backends.c_weights import requant_plan
@@ -109,6 +128,32 @@ def _weighted(program: ir.Program, op) -> LayerBound:
     else:
         notes.append("threshold output stage: int32 comparisons only")
     return LayerBound(op.name, type(op).__name__, part_min, part_max, detail, notes, c_requant)
+
+
+def _wide_notes(op, full_lo: np.ndarray, full_hi: np.ndarray) -> list[str]:
+    """The int64 path: where ``acc * 2**max(shift, 0)`` can pass int32, ``requantize`` saturates it
+    before the multiply. That is exact when the saturated value already drives the int8 output to
+    its clamp (``act_max`` above, ``act_min`` below; swapped for a negative multiplier): then any
+    larger accumulator would clamp there too, requantization being monotone."""
+    m = np.asarray(op.multiplier, dtype=np.int64)
+    s = np.asarray(op.shift, dtype=np.int64)
+    y_hi = requantize(np.full(m.shape, INT32_MAX, dtype=np.int64), m, s) + op.output_offset
+    y_lo = requantize(np.full(m.shape, INT32_MIN, dtype=np.int64), m, s) + op.output_offset
+    left = np.maximum(s, 0)
+    over_hi = (full_hi << left) > INT32_MAX
+    over_lo = (full_lo << left) < INT32_MIN
+    pos = m >= 0
+    ok_hi = np.where(pos, y_hi >= op.act_max, y_hi <= op.act_min)
+    ok_lo = np.where(pos, y_lo <= op.act_min, y_lo >= op.act_max)
+    bad = np.flatnonzero((over_hi & ~ok_hi) | (over_lo & ~ok_lo))
+    saturating = int((over_hi | over_lo).sum())
+    head = f"int64 accumulator: the int32 bound is exceeded in {saturating} of {len(m)} channels"
+    if bad.size == 0:
+        return [f"{head}; the requantization saturates those at int32 only where the int8 output clamps "
+                "anyway: same outputs as unbounded arithmetic"]
+    return [f"{head}; in channels {bad[:8].tolist()}{' ...' if bad.size > 8 else ''} the int32 saturation "
+            "before the multiply can change outputs for such accumulators (defined, identical in C and "
+            "the interpreter)"]
 
 
 def _rq_range(lo: int, hi: int, multiplier, shift) -> tuple[int, int]:

@@ -807,7 +807,7 @@ def test_all_ops_program_covers_every_op_kind():
 def test_emit_is_deterministic(tmp_path):
     a = emit_c(_all_ops_program(), plan_memory(_all_ops_program()), "net")
     b = emit_c(_all_ops_program(), plan_memory(_all_ops_program()), "net")  # fresh objects, same content
-    assert list(a) == ["net.h", "net.c", "qc_kernels.h", "qc_inline.h", "qc_kernels.c", "qc_conv.c", "net.mk"]
+    assert list(a) == ["net.h", "net.c", "qc_kernels.h", "qc_inline.h", "qc_kernels.c", "qc_conv.c", "qc_wide.c", "net.mk"]
     assert a == b
     # independent of the hash seed (set/dict iteration order) of the emitting process
     (tmp_path / "program.pkl").write_bytes(pickle.dumps(_all_ops_program()))

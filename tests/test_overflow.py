@@ -5,7 +5,6 @@ rejected by the IR verifier, and the report states "overflow-free: proven" for e
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ import torch.nn as nn
 
 import qcompile
 from qcompile.backends import ir
-from qcompile.backends.host_build import HOST_CFLAGS, SANITIZE_CFLAGS
 from qcompile.backends.interpreter import interpret
 from qcompile.backends.memory_plan import plan_memory
 from qcompile.backends.overflow import prove_no_overflow
@@ -90,19 +88,8 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory):
-    """Kernel objects built once, with AddressSanitizer + UBSan when the host supports them."""
-    from test_fuzz_graphs import HostRunner
-
-    try:
-        return HostRunner(tmp_path_factory.mktemp("asan"), (*HOST_CFLAGS, *SANITIZE_CFLAGS))
-    except subprocess.CalledProcessError:
-        return HostRunner(tmp_path_factory.mktemp("plain"))
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_accumulators_at_the_int32_limit_run_exactly_in_c(case, runner):
+def test_accumulators_at_the_int32_limit_run_exactly_in_c(case, sanitized_runner):
     rng = np.random.default_rng(0)
     cls, w, in_shape, out_shape, bits, cb, conv = CASES[case](rng)
     w = cb.decode() if cb is not None else w
@@ -112,7 +99,7 @@ def test_accumulators_at_the_int32_limit_run_exactly_in_c(case, runner):
     assert bound.headroom_bits == 0.0
     xs = _adversarial_inputs(in_shape, rng)
     expected = interpret(program, xs)
-    got = runner.run_program(program, plan_memory(program), "adv", xs)
+    got = sanitized_runner.run_program(program, plan_memory(program), "adv", xs)
     np.testing.assert_array_equal(got, expected)
     assert np.unique(expected).size >= 3  # the outputs are not all clamped
     # one more unit of bias in the extreme channels and the verifier refuses the layer

@@ -263,6 +263,30 @@ typedef struct {
 } qc_fc_params;
 
 /**
+ * Conv2D / Dense on the int64 accumulation path (ir Conv2D/Dense with acc_bits == 64): layers whose
+ * partial sums can exceed int32. Direct convolution, acc = bias + sum w * (x + input_offset) in
+ * int64, then qc_requantize64 (which saturates acc * 2^max(shift, 0) to int32 before the multiply,
+ * exactly like qcompile.fixedpoint.requantize) + output_offset, clamped to [act_min, act_max].
+ * Weights: plain int8 in (out_c, kernel_h, kernel_w, cin_group) order. Element (c, y, x) of a
+ * tensor is at c * cs + (y * w + x) * ps. A Dense is a 1x1 convolution of a single pixel.
+ */
+typedef struct {
+    int32_t in_c, in_h, in_w, in_cs, in_ps;
+    int32_t out_c, out_h, out_w, out_cs, out_ps;
+    int32_t kernel_h, kernel_w;
+    int32_t stride_h, stride_w;
+    int32_t dilation_h, dilation_w;
+    int32_t pad_top, pad_left;
+    int32_t groups, cin_group, cout_group;
+    int32_t input_offset, output_offset;
+    int32_t act_min, act_max;
+    const int8_t *weight;
+    const int32_t *bias;
+    const int32_t *multiplier;
+    const int32_t *shift;
+} qc_conv_wide_params;
+
+/**
  * Add (TFLite int8 ADD): both inputs and the output have `size` elements in the same layout.
  * fast = 1: the emitter proved the shortcut below exact (no saturation; output right shift >= 1);
  * then in1_shift = left_shift + max(input1_shift, 0) + 1, in1_right = max(-input1_shift, 0)
@@ -438,6 +462,7 @@ void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *
    qc_dw3x3_s8 of qc_inline.h on a parameter block whose weight is that scratch. */
 void qc_dwconv_expand_s8(const qc_dwconv_lb_params *p, uint32_t *scratch);
 void qc_fc_s8(const qc_fc_params *p, const int8_t *input, int8_t *output);
+void qc_conv_wide_s8(const qc_conv_wide_params *p, const int8_t *input, int8_t *output);
 void qc_add_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 /* Fast Add (p->fast = 1) through two 256-entry tables built in scratch (512 int32). */
 void qc_add_table_s8(const qc_add_params *p, const int8_t *input1, const int8_t *input2, int8_t *output,
