@@ -8,7 +8,7 @@ from qcompile.backends.c_layout import add_uses_tables
 from qcompile.backends.c_weights import INT32_MAX, requant_arrays
 from qcompile.errors import IRVerificationError
 
-__all__ = ["add_fast_fields"]
+__all__ = ["add_fast_fields", "storage_strides"]
 
 
 def add_fast_fields(op: ir.Add) -> list[tuple[str, object]]:
@@ -157,8 +157,72 @@ def _(op: ir.PRelu, ctx: EmitContext) -> Emitted:
                    (kernel_call(ctx, op, "qc_prelu_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
 
 
+def storage_strides(ctx: EmitContext, tid: int) -> tuple[int, ...]:
+    """Element step of each logical dim of tensor ``tid`` in its storage (channels-last or PyTorch order)."""
+    shape = [int(d) for d in ctx.shape(tid)]
+    if len(shape) in (2, 3) and ctx.layout.hwc(tid):
+        c = shape[0]
+        return (1, c) if len(shape) == 2 else (1, shape[2] * c, c)
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return tuple(reversed(strides))
+
+
+def _copy_params(ctx: EmitContext, ident: str, dims, in_strides, out_strides,
+                 requant: tuple[int, int, int, int] | None = None) -> str:
+    """A qc_copy_params block: dims of extent 1 dropped, the rest ordered by decreasing output stride
+    (the innermost loop then writes contiguously), padded in front to QC_COPY_DIMS."""
+    loops = sorted(((int(o), int(i), int(n)) for n, i, o in zip(dims, in_strides, out_strides) if n != 1),
+                   key=lambda t: -t[0])
+    if len(loops) > ir.MAX_COPY_DIMS:
+        raise IRVerificationError(f"copy '{ident}' walks {len(loops)} dims (at most {ir.MAX_COPY_DIMS})")
+    loops = [(0, 0, 1)] * (ir.MAX_COPY_DIMS - len(loops)) + loops
+    off_in, off_out, m, s = requant if requant is not None else (0, 0, 0, 0)
+
+    def arr(values) -> str:
+        return "{" + ", ".join(str(int(v)) for v in values) + "}"
+
+    return c_params("qc_copy_params", ident, [
+        [("dims", arr(n for _, _, n in loops))],
+        [("in_strides", arr(i for _, i, _ in loops))],
+        [("out_strides", arr(o for o, _, _ in loops))],
+        [("requant", int(requant is not None))],
+        [("input_offset", off_in), ("output_offset", off_out), ("multiplier", m), ("shift", s)],
+    ])
+
+
+@emit_op.register
+def _(op: ir.StridedCopy, ctx: EmitContext) -> Emitted:
+    ins = storage_strides(ctx, op.input)
+    outs = storage_strides(ctx, op.output)
+    base = sum(s * k for s, k in zip(op.start, ins))
+    in_strides = [sum(r[k] * ins[k] for k in range(len(ins))) for r in op.steps]
+    p_id = ctx.ident(op.name, "params")
+    params = _copy_params(ctx, p_id, ctx.shape(op.output), in_strides, outs)
+    return Emitted((params,), (kernel_call(ctx, op, "qc_copy_s8", p_id, ctx.ptr(op.input, base), ctx.ptr(op.output)),))
+
+
+def _emit_concat_copies(op: ir.Concat, ctx: EmitContext) -> Emitted:
+    """A concat along any axis: one requantizing strided copy per input block."""
+    defs: list[str] = []
+    calls: list[str] = [ctx.header_comment(op)]
+    outs = storage_strides(ctx, op.output)
+    start = 0
+    for k, (tid, offset, m, s) in enumerate(zip(op.inputs, op.input_offsets, op.multipliers, op.shifts)):
+        p_id = ctx.ident(op.name, f"in{k}_params")
+        defs.append(_copy_params(ctx, p_id, ctx.shape(tid), storage_strides(ctx, tid), outs,
+                                 (offset, op.output_offset, m, s)))
+        calls.append(f"qc_copy_s8(&{p_id}, {ctx.ptr(tid)}, {ctx.ptr(op.output, start * outs[op.axis])});")
+        start += int(ctx.shape(tid)[op.axis])
+    return Emitted(tuple(defs), ("\n".join(calls),))
+
+
 @emit_op.register
 def _(op: ir.Concat, ctx: EmitContext) -> Emitted:
+    if op.axis != 0 or len(ctx.shape(op.output)) > 3:
+        return _emit_concat_copies(op, ctx)
     defs: list[str] = []
     calls: list[str] = [ctx.header_comment(op)]
     start = 0

@@ -173,7 +173,20 @@ def _(op: ir.Concat, program, *xs):
         _clamp(requantize(x + off, m, s) + op.output_offset, -128, 127)
         for x, off, m, s in zip(xs, op.input_offsets, op.multipliers, op.shifts)
     ]
-    return np.concatenate(blocks, axis=1)
+    return np.concatenate(blocks, axis=1 + op.axis)
+
+
+@run_op.register
+def _(op: ir.StridedCopy, program, x):
+    out_shape = program.tensors[op.output].shape
+    grid = np.indices(out_shape, dtype=np.int64)
+    index = []
+    for k, s in enumerate(op.start):
+        v = np.full(out_shape, s, dtype=np.int64)
+        for d in range(len(out_shape)):
+            v = v + op.steps[d][k] * grid[d]
+        index.append(v)
+    return x[(slice(None), *index)]
 
 
 @run_op.register

@@ -46,6 +46,7 @@ __all__ = [
     "Concat",
     "Pad",
     "Reshape",
+    "StridedCopy",
     "Softmax",
     "Op",
     "Program",
@@ -357,7 +358,8 @@ class PRelu:
 
 @dataclass(frozen=True, eq=False)
 class Concat:
-    """Concatenate along the first (channel) dim, rescaling each input to the output's quantization.
+    """Concatenate along dim ``axis`` (0, the channels, by default), rescaling each input to the output's
+    quantization.
 
     For input ``k``: ``out_block = clamp(requantize(x + input_offsets[k], multipliers[k], shifts[k]) + output_offset)``.
     """
@@ -369,6 +371,7 @@ class Concat:
     multipliers: tuple[int, ...]
     shifts: tuple[int, ...]
     output_offset: int
+    axis: int = 0
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -407,6 +410,31 @@ class Reshape:
         return (self.input,)
 
 
+MAX_COPY_DIMS = 6
+
+
+@dataclass(frozen=True, eq=False)
+class StridedCopy:
+    """Data movement: ``out[i] = x[start + sum_d steps[d] * i_d]`` on logical (PyTorch-order) indices.
+
+    ``start`` has one entry per input dim, ``steps`` one row per output dim and one column per input
+    dim. Every view of PyTorch is such a map: permute/transpose (``steps`` a permutation matrix),
+    slicing and split items (``start`` the first element, steps the slice steps), nearest upsampling
+    and broadcasting (a zero step over a new dim). Raw int8 values are copied: input and output
+    share quantization. At most :data:`MAX_COPY_DIMS` dims on either side.
+    """
+
+    name: str
+    input: int
+    output: int
+    start: tuple[int, ...]
+    steps: tuple[tuple[int, ...], ...]
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
 @dataclass(frozen=True, eq=False)
 class Softmax:
     """Softmax over the last dim, integer only.
@@ -428,7 +456,8 @@ class Softmax:
         return (self.input,)
 
 
-Op = Union[Conv2D, Dense, Add, Mul, MaxPool, AvgPool, GlobalAvgPool, Lut, PRelu, Concat, Pad, Reshape, Softmax]
+Op = Union[Conv2D, Dense, Add, Mul, MaxPool, AvgPool, GlobalAvgPool, Lut, PRelu, Concat, Pad, Reshape, StridedCopy,
+           Softmax]
 
 
 @dataclass
@@ -622,8 +651,12 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         _check_int8(op, -op.input_offset, op.output_offset)
     elif isinstance(op, Concat):
         shapes = [t[i].shape for i in op.inputs]
-        _check(all(s[1:] == out.shape[1:] for s in shapes), op, "non-channel dims differ")
-        _check(sum(s[0] for s in shapes) == out.shape[0], op, "channel counts do not add up")
+        a = op.axis
+        _check(0 <= a < len(out.shape) and all(len(s) == len(out.shape) for s in shapes), op, f"axis {a} / ranks")
+        _check(all(s[:a] + s[a + 1:] == out.shape[:a] + out.shape[a + 1:] for s in shapes), op,
+               f"dims other than the concatenation axis {a} differ")
+        _check(sum(s[a] for s in shapes) == out.shape[a], op, f"sizes along axis {a} do not add up")
+        _check(len(out.shape) <= MAX_COPY_DIMS, op, f"rank above {MAX_COPY_DIMS}")
         _check(len(op.input_offsets) == len(op.multipliers) == len(op.shifts) == len(shapes), op, "arity")
         for m, sh in zip(op.multipliers, op.shifts):
             _check_requant(op, m, sh)
@@ -637,6 +670,17 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         _check_int8(op, op.value)
     elif isinstance(op, Reshape):
         _check(t[op.input].size == out.size, op, "reshape changes the element count")
+    elif isinstance(op, StridedCopy):
+        si, so = t[op.input].shape, out.shape
+        _check(len(si) <= MAX_COPY_DIMS and len(so) <= MAX_COPY_DIMS, op, f"rank above {MAX_COPY_DIMS}")
+        _check(len(op.start) == len(si) and len(op.steps) == len(so) and all(len(r) == len(si) for r in op.steps),
+               op, "start/steps do not match the input and output ranks")
+        _check(t[op.input].scale == out.scale and t[op.input].zero_point == out.zero_point, op,
+               "a copy must keep quantization")
+        for k, n in enumerate(si):  # affine: the extremes are at the corners of the output box
+            lo = op.start[k] + sum(min(0, r[k] * (d - 1)) for r, d in zip(op.steps, so))
+            hi = op.start[k] + sum(max(0, r[k] * (d - 1)) for r, d in zip(op.steps, so))
+            _check(out.size == 0 or (0 <= lo and hi < n), op, f"reads outside input dim {k} ({lo}..{hi} of {n})")
     elif isinstance(op, Softmax):
         _check(t[op.input].shape[-1] == out.shape[-1] and t[op.input].size == out.size, op, "shape")
         _check(op.exp_table.dtype == np.uint32 and op.exp_table.shape == (256,), op, "exp table")

@@ -33,6 +33,7 @@ from qcompile.nn import QuantizedWeights
 from qcompile.piecewise import PiecewiseQuantizedWeights
 from qcompile.ops import Kind, clamp_range, info, lut_function
 from qcompile.quantization import tensor_qparams
+from qcompile.views import view_map, view_source
 
 __all__ = ["lower", "SOFTMAX_EXP_BITS", "accumulator_thresholds", "quantizer_thresholds", "check_quantizers"]
 
@@ -85,11 +86,14 @@ class _Lowering:
         return max(qlo, rmin), min(qhi, rmax)
 
     # -- building ------------------------------------------------------------------------
-    def new_tensor(self, node: Node, qparams: tuple[float, int], shape: tuple[int, ...] | None = None) -> int:
+    def new_tensor(self, node: Node, qparams: tuple[float, int], shape: tuple[int, ...] | None = None,
+                   suffix: str = "") -> int:
+        """A tensor for ``node``'s value, or with ``suffix`` an intermediate of its lowering (not its value)."""
         tid = len(self.tensors)
         shape = tuple(shape if shape is not None else info(node).shape[1:])
-        self.tensors.append(ir.Tensor(tid, node.name, shape, float(qparams[0]), int(qparams[1])))
-        self.source[tid] = node.name
+        self.tensors.append(ir.Tensor(tid, node.name + suffix, shape, float(qparams[0]), int(qparams[1])))
+        if not suffix:
+            self.source[tid] = node.name
         return tid
 
     def tid(self, node: Node) -> int:
@@ -371,13 +375,36 @@ def _lower_prelu(lw: _Lowering, node: Node) -> None:
 
 
 def _lower_cat(lw: _Lowering, node: Node) -> None:
+    """``torch.cat`` on any non-batch dim; ``torch.stack`` as a cat of inputs re-viewed with a new size-1 dim."""
     xs = list(node.args[0])
+    rank = len(info(node).shape)
+    axis = int(_arg(node, 1, "dim", 0)) % rank - 1
     s_out, zp_out = lw.out_qparams(node)
     qs = [lw.qparams(x) for x in xs]
     reqs = [_requant1(s / s_out) for s, _ in qs]
+    tids = [lw.tid(x) for x in xs]
+    if node.target is torch.stack:
+        for k, x in enumerate(xs):
+            shape = list(info(x).shape[1:])
+            shape.insert(axis, 1)
+            view = lw.new_tensor(node, qs[k], tuple(shape), suffix=f"_in{k}")
+            lw.ops.append(ir.Reshape(f"{node.name}_in{k}", tids[k], view))
+            tids[k] = view
     out = lw.new_tensor(node, (s_out, zp_out))
-    lw.ops.append(ir.Concat(node.name, tuple(lw.tid(x) for x in xs), out, tuple(-z for _, z in qs),
-                            tuple(m for m, _ in reqs), tuple(s for _, s in reqs), zp_out))
+    lw.ops.append(ir.Concat(node.name, tuple(tids), out, tuple(-z for _, z in qs),
+                            tuple(m for m, _ in reqs), tuple(s for _, s in reqs), zp_out, axis))
+
+
+def _lower_move(lw: _Lowering, node: Node) -> None:
+    """A strided view (permute, slicing, split item...) as a :class:`~ir.StridedCopy`; one that keeps the
+    row-major element order (a permute of size-1 dims, a full slice) as a free :class:`~ir.Reshape`."""
+    src = view_source(node)
+    m = view_map(node)
+    out = lw.new_tensor(node, lw.qparams(src))
+    if m.is_reshape(tuple(info(src).shape[1:])):
+        lw.ops.append(ir.Reshape(node.name, lw.tid(src), out))
+    else:
+        lw.ops.append(ir.StridedCopy(node.name, lw.tid(src), out, m.start, m.steps))
 
 
 def _lower_pad(lw: _Lowering, node: Node) -> None:
@@ -426,6 +453,7 @@ _LOWERINGS: dict[Kind, Callable[[_Lowering, Node], None]] = {
     Kind.CAT: _lower_cat,
     Kind.PAD: _lower_pad,
     Kind.RESHAPE: _lower_reshape,
+    Kind.MOVE: _lower_move,
     Kind.SOFTMAX: _lower_softmax,
 }
 
@@ -449,8 +477,8 @@ def lower(gm: GraphModule, name: str = "model") -> ir.Program:
         elif kind is Kind.CLAMP:
             _lower_lut(lw, node)
             lw.env[node] = lw.ops[-1].output
-        elif kind is Kind.SHAPE:
-            continue
+        elif kind in (Kind.SHAPE, Kind.SPLIT):
+            continue  # no tensor of its own: shape arithmetic, or the tuple a split item reads through
         elif kind is Kind.OUTPUT:
             outputs.append(lw.env[node.args[0]])
         elif kind in _LOWERINGS:

@@ -22,6 +22,8 @@ from qcompile.ops import Kind, NodeInfo, classify, info
 __all__ = ["trace", "propagate_shapes", "check_supported", "check_invariants", "check_model_tensors",
            "source_location"]
 
+MAX_DIMS = 6  # tensor rank without batch that the strided-copy kernel walks (QC_COPY_DIMS)
+
 _INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}
 
 
@@ -165,10 +167,18 @@ class _ShapeRecorder(Interpreter):
         kind = classify(n, self.module)
         shape = tuple(result.shape) if isinstance(result, torch.Tensor) else None
         if old is None:
-            n.meta["qc"] = NodeInfo(kind=kind, shape=shape)
+            n.meta["qc"] = old = NodeInfo(kind=kind, shape=shape)
         else:
             old.kind, old.shape = kind, shape
+        if _is_constant(result):  # x.size(1), c // 2: the views and reshapes that use them read the value
+            old.notes["value"] = result
         return result
+
+
+def _is_constant(v) -> bool:
+    if isinstance(v, (tuple, list)):
+        return all(_is_constant(x) for x in v)
+    return isinstance(v, (int, float, bool)) or v is None
 
 
 def propagate_shapes(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
@@ -199,6 +209,15 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
         return "no lowering for this operator"
     mod = gm.get_submodule(node.target) if node.op == "call_module" else None
     in_shape = info(node.args[0]).shape if node.args and isinstance(node.args[0], Node) else None
+    if kind is Kind.SPLIT:
+        if in_shape is None:
+            return "split of a non-tensor"
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        if node.target in ("unbind", torch.unbind):
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if not isinstance(dim, int) or dim % len(in_shape) == 0:
+            return f"split along dim {dim}: not along the batch dim (0)"
+        return None
     if kind is Kind.SHAPE:
         return "a tensor-valued indexing/slicing op is not supported" if shape is not None else None
     if kind is Kind.INPUT:
@@ -259,12 +278,22 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
             return f"mul broadcasting {sa} x {sb}: only equal shapes or per-channel (N, C, 1, 1)"
     elif kind is Kind.CAT:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if dim % len(shape) != 1:
-            return f"cat along dim {dim}: only along channels (dim 1)"
+        if not isinstance(dim, int) or dim % len(shape) == 0:
+            return f"{getattr(node.target, '__name__', node.target)} along dim {dim}: not along the batch dim (0)"
+        if not all(isinstance(x, Node) and info(x).shape is not None for x in node.args[0]):
+            return "cat/stack of values that are not tensors"
+        if len(shape) - 1 > MAX_DIMS:
+            return f"a tensor of rank {len(shape) - 1} without batch (at most {MAX_DIMS})"
+    elif kind is Kind.MOVE:
+        from qcompile.views import view_map  # views evaluates nodes through this module's records
+
+        try:
+            m = view_map(node)
+        except Exception as exc:  # noqa: BLE001 - the reason is the message
+            return f"not a strided view of its input: {exc}"
+        if len(m.out_shape) > MAX_DIMS or len(info(node.args[0]).shape or ()) - 1 > MAX_DIMS:
+            return f"a view of rank above {MAX_DIMS} (without batch)"
     elif kind is Kind.RESHAPE:
-        if node.target in ("permute", torch.permute, "transpose", torch.transpose) and \
-                [d for d in in_shape if d != 1] != [d for d in shape if d != 1]:
-            return "a permute/transpose that moves data (only re-views are supported)"
         if shape[0] != in_shape[0]:
             return "reshape that changes the batch dimension"
     elif kind is Kind.PAD:
@@ -331,5 +360,5 @@ def check_invariants(gm: GraphModule) -> None:
             raise AssertionError(f"node '{node.name}' has no qc analysis record")
         if qi.kind is None:
             raise AssertionError(f"node '{node.name}' ({node.target}) has no supported kind")
-        if qi.kind not in (Kind.SHAPE, Kind.OUTPUT) and qi.shape is None:
+        if qi.kind not in (Kind.SHAPE, Kind.OUTPUT, Kind.SPLIT) and qi.shape is None:
             raise AssertionError(f"node '{node.name}' produces no tensor")

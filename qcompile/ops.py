@@ -38,16 +38,18 @@ class Kind(enum.Enum):
     SUB = "sub"
     MUL = "mul"
     CAT = "cat"
-    RESHAPE = "reshape"      # flatten / view / reshape / squeeze / unsqueeze / permute that only re-views
+    RESHAPE = "reshape"      # flatten / view / reshape / squeeze / unsqueeze / unflatten (row-major re-views)
+    MOVE = "move"            # permute / transpose / slicing / narrow / select / items of a split: a strided copy
+    SPLIT = "split"          # chunk / split / unbind: a tuple of views, each read through getitem (a MOVE)
     PAD = "pad"
-    IDENTITY = "identity"    # dropout, nn.Identity, contiguous: removed by a pass
+    IDENTITY = "identity"    # dropout, nn.Identity: removed by a pass
     SOFTMAX = "softmax"
     SHAPE = "shape"          # x.size(), x.shape, getitem / arithmetic on them: no tensor value
     QUANT = "quant"          # an inserted ActQuant observer / fake-quantizer
 
 
 # Kinds whose output has exactly its input's quantization (no observer of their own).
-SHARES_INPUT_QUANT = frozenset({Kind.MAXPOOL, Kind.RESHAPE, Kind.PAD, Kind.IDENTITY})
+SHARES_INPUT_QUANT = frozenset({Kind.MAXPOOL, Kind.RESHAPE, Kind.PAD, Kind.IDENTITY, Kind.MOVE, Kind.SPLIT})
 
 
 @dataclass
@@ -121,9 +123,11 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
     operator.add: Kind.ADD, torch.add: Kind.ADD, operator.iadd: Kind.ADD,
     operator.sub: Kind.SUB, torch.sub: Kind.SUB, operator.isub: Kind.SUB,
     operator.mul: Kind.MUL, torch.mul: Kind.MUL, operator.imul: Kind.MUL,
-    torch.cat: Kind.CAT, torch.concat: Kind.CAT,
+    torch.cat: Kind.CAT, torch.concat: Kind.CAT, torch.stack: Kind.CAT,
     torch.flatten: Kind.RESHAPE, torch.reshape: Kind.RESHAPE, torch.squeeze: Kind.RESHAPE,
-    torch.unsqueeze: Kind.RESHAPE, torch.permute: Kind.RESHAPE, torch.transpose: Kind.RESHAPE,
+    torch.unsqueeze: Kind.RESHAPE, torch.permute: Kind.MOVE, torch.transpose: Kind.MOVE,
+    torch.swapaxes: Kind.MOVE, torch.movedim: Kind.MOVE, torch.narrow: Kind.MOVE, torch.select: Kind.MOVE,
+    torch.chunk: Kind.SPLIT, torch.split: Kind.SPLIT, torch.tensor_split: Kind.SPLIT, torch.unbind: Kind.SPLIT,
     F.pad: Kind.PAD,
     F.dropout: Kind.IDENTITY, F.dropout1d: Kind.IDENTITY, F.dropout2d: Kind.IDENTITY,
     F.softmax: Kind.SOFTMAX, torch.softmax: Kind.SOFTMAX,
@@ -132,8 +136,10 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
 
 _METHOD_KINDS: dict[str, Kind] = {
     "view": Kind.RESHAPE, "reshape": Kind.RESHAPE, "flatten": Kind.RESHAPE, "squeeze": Kind.RESHAPE,
-    "unsqueeze": Kind.RESHAPE, "permute": Kind.RESHAPE, "transpose": Kind.RESHAPE,
-    "contiguous": Kind.IDENTITY,
+    "unsqueeze": Kind.RESHAPE, "permute": Kind.MOVE, "transpose": Kind.MOVE, "swapaxes": Kind.MOVE,
+    "movedim": Kind.MOVE, "narrow": Kind.MOVE, "select": Kind.MOVE,
+    "chunk": Kind.SPLIT, "split": Kind.SPLIT, "tensor_split": Kind.SPLIT, "unbind": Kind.SPLIT,
+    "contiguous": Kind.MOVE,  # kept: a later .view() of a permuted tensor needs it; lowers to a free Reshape
     "relu": Kind.CLAMP, "clamp": Kind.CLAMP, "sigmoid": Kind.LUT, "tanh": Kind.LUT,
     "mean": Kind.GLOBAL_AVGPOOL, "softmax": Kind.SOFTMAX,
     "add": Kind.ADD, "sub": Kind.SUB, "mul": Kind.MUL,
@@ -165,9 +171,18 @@ def classify(node: Node, gm: GraphModule) -> Kind | None:
         kind = _METHOD_KINDS.get(node.target)
     else:
         return None  # get_attr (free parameters) and anything else
+    if node.target is operator.getitem and _indexes_tensor(node):
+        return Kind.MOVE  # x[:, :3], x[..., ::2], torch.chunk(x, 2, 1)[0]: a strided view, copied
     if kind in _BINARY and _scalar_operand(node) is not None:
         return Kind.LUT  # x * 0.5, 1 - x, ...: an element-wise function of one tensor
     return kind
+
+
+def _indexes_tensor(node: Node) -> bool:
+    """Whether a getitem reads a tensor (slicing) or one tensor of a split, not a shape tuple."""
+    src = node.args[0]
+    qi = src.meta.get("qc") if isinstance(src, Node) else None
+    return qi is not None and (qi.kind is Kind.SPLIT or qi.shape is not None)
 
 
 _BINARY = (Kind.ADD, Kind.SUB, Kind.MUL)

@@ -341,6 +341,50 @@ void qc_pad_s8(const qc_pad_params *p, const int8_t *input, int8_t *output)
     }
 }
 
+void qc_copy_s8(const qc_copy_params *p, const int8_t *input, int8_t *output)
+{
+    const int32_t n = p->dims[QC_COPY_DIMS - 1];
+    const int32_t is = p->in_strides[QC_COPY_DIMS - 1], os = p->out_strides[QC_COPY_DIMS - 1];
+    int32_t idx[QC_COPY_DIMS - 1] = {0, 0, 0, 0, 0};
+    int32_t d;
+
+    for (d = 0; d < QC_COPY_DIMS; ++d) {
+        if (p->dims[d] <= 0) {
+            return;
+        }
+    }
+    for (;;) {
+        const int8_t *x = input;
+        int8_t *y = output;
+        int32_t i;
+        for (d = 0; d < QC_COPY_DIMS - 1; ++d) {
+            x += idx[d] * p->in_strides[d];
+            y += idx[d] * p->out_strides[d];
+        }
+        if (p->requant) {
+            for (i = 0; i < n; ++i) {
+                y[i * os] = qc_to_int8(qc_requantize(x[i * is] + p->input_offset, p->multiplier, p->shift)
+                                       + p->output_offset, -128, 127);
+            }
+        } else if (is == 1 && os == 1) {
+            memcpy(y, x, (size_t)n);
+        } else {
+            for (i = 0; i < n; ++i) {
+                y[i * os] = x[i * is];
+            }
+        }
+        for (d = QC_COPY_DIMS - 2; d >= 0; --d) {  /* odometer over the outer dims */
+            if (++idx[d] < p->dims[d]) {
+                break;
+            }
+            idx[d] = 0;
+        }
+        if (d < 0) {
+            return;
+        }
+    }
+}
+
 void qc_softmax_s8(const qc_softmax_params *p, const int8_t *input, int8_t *output)
 {
     const int32_t n = p->row_size;

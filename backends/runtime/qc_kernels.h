@@ -359,6 +359,22 @@ typedef struct {
     int32_t value;
 } qc_pad_params;
 
+/**
+ * Strided copy (data movement: permute, slices, split items, nearest upsampling, concat blocks):
+ * for every output index (i0..i5), out[sum i_d * out_strides[d]] = in[sum i_d * in_strides[d]],
+ * strides in elements of the tensors' storage; unused leading dims have extent 1. With
+ * requant = 1 each value is rescaled like a Concat block (TFLite requantization).
+ */
+#define QC_COPY_DIMS 6
+typedef struct {
+    int32_t dims[QC_COPY_DIMS];
+    int32_t in_strides[QC_COPY_DIMS];
+    int32_t out_strides[QC_COPY_DIMS];
+    int32_t requant;
+    int32_t input_offset, output_offset;
+    int32_t multiplier, shift;
+} qc_copy_params;
+
 /** Softmax over rows of row_size elements (PyTorch order); output scale 1/256. */
 typedef struct {
     int32_t rows, row_size;
@@ -451,6 +467,8 @@ void qc_prelu_s8(const qc_prelu_params *p, const int8_t *input, int8_t *output);
 /* Writes one block; the caller passes the output pointer advanced to the block's start. */
 void qc_concat_s8(const qc_concat_params *p, const int8_t *input, int8_t *output);
 void qc_pad_s8(const qc_pad_params *p, const int8_t *input, int8_t *output);
+/* The caller passes both pointers advanced to the first element read / written. */
+void qc_copy_s8(const qc_copy_params *p, const int8_t *input, int8_t *output);
 void qc_softmax_s8(const qc_softmax_params *p, const int8_t *input, int8_t *output);
 
 #ifdef __cplusplus
