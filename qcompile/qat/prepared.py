@@ -89,11 +89,13 @@ class QATConfig:
 
     def quant_config(self, **overrides: Any) -> QuantConfig:
         """The :class:`~qcompile.QuantConfig` of the graph this training prepares: LSQ quantizers
-        at ``bits`` (weights per ``weight_bits`` when given), ``calib_samples`` for the 8-bit ranges."""
+        at ``bits`` (weights per ``weight_bits`` when given), ``calib_samples`` for the 8-bit ranges.
+        No bias correction: training learns the biases, and the float weights the graph starts
+        from stay the float model's function (block replacement's full-precision counterpart)."""
         kw = dict(weight_bits=dict(self.weight_bits) if self.weight_bits is not None else self.bits,
                   activation_bits=self.bits, activation_quantizer="lsq", qat_epochs=self.epochs, qat_lr=self.lr,
                   qat_batch_size=self.batch_size, qat_seed=self.seed, qat_keep_ends_8bit=self.keep_ends_8bit,
-                  max_calib_samples=self.calib_samples)
+                  max_calib_samples=self.calib_samples, bias_correction="none")
         kw.update(overrides)
         return QuantConfig(**kw)
 
