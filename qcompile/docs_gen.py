@@ -142,6 +142,7 @@ _FLAT_COLUMNS = {
                  "arena", "arena_vs_lower_bound", "bit_exact_O2", "within_1lsb"],
     "mcu_lowbit.json": ["model", "config", "macs", "weight_bytes", "instr_O2", "instr_per_mac", "flash_O2",
                         "bit_exact_O2"],
+    "pareto.json": ["source", "model", "method", "flash", "top1", "float_top1"],
 }
 
 
@@ -209,6 +210,8 @@ def benchmarks_markdown(results_dir: Path) -> str:
             lines += _md(["where", "random models run", "first failure", "seconds"], rows)
         else:
             lines += ["(no table layout known for this file; see the JSON)"]
+        for plot in data.get("plots", []):
+            lines += ["", f"![{Path(plot).name}](../{plot})"]
         for key in ("note", "targets"):
             if data.get(key):
                 text = data[key] if isinstance(data[key], str) else "; ".join(f"{k}: {v}" for k, v in data[key].items())
