@@ -248,6 +248,12 @@ class Builder:
         out = self.same_quant(x, shape)
         return self.add_op(ir.Reshape(self.name("reshape"), x, out))
 
+    def transpose(self, x: int) -> int:
+        """Swap the two last dims of a (C, H, W) tensor: a StridedCopy."""
+        shape = self.shape(x)
+        out = self.same_quant(x, (shape[0], shape[2], shape[1]))
+        return self.add_op(ir.StridedCopy(self.name("transpose"), x, out, (0, 0, 0), ((1, 0, 0), (0, 0, 1), (0, 1, 0))))
+
     def softmax(self, x: int) -> int:
         out = self.tensor(self.shape(x), scale=1.0 / 256.0, zp=-128)
         exp_bits = int(self.rng.integers(16, 32))
@@ -703,6 +709,9 @@ def build_chain(seed: int, one_d: bool, channels: int, length: int, ops: Sequenc
         elif kind == "concat":
             if c < 24:
                 x = b.concat([x, b.random_conv(x, "pointwise")], identity_first=bool(b.rng.integers(2)))
+        elif kind == "transpose":
+            if len(b.shape(x)) == 3:
+                x = b.transpose(x)
         elif kind == "to_1d":
             if len(b.shape(x)) == 3:
                 x = b.reshape(x, (c, b.size(x) // c))
@@ -795,7 +804,7 @@ def test_memory_plan_linear_chain_is_optimal():
 
 def _all_ops_program(seed: int = 60) -> ir.Program:
     return build_chain(seed, False, 5, 9, ["conv", "depthwise", "maxpool", "pad", "add", "sub", "mul", "se",
-                                           "concat", "avgpool", "prelu", "softmax", "to_1d", "conv"],
+                                           "concat", "transpose", "avgpool", "prelu", "softmax", "to_1d", "conv"],
                        "flatten_dense_softmax", 0)
 
 
