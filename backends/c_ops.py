@@ -108,14 +108,23 @@ def _(op: ir.MaxPool, ctx: EmitContext) -> Emitted:
 
 @emit_op.register
 def _(op: ir.AvgPool, ctx: EmitContext) -> Emitted:
+    defs: list[str] = []
+    per_window: list[list[tuple[str, object]]] = []
+    if op.count_padding is not None:
+        rq_defs, m_id, s_id = requant_arrays(ctx, op, op.div_multiplier, op.div_shift, prefix="div_")
+        defs.extend(rq_defs)
+        ct, cl, cb, cr = op.count_padding
+        per_window = [[("div_multiplier", m_id), ("div_shift", s_id)],
+                      [("count_top", ct), ("count_left", cl), ("count_bottom", cb), ("count_right", cr)]]
     p_id = ctx.ident(op.name, "params")
     params = c_params("qc_avgpool_params", p_id, [
         *_pool_geometry(ctx, op),
         [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
         [("multiplier", op.multiplier), ("shift", op.shift)],
         [("act_min", op.act_min), ("act_max", op.act_max)],
+        *per_window,
     ])
-    return Emitted((params,), (kernel_call(ctx, op, "qc_avgpool_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+    return Emitted((*defs, params), (kernel_call(ctx, op, "qc_avgpool_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
 
 
 @emit_op.register

@@ -139,9 +139,27 @@ def _(op: ir.MaxPool, program, x):
     return _clamp(y, op.act_min, op.act_max)
 
 
+def avgpool_divisors(op: ir.AvgPool, in_h: int, in_w: int, out_h: int, out_w: int) -> np.ndarray:
+    """Divisor of each output position: window positions inside the input extended by ``count_padding``."""
+    ct, cl, cb, cr = op.count_padding
+
+    def counts(n_out, stride, pad, k, lo, hi):
+        start = np.arange(n_out) * stride - pad
+        return np.minimum(start + k, hi) - np.maximum(start, lo)
+
+    rows = counts(out_h, op.stride[0], op.padding[0], op.kernel[0], -ct, in_h + cb)
+    cols = counts(out_w, op.stride[1], op.padding[1], op.kernel[1], -cl, in_w + cr)
+    return np.clip(rows[:, None] * cols[None, :], 0, None)
+
+
 @run_op.register
 def _(op: ir.AvgPool, program, x):
     acc = _pool_windows(op, x + op.input_offset, 0).sum(axis=(-2, -1))
+    if op.count_padding is not None:
+        h, w = _as_nchw(x).shape[2:]
+        d = avgpool_divisors(op, h, w, acc.shape[2], acc.shape[3])
+        y = requantize(_check_acc(op, acc), op.div_multiplier.astype(np.int64)[d], op.div_shift.astype(np.int64)[d])
+        return _clamp(y + op.output_offset, op.act_min, op.act_max)
     y = requantize(_check_acc(op, acc), op.multiplier, op.shift)
     return _clamp(y + op.output_offset, op.act_min, op.act_max)
 

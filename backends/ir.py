@@ -274,11 +274,16 @@ class MaxPool:
 
 @dataclass(frozen=True, eq=False)
 class AvgPool:
-    """Average pooling with a fixed divisor (PyTorch ``count_include_pad=True`` semantics).
+    """Average pooling, with a fixed divisor or one per window.
 
     ``acc = sum over the valid window positions of (x + input_offset)``;
     ``out = clamp(requantize(acc, multiplier, shift) + output_offset)``, where
-    ``multiplier * 2**(shift-31) ~= s_in / (s_out * kh * kw)``.
+    ``multiplier * 2**(shift-31) ~= s_in / (s_out * divisor)``. Fixed divisor (``count_padding`` is
+    ``None``): ``multiplier``/``shift`` hold it (``kh * kw``, PyTorch's ``count_include_pad=True``
+    without ceil mode, or ``divisor_override``). Per window (``ceil_mode``, ``count_include_pad=False``):
+    the divisor ``d`` is the number of window positions inside the input extended by
+    ``count_padding`` (top, left, bottom, right) -- PyTorch's rule, with the torch padding or with
+    zeros -- and the pair is ``(div_multiplier[d], div_shift[d])``, tables of ``kh * kw + 1`` entries.
     """
 
     name: str
@@ -293,6 +298,9 @@ class AvgPool:
     shift: int
     act_min: int = -128
     act_max: int = 127
+    count_padding: tuple[int, int, int, int] | None = None
+    div_multiplier: np.ndarray | None = None
+    div_shift: np.ndarray | None = None
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -632,6 +640,12 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         _check((ho, wo) == (eh, ew), op, f"output spatial {(ho, wo)}, expected {(eh, ew)}")
         if isinstance(op, AvgPool):
             _check_requant(op, op.multiplier, op.shift)
+            if op.count_padding is not None:
+                taps = op.kernel[0] * op.kernel[1] + 1
+                _check(op.div_multiplier is not None and op.div_multiplier.shape == (taps,) and
+                       op.div_multiplier.dtype == np.int32, op, f"div_multiplier must be int32 ({taps},)")
+                _check_requant(op, op.div_multiplier, op.div_shift)
+                _check_geometry(op, padding=op.count_padding)
             _check_int8(op, -op.input_offset, op.output_offset)
         else:
             _check(t[op.input].scale == out.scale and t[op.input].zero_point == out.zero_point, op,

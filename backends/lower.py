@@ -299,6 +299,8 @@ def _lower_mul(lw: _Lowering, node: Node) -> None:
 
 
 def _pool_params(lw: _Lowering, node: Node) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    """Kernel, stride and (top, left, bottom, right) padding of a pool. ``ceil_mode`` windows past the
+    bottom/right edge become extra bottom/right padding, sized from the traced output shape."""
     mod = lw.gm.get_submodule(node.target) if node.op == "call_module" else None
     if mod is not None:
         kernel, stride, padding = mod.kernel_size, mod.stride, mod.padding
@@ -308,10 +310,18 @@ def _pool_params(lw: _Lowering, node: Node) -> tuple[tuple[int, int], tuple[int,
         padding = _arg(node, 3, "padding", 0)
     one_d = len(info(node).shape) == 3
     if one_d:
-        k, s, p = (_pair(kernel)[1], _pair(stride)[1], _pair(padding)[1])
-        return (1, k), (1, s), (0, p, 0, p)
-    k, s, p = _spatial(kernel, 2), _spatial(stride, 2), _spatial(padding, 2)
-    return k, s, (p[0], p[1], p[0], p[1])
+        k, s, p = (1, _pair(kernel)[1]), (1, _pair(stride)[1]), (0, _pair(padding)[1])
+    else:
+        k, s, p = _spatial(kernel, 2), _spatial(stride, 2), _spatial(padding, 2)
+    c_in, h, w = _spatial_shape(info(node.args[0]).shape[1:])
+    _, ho, wo = _spatial_shape(info(node).shape[1:])
+    pb = max(p[0], (ho - 1) * s[0] + k[0] - h - p[0])
+    pr = max(p[1], (wo - 1) * s[1] + k[1] - w - p[1])
+    return k, s, (p[0], p[1], pb, pr)
+
+
+def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    return (shape[0], 1, shape[1]) if len(shape) == 2 else tuple(shape)
 
 
 def _lower_maxpool(lw: _Lowering, node: Node) -> None:
@@ -321,24 +331,80 @@ def _lower_maxpool(lw: _Lowering, node: Node) -> None:
     lw.ops.append(ir.MaxPool(node.name, lw.tid(x), out, kernel, stride, padding))
 
 
+def _avgpool_options(lw: _Lowering, node: Node) -> tuple[bool, int | None]:
+    """``(count_include_pad, divisor_override)`` of an average pool."""
+    mod = lw.gm.get_submodule(node.target) if node.op == "call_module" else None
+    if mod is not None:
+        return bool(mod.count_include_pad), getattr(mod, "divisor_override", None)
+    return bool(node.kwargs.get("count_include_pad", True)), node.kwargs.get("divisor_override")
+
+
 def _lower_avgpool(lw: _Lowering, node: Node) -> None:
+    """Average pooling; the divisor follows PyTorch (``count_include_pad``, ``ceil_mode``,
+    ``divisor_override``): fixed when every window has ``kh * kw`` counted positions, else per window
+    through a table of ``kh * kw + 1`` requantization pairs (:class:`~ir.AvgPool`)."""
     kernel, stride, padding = _pool_params(lw, node)
     x = node.args[0]
     s_in, zp_in = lw.qparams(x)
     s_out, zp_out = lw.out_qparams(node)
-    m, sh = _requant1(s_in / (s_out * kernel[0] * kernel[1]))
+    include_pad, override = _avgpool_options(lw, node)
+    torch_pad = (padding[0], padding[1], padding[0], padding[1])
     out = lw.new_tensor(node, (s_out, zp_out))
-    lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, stride, padding, -zp_in, zp_out, m, sh))
+    if override:
+        m, sh = _requant1(s_in / (s_out * override))
+        lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, stride, padding, -zp_in, zp_out, m, sh))
+        return
+    m, sh = _requant1(s_in / (s_out * kernel[0] * kernel[1]))
+    if include_pad and padding == torch_pad:  # every window lies inside the padded input
+        lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, stride, padding, -zp_in, zp_out, m, sh))
+        return
+    taps = kernel[0] * kernel[1]
+    dm, ds = _requant(np.array([s_in / (s_out * d) for d in range(1, taps + 1)]))
+    dm, ds = np.concatenate([[0], dm]).astype(np.int32), np.concatenate([[0], ds]).astype(np.int32)
+    lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, stride, padding, -zp_in, zp_out, m, sh,
+                             count_padding=torch_pad if include_pad else (0, 0, 0, 0),
+                             div_multiplier=dm, div_shift=ds))
+
+
+def _adaptive_window(node: Node) -> tuple[tuple[int, int], tuple[int, int, int]] | None:
+    """Kernel (= stride) of an adaptive pool or spatial reduction, and the pooled ``(C, H', W')``."""
+    c, h, w = _spatial_shape(info(node.args[0]).shape[1:])
+    shape = info(node).shape[1:]
+    if len(shape) == len(info(node.args[0]).shape[1:]):
+        _, ho, wo = _spatial_shape(shape)
+    else:
+        ho = wo = 1  # x.amax((2, 3)) without keepdim
+    return (h // ho, w // wo), (c, ho, wo) if len(info(node.args[0]).shape) == 4 else (c, wo)
 
 
 def _lower_global_avgpool(lw: _Lowering, node: Node) -> None:
     x = node.args[0]
     s_in, zp_in = lw.qparams(x)
     s_out, zp_out = lw.out_qparams(node)
+    kernel, pooled = _adaptive_window(node)
+    if int(np.prod(pooled[1:])) > 1:  # adaptive pooling to a size dividing the input: kernel = stride
+        m, sh = _requant1(s_in / (s_out * kernel[0] * kernel[1]))
+        out = lw.new_tensor(node, (s_out, zp_out))
+        lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, kernel, (0, 0, 0, 0), -zp_in, zp_out, m, sh))
+        return
     count = int(np.prod(info(x).shape[2:]))
     m, sh = _requant1(s_in / (s_out * count))
     out = lw.new_tensor(node, (s_out, zp_out))
     lw.ops.append(ir.GlobalAvgPool(node.name, lw.tid(x), out, -zp_in, zp_out, m, sh))
+
+
+def _lower_global_maxpool(lw: _Lowering, node: Node) -> None:
+    """Adaptive max pooling (to sizes dividing the input) and ``amax`` over the spatial dims as a
+    :class:`~ir.MaxPool` with kernel = stride; a reshape drops the pooled dims ``amax`` removes."""
+    x = node.args[0]
+    qp = lw.qparams(x)
+    kernel, pooled = _adaptive_window(node)
+    shape = tuple(info(node).shape[1:])
+    pooled_t = lw.new_tensor(node, qp, pooled, suffix="" if pooled == shape else "_pooled")
+    lw.ops.append(ir.MaxPool(node.name if pooled == shape else f"{node.name}_pool", lw.tid(x), pooled_t,
+                             kernel, kernel, (0, 0, 0, 0)))
+    if pooled != shape:
+        lw.ops.append(ir.Reshape(node.name, pooled_t, lw.new_tensor(node, qp)))
 
 
 def lut_table(fn: Callable[[torch.Tensor], torch.Tensor], s_in: float, zp_in: int, s_out: float, zp_out: int) -> np.ndarray:
@@ -448,6 +514,7 @@ _LOWERINGS: dict[Kind, Callable[[_Lowering, Node], None]] = {
     Kind.MAXPOOL: _lower_maxpool,
     Kind.AVGPOOL: _lower_avgpool,
     Kind.GLOBAL_AVGPOOL: _lower_global_avgpool,
+    Kind.GLOBAL_MAXPOOL: _lower_global_maxpool,
     Kind.LUT: _lower_lut,
     Kind.PRELU: _lower_prelu,
     Kind.CAT: _lower_cat,

@@ -238,31 +238,27 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
     elif kind is Kind.MAXPOOL:
         p = mod if mod is not None else None
         dil = p.dilation if p is not None else node.kwargs.get("dilation", 1)
-        ceil = p.ceil_mode if p is not None else node.kwargs.get("ceil_mode", False)
-        if dil not in (1, (1,), (1, 1)) or ceil or (p is not None and p.return_indices):
-            return "max pooling with dilation, ceil_mode or return_indices"
+        if dil not in (1, (1,), (1, 1)) or (p is not None and p.return_indices) or node.kwargs.get("return_indices"):
+            return "max pooling with dilation or return_indices"
         if p is None and len(node.args) > 3:
             return "max pooling given padding/dilation positionally; use keywords"
     elif kind is Kind.AVGPOOL:
-        p = mod
-        ceil = p.ceil_mode if p is not None else node.kwargs.get("ceil_mode", False)
-        cip = p.count_include_pad if p is not None else node.kwargs.get("count_include_pad", True)
-        div = p.divisor_override if isinstance(p, nn.AvgPool2d) else node.kwargs.get("divisor_override")
-        if ceil or not cip or div is not None:
-            return "average pooling with ceil_mode, count_include_pad=False or divisor_override"
-        if p is None and len(node.args) > 3:
-            return "average pooling given padding positionally; use keywords"
-    elif kind is Kind.GLOBAL_AVGPOOL:
-        if node.op == "call_module" or node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
-            size = mod.output_size if mod is not None else node.args[1]
-            if size not in (1, (1,), (1, 1), [1], [1, 1]):
-                return f"adaptive average pooling to {size} (only to 1)"
+        if mod is None and len(node.args) > 3:
+            return "average pooling given padding/ceil_mode positionally; use keywords"
+    elif kind in (Kind.GLOBAL_AVGPOOL, Kind.GLOBAL_MAXPOOL):
+        adaptive = node.op == "call_module" or node.target not in (torch.mean, "mean", torch.amax, "amax")
+        if adaptive:
+            if (mod is not None and getattr(mod, "return_indices", False)) or node.kwargs.get("return_indices"):
+                return "adaptive max pooling with return_indices"
+            if len(shape) != len(in_shape) or any(i % o for i, o in zip(in_shape[2:], shape[2:])):
+                return f"adaptive pooling from {tuple(in_shape[2:])} to {tuple(shape[2:])}: only to sizes dividing the input"
         else:
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
             rank = len(in_shape)
             if sorted(d % rank for d in dims) != list(range(2, rank)):
-                return f"mean over dims {dims}: only over all spatial dims (2..{rank - 1})"
+                return f"{node.target if isinstance(node.target, str) else node.target.__name__} over dims {dims}: " \
+                       f"only over all spatial dims (2..{rank - 1})"
     elif kind in (Kind.ADD, Kind.SUB):
         a, b = node.args[:2]
         if not (isinstance(a, Node) and isinstance(b, Node)) or info(a).shape != info(b).shape:

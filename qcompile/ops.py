@@ -33,7 +33,8 @@ class Kind(enum.Enum):
     PRELU = "prelu"
     MAXPOOL = "maxpool"
     AVGPOOL = "avgpool"
-    GLOBAL_AVGPOOL = "global_avgpool"  # adaptive avg pool to 1, x.mean(spatial dims)
+    GLOBAL_AVGPOOL = "global_avgpool"  # adaptive avg pool (to 1 or sizes dividing the input), x.mean(spatial dims)
+    GLOBAL_MAXPOOL = "global_maxpool"  # adaptive max pool (likewise), x.amax(spatial dims)
     ADD = "add"
     SUB = "sub"
     MUL = "mul"
@@ -49,7 +50,7 @@ class Kind(enum.Enum):
 
 
 # Kinds whose output has exactly its input's quantization (no observer of their own).
-SHARES_INPUT_QUANT = frozenset({Kind.MAXPOOL, Kind.RESHAPE, Kind.PAD, Kind.IDENTITY, Kind.MOVE, Kind.SPLIT})
+SHARES_INPUT_QUANT = frozenset({Kind.MAXPOOL, Kind.GLOBAL_MAXPOOL, Kind.RESHAPE, Kind.PAD, Kind.IDENTITY, Kind.MOVE, Kind.SPLIT})
 
 
 @dataclass
@@ -106,6 +107,7 @@ _MODULE_KINDS: list[tuple[type | tuple[type, ...], Kind]] = [
     ((nn.MaxPool1d, nn.MaxPool2d), Kind.MAXPOOL),
     ((nn.AvgPool1d, nn.AvgPool2d), Kind.AVGPOOL),
     ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d), Kind.GLOBAL_AVGPOOL),
+    ((nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d), Kind.GLOBAL_MAXPOOL),
     ((nn.Flatten, nn.Unflatten), Kind.RESHAPE),
     ((nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d), Kind.PAD),
     ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity), Kind.IDENTITY),
@@ -120,6 +122,7 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
     F.avg_pool1d: Kind.AVGPOOL, F.avg_pool2d: Kind.AVGPOOL,
     F.adaptive_avg_pool1d: Kind.GLOBAL_AVGPOOL, F.adaptive_avg_pool2d: Kind.GLOBAL_AVGPOOL,
     torch.mean: Kind.GLOBAL_AVGPOOL,
+    F.adaptive_max_pool1d: Kind.GLOBAL_MAXPOOL, F.adaptive_max_pool2d: Kind.GLOBAL_MAXPOOL, torch.amax: Kind.GLOBAL_MAXPOOL,
     operator.add: Kind.ADD, torch.add: Kind.ADD, operator.iadd: Kind.ADD,
     operator.sub: Kind.SUB, torch.sub: Kind.SUB, operator.isub: Kind.SUB,
     operator.mul: Kind.MUL, torch.mul: Kind.MUL, operator.imul: Kind.MUL,
@@ -141,7 +144,7 @@ _METHOD_KINDS: dict[str, Kind] = {
     "chunk": Kind.SPLIT, "split": Kind.SPLIT, "tensor_split": Kind.SPLIT, "unbind": Kind.SPLIT,
     "contiguous": Kind.MOVE,  # kept: a later .view() of a permuted tensor needs it; lowers to a free Reshape
     "relu": Kind.CLAMP, "clamp": Kind.CLAMP, "sigmoid": Kind.LUT, "tanh": Kind.LUT,
-    "mean": Kind.GLOBAL_AVGPOOL, "softmax": Kind.SOFTMAX,
+    "mean": Kind.GLOBAL_AVGPOOL, "amax": Kind.GLOBAL_MAXPOOL, "softmax": Kind.SOFTMAX,
     "add": Kind.ADD, "sub": Kind.SUB, "mul": Kind.MUL,
     "size": Kind.SHAPE, "dim": Kind.SHAPE,
 }

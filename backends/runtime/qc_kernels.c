@@ -147,6 +147,26 @@ void qc_maxpool_s8(const qc_maxpool_params *p, const int8_t *input, int8_t *outp
     }
 }
 
+/* The (multiplier, shift) of the window starting at (iy0, ix0): fixed, or by its divisor (see qc_avgpool_params). */
+static void qc_avgpool_rq(const qc_avgpool_params *p, int32_t iy0, int32_t ix0, int32_t *m, int32_t *s)
+{
+    if (p->div_multiplier == NULL) {
+        *m = p->multiplier;
+        *s = p->shift;
+    } else {
+        const int32_t top = -p->count_top, bottom = p->in_h + p->count_bottom;
+        const int32_t left = -p->count_left, right = p->in_w + p->count_right;
+        const int32_t y_lo = iy0 > top ? iy0 : top;
+        const int32_t y_hi = iy0 + p->kernel_h < bottom ? iy0 + p->kernel_h : bottom;
+        const int32_t x_lo = ix0 > left ? ix0 : left;
+        const int32_t x_hi = ix0 + p->kernel_w < right ? ix0 + p->kernel_w : right;
+        const int32_t rows = y_hi > y_lo ? y_hi - y_lo : 0;
+        const int32_t cols = x_hi > x_lo ? x_hi - x_lo : 0;
+        *m = p->div_multiplier[rows * cols];
+        *s = p->div_shift[rows * cols];
+    }
+}
+
 #if defined(__ARM_FEATURE_DSP)
 /*
  * AvgPool on a channels-last input with windows of at most 256 taps: the raw int8 values of 4
@@ -165,9 +185,10 @@ static void qc_avgpool_hwc_s8(const qc_avgpool_params *p, const int8_t *input, i
         for (ox = 0; ox < p->out_w; ++ox) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
             int8_t *out = output + (oy * p->out_w + ox) * p->out_ps;
-            int32_t kx_lo, kx_hi, count, c;
+            int32_t kx_lo, kx_hi, count, c, rq_m, rq_s;
             qc_window(ix0, 1, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
             count = (ky_hi - ky_lo) * (kx_hi - kx_lo);
+            qc_avgpool_rq(p, iy0, ix0, &rq_m, &rq_s);
             for (c = 0; c < p->channels; c += 4) {
                 int32_t sums[4];
                 int32_t j, ky;
@@ -202,7 +223,7 @@ static void qc_avgpool_hwc_s8(const qc_avgpool_params *p, const int8_t *input, i
                 }
                 for (j = 0; j < 4 && c + j < p->channels; ++j) {
                     const int32_t acc = sums[j] + count * p->input_offset;
-                    out[(c + j) * p->out_cs] = qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset,
+                    out[(c + j) * p->out_cs] = qc_to_int8(qc_requantize(acc, rq_m, rq_s) + p->output_offset,
                                                           p->act_min, p->act_max);
                 }
             }
@@ -233,9 +254,10 @@ void qc_avgpool_s8(const qc_avgpool_params *p, const int8_t *input, int8_t *outp
             qc_window(iy0, 1, p->kernel_h, p->in_h, &ky_lo, &ky_hi);
             for (ox = 0; ox < p->out_w; ++ox) {
                 const int32_t ix0 = ox * p->stride_w - p->pad_left;
-                int32_t kx_lo, kx_hi, ky;
+                int32_t kx_lo, kx_hi, ky, rq_m, rq_s;
                 int32_t acc = 0;
                 qc_window(ix0, 1, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
+                qc_avgpool_rq(p, iy0, ix0, &rq_m, &rq_s);
                 for (ky = ky_lo; ky < ky_hi; ++ky) {
                     const int8_t *in_row = in_ch + (iy0 + ky) * p->in_w * ps;
                     int32_t kx;
@@ -244,7 +266,7 @@ void qc_avgpool_s8(const qc_avgpool_params *p, const int8_t *input, int8_t *outp
                     }
                 }
                 acc += (ky_hi - ky_lo) * (kx_hi - kx_lo) * p->input_offset;
-                out_ch[(oy * p->out_w + ox) * p->out_ps] = qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset,
+                out_ch[(oy * p->out_w + ox) * p->out_ps] = qc_to_int8(qc_requantize(acc, rq_m, rq_s) + p->output_offset,
                                        p->act_min, p->act_max);
             }
         }

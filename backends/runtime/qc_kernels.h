@@ -306,7 +306,11 @@ typedef struct {
     int32_t act_min, act_max;
 } qc_maxpool_params;
 
-/** AvgPool with a fixed divisor folded into (multiplier, shift); padded positions add 0. */
+/**
+ * AvgPool; padded positions add 0. The divisor is fixed and folded into (multiplier, shift), or,
+ * with div_multiplier != NULL, counted per window: the window positions inside the input extended
+ * by count_top/left/bottom/right, d = rows * cols, requantized with (div_multiplier[d], div_shift[d]).
+ */
 typedef struct {
     int32_t channels, in_h, in_w, out_h, out_w;
     int32_t in_cs, in_ps, out_cs, out_ps;
@@ -316,6 +320,9 @@ typedef struct {
     int32_t input_offset, output_offset;
     int32_t multiplier, shift;
     int32_t act_min, act_max;
+    const int32_t *div_multiplier;  /* NULL: fixed divisor; else kernel_h * kernel_w + 1 entries */
+    const int32_t *div_shift;
+    int32_t count_top, count_left, count_bottom, count_right;
 } qc_avgpool_params;
 
 /** GlobalAvgPool: (channels, inner) -> (channels,); element (c, i) at c * c_stride + i * i_stride. */
