@@ -50,6 +50,18 @@ def test_report_html_is_self_contained_with_the_figures(art, tmp_path):
     assert page == (art.save(tmp_path / "again") / "report.html").read_text()
 
 
+def test_without_matplotlib_the_page_says_why(art, monkeypatch):
+    import sys
+
+    from qcompile.report_html import render_html
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    page = render_html(art.name, art.report_data(), memory_timeline(art.program, art.plan), "text")
+    assert "<svg" not in page and page.count("figures not drawn: matplotlib could not be imported") == 3
+    assert "<td>conv0</td>" in page  # the layer table is still there
+
+
 def test_memory_timeline_matches_the_plan(art):
     tl = memory_timeline(art.program, art.plan)
     assert len(tl["live_bytes"]) == len(art.program.ops)
