@@ -206,7 +206,7 @@ def _fusable_pads(program: ir.Program, plan: MemoryPlan) -> dict[str, ir.Pad]:
     index = {op.name: i for i, op in enumerate(program.ops)}
     fused: dict[str, ir.Pad] = {}
     for i, op in enumerate(program.ops):
-        if not isinstance(op, ir.Pad) or op.output in (program.inputs[0], program.outputs[0]):
+        if not isinstance(op, ir.Pad) or op.interior != (0, 0) or op.output in (program.inputs[0], program.outputs[0]):
             continue
         readers = [c for c in program.ops if op.output in c.inputs]
         if not readers or not all(isinstance(c, ir.Conv2D) and c.input_offset == -op.value for c in readers):

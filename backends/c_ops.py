@@ -203,6 +203,26 @@ def _copy_params(ctx: EmitContext, ident: str, dims, in_strides, out_strides,
 
 
 @emit_op.register
+def _(op: ir.Resize, ctx: EmitContext) -> Emitted:
+    c, h, w = spatial(ctx.shape(op.input))
+    _, ho, wo = spatial(ctx.shape(op.output))
+    in_cs, in_ps = ctx.strides(op.input)
+    out_cs, out_ps = ctx.strides(op.output)
+    r_id, c_id, p_id = ctx.ident(op.name, "rows"), ctx.ident(op.name, "cols"), ctx.ident(op.name, "params")
+    rows = c_array("int32_t", r_id, op.rows, f"{op.name}: per output row (i0, i1, a0, a1)")
+    cols = c_array("int32_t", c_id, op.cols, f"{op.name}: per output column (j0, j1, b0, b1)")
+    params = c_params("qc_resize_params", p_id, [
+        [("channels", c), ("in_h", h), ("in_w", w), ("out_h", ho), ("out_w", wo)],
+        [("in_cs", in_cs), ("in_ps", in_ps), ("out_cs", out_cs), ("out_ps", out_ps)],
+        [("rows", r_id), ("cols", c_id)],
+        [("input_offset", op.input_offset), ("output_offset", op.output_offset)],
+        [("multiplier", op.multiplier), ("shift", op.shift)],
+    ])
+    return Emitted((rows, cols, params),
+                   (kernel_call(ctx, op, "qc_resize_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
+
+
+@emit_op.register
 def _(op: ir.StridedCopy, ctx: EmitContext) -> Emitted:
     ins = storage_strides(ctx, op.input)
     outs = storage_strides(ctx, op.output)
@@ -265,6 +285,7 @@ def _(op: ir.Pad, ctx: EmitContext) -> Emitted:
         [("in_cs", in_cs), ("in_ps", in_ps), ("out_cs", out_cs), ("out_ps", out_ps)],
         [("pad_top", pt), ("pad_left", pl), ("pad_bottom", pb), ("pad_right", pr)],
         [("value", op.value)],
+        [("stride_h", op.interior[0] + 1), ("stride_w", op.interior[1] + 1)],
     ])
     return Emitted((params,), (kernel_call(ctx, op, "qc_pad_s8", p_id, ctx.ptr(op.input), ctx.ptr(op.output)),))
 

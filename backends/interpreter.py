@@ -195,6 +195,16 @@ def _(op: ir.Concat, program, *xs):
 
 
 @run_op.register
+def _(op: ir.Resize, program, x):
+    v = _as_nchw(x) + op.input_offset
+    r, c = op.rows.astype(np.int64), op.cols.astype(np.int64)
+    top = v[:, :, r[:, 0], :] * r[None, None, :, 2, None] + v[:, :, r[:, 1], :] * r[None, None, :, 3, None]
+    acc = top[:, :, :, c[:, 0]] * c[:, 2] + top[:, :, :, c[:, 1]] * c[:, 3]
+    y = requantize(_check_acc(op, acc), op.multiplier, op.shift)
+    return _clamp(y + op.output_offset, -128, 127)
+
+
+@run_op.register
 def _(op: ir.StridedCopy, program, x):
     out_shape = program.tensors[op.output].shape
     grid = np.indices(out_shape, dtype=np.int64)
@@ -209,7 +219,14 @@ def _(op: ir.StridedCopy, program, x):
 
 @run_op.register
 def _(op: ir.Pad, program, x):
-    return _pad_hw(_as_nchw(x), op.padding, op.value)
+    v = _as_nchw(x)
+    ih, iw = op.interior
+    if ih or iw:
+        n, c, h, w = v.shape
+        spread = np.full((n, c, h + (h - 1) * ih, w + (w - 1) * iw), op.value, dtype=v.dtype)
+        spread[:, :, ::ih + 1, ::iw + 1] = v
+        v = spread
+    return _pad_hw(v, op.padding, op.value)
 
 
 @run_op.register

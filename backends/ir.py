@@ -47,6 +47,7 @@ __all__ = [
     "Pad",
     "Reshape",
     "StridedCopy",
+    "Resize",
     "Softmax",
     "Op",
     "Program",
@@ -391,7 +392,8 @@ class Pad:
     """Constant padding of the two last dims (``(C, H, W)``, or ``(C, L)`` with ``H = 1``) with ``value``.
 
     ``padding`` is ``(top, left, bottom, right)``; input and output share quantization and
-    ``value`` is the zero point (real 0.0).
+    ``value`` is the zero point (real 0.0). ``interior = (ih, iw)`` also puts ``ih``/``iw`` values
+    between neighbouring rows/columns (the zero insertion of a transposed convolution).
     """
 
     name: str
@@ -399,6 +401,7 @@ class Pad:
     output: int
     padding: tuple[int, int, int, int]
     value: int
+    interior: tuple[int, int] = (0, 0)
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -444,6 +447,36 @@ class StridedCopy:
 
 
 @dataclass(frozen=True, eq=False)
+class Resize:
+    """Bilinear (or, on ``(C, L)``, linear) interpolation in exact integer arithmetic.
+
+    ``rows[y] = (i0, i1, a0, a1)``: output row ``y`` blends input rows ``i0`` and ``i1`` with integer
+    weights ``a0, a1`` of sum ``Dy`` (the same for every row); ``cols[x]`` likewise with sum ``Dx``.
+    ``acc = sum_{r, c} a_r * b_c * (x[i_r, j_c] + input_offset)`` (exact, int32);
+    ``out = clamp(requantize(acc, multiplier, shift) + output_offset)`` with
+    ``multiplier * 2**(shift-31) ~= s_in / (s_out * Dy * Dx)``. The weights are PyTorch's source
+    coordinates written as fractions (``align_corners=False``: ``src = ((2y + 1) * H - Ho) / (2 Ho)``,
+    clamped at 0, so ``Dy = 2 Ho``; ``align_corners=True``: ``src = y (H - 1) / (Ho - 1)``,
+    ``Dy = Ho - 1``), so the only rounding is the one requantization (round half away from zero
+    of the fixed-point product, :func:`qcompile.fixedpoint.requantize`).
+    """
+
+    name: str
+    input: int
+    output: int
+    rows: np.ndarray   # int32 (Ho, 4)
+    cols: np.ndarray   # int32 (Wo, 4)
+    input_offset: int
+    output_offset: int
+    multiplier: int
+    shift: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
 class Softmax:
     """Softmax over the last dim, integer only.
 
@@ -465,7 +498,7 @@ class Softmax:
 
 
 Op = Union[Conv2D, Dense, Add, Mul, MaxPool, AvgPool, GlobalAvgPool, Lut, PRelu, Concat, Pad, Reshape, StridedCopy,
-           Softmax]
+           Resize, Softmax]
 
 
 @dataclass
@@ -680,7 +713,9 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         co, ho, wo = _spatial(out.shape)
         pt, pl, pb, pr = op.padding
         _check_geometry(op, padding=op.padding)
-        _check((co, ho, wo) == (c, h + pt + pb, w + pl + pr), op, "padded shape")
+        ih, iw = op.interior
+        _check(ih >= 0 and iw >= 0, op, "interior padding must be >= 0")
+        _check((co, ho, wo) == (c, h + (h - 1) * ih + pt + pb, w + (w - 1) * iw + pl + pr), op, "padded shape")
         _check_int8(op, op.value)
     elif isinstance(op, Reshape):
         _check(t[op.input].size == out.size, op, "reshape changes the element count")
@@ -695,6 +730,19 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
             lo = op.start[k] + sum(min(0, r[k] * (d - 1)) for r, d in zip(op.steps, so))
             hi = op.start[k] + sum(max(0, r[k] * (d - 1)) for r, d in zip(op.steps, so))
             _check(out.size == 0 or (0 <= lo and hi < n), op, f"reads outside input dim {k} ({lo}..{hi} of {n})")
+    elif isinstance(op, Resize):
+        c, h, w = _spatial(t[op.input].shape)
+        co, ho, wo = _spatial(out.shape)
+        _check(c == co and len(t[op.input].shape) == len(out.shape), op, "resize changes channels or rank")
+        for name, tab, n_in, n_out in (("rows", op.rows, h, ho), ("cols", op.cols, w, wo)):
+            _check(tab.dtype == np.int32 and tab.shape == (n_out, 4), op, f"{name} must be int32 ({n_out}, 4)")
+            _check(bool(np.all((tab[:, :2] >= 0) & (tab[:, :2] < n_in))), op, f"{name} index outside the input")
+            _check(bool(np.all(tab[:, 2:] >= 0)) and len(set((tab[:, 2] + tab[:, 3]).tolist())) == 1, op,
+                   f"{name} weights must be >= 0 with one sum")
+        d = int(op.rows[0, 2] + op.rows[0, 3]) * int(op.cols[0, 2] + op.cols[0, 3])
+        _check(d * _max_abs_input(op.input_offset) <= INT32_MAX, op, "int32 accumulator may overflow")
+        _check_requant(op, op.multiplier, op.shift)
+        _check_int8(op, -op.input_offset, op.output_offset)
     elif isinstance(op, Softmax):
         _check(t[op.input].shape[-1] == out.shape[-1] and t[op.input].size == out.size, op, "shape")
         _check(op.exp_table.dtype == np.uint32 and op.exp_table.shape == (256,), op, "exp table")

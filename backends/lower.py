@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch.fx import GraphModule, Node
 
 from qcompile.backends import ir
+from qcompile.conv_transpose import zero_insert
 from qcompile.errors import UnsupportedOpError, UnsupportedQuantizationError
 from qcompile.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier
 from qcompile.frontend import source_location
@@ -461,20 +462,66 @@ def _lower_cat(lw: _Lowering, node: Node) -> None:
                             tuple(m for m, _ in reqs), tuple(s for _, s in reqs), zp_out, axis))
 
 
+def linear_taps(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+    """``(n_out, 4)`` int32 rows ``(i0, i1, a0, a1)``: output ``y`` is ``(a0 * x[i0] + a1 * x[i1]) / D`` with
+    PyTorch's source coordinate as an exact fraction (see :class:`~ir.Resize`); every row sums to ``D``."""
+    rows = []
+    if align_corners:
+        d = max(n_out - 1, 1)
+        nums = [y * (n_in - 1) if n_out > 1 else 0 for y in range(n_out)]
+    else:
+        d = 2 * n_out
+        nums = [max((2 * y + 1) * n_in - n_out, 0) for y in range(n_out)]
+    for num in nums:
+        i0, r = divmod(num, d)
+        i0 = min(i0, n_in - 1)
+        rows.append((i0, min(i0 + 1, n_in - 1), d - r, r))
+    return np.array(rows, dtype=np.int32)
+
+
+def _lower_resize(lw: _Lowering, node: Node) -> None:
+    """Bilinear/linear interpolation as an integer :class:`~ir.Resize`; the output keeps the input's
+    quantization (a convex combination stays in the input's range)."""
+    from qcompile.ops import interpolation
+
+    x = node.args[0]
+    it = interpolation(node, lw.gm)
+    _, h, w = _spatial_shape(info(x).shape[1:])
+    _, ho, wo = _spatial_shape(info(node).shape[1:])
+    rows = linear_taps(h, ho, it.align_corners) if len(info(node).shape) == 4 else \
+        np.array([[0, 0, 1, 0]], dtype=np.int32)
+    cols = linear_taps(w, wo, it.align_corners)
+    s, zp = lw.qparams(x)
+    m, sh = _requant1(1.0 / (int(rows[0, 2] + rows[0, 3]) * int(cols[0, 2] + cols[0, 3])))
+    out = lw.new_tensor(node, (s, zp))
+    lw.ops.append(ir.Resize(node.name, lw.tid(x), out, rows, cols, -zp, zp, m, sh))
+
+
 def _lower_move(lw: _Lowering, node: Node) -> None:
     """A strided view (permute, slicing, split item...) as a :class:`~ir.StridedCopy`; one that keeps the
     row-major element order (a permute of size-1 dims, a full slice) as a free :class:`~ir.Reshape`."""
     src = view_source(node)
-    m = view_map(node)
-    out = lw.new_tensor(node, lw.qparams(src))
+    m = view_map(node, lw.gm)
+    qp = lw.qparams(src)
+    shape = tuple(info(node).shape[1:])
     if m.is_reshape(tuple(info(src).shape[1:])):
-        lw.ops.append(ir.Reshape(node.name, lw.tid(src), out))
-    else:
-        lw.ops.append(ir.StridedCopy(node.name, lw.tid(src), out, m.start, m.steps))
+        lw.ops.append(ir.Reshape(node.name, lw.tid(src), lw.new_tensor(node, qp)))
+    elif m.out_shape == shape:
+        lw.ops.append(ir.StridedCopy(node.name, lw.tid(src), lw.new_tensor(node, qp), m.start, m.steps))
+    else:  # pixel shuffle, nearest upsampling: a copy to the factored shape, read back row-major
+        factored = lw.new_tensor(node, qp, m.out_shape, suffix="_factored")
+        lw.ops.append(ir.StridedCopy(f"{node.name}_copy", lw.tid(src), factored, m.start, m.steps))
+        lw.ops.append(ir.Reshape(node.name, factored, lw.new_tensor(node, qp)))
 
 
 def _lower_pad(lw: _Lowering, node: Node) -> None:
     x = node.args[0]
+    if node.target is zero_insert:  # a transposed convolution's zero insertion
+        (sh, sw), padding = node.args[1], node.args[2]
+        qp = lw.qparams(x)
+        out = lw.new_tensor(node, qp)
+        lw.ops.append(ir.Pad(node.name, lw.tid(x), out, tuple(padding), qp[1], (sh - 1, sw - 1)))
+        return
     if node.op == "call_module":
         pad = lw.gm.get_submodule(node.target).padding
     else:
@@ -521,6 +568,7 @@ _LOWERINGS: dict[Kind, Callable[[_Lowering, Node], None]] = {
     Kind.PAD: _lower_pad,
     Kind.RESHAPE: _lower_reshape,
     Kind.MOVE: _lower_move,
+    Kind.RESIZE: _lower_resize,
     Kind.SOFTMAX: _lower_softmax,
 }
 

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx import GraphModule, Interpreter, Node, Tracer
 
+from qcompile.conv_transpose import conv_transpose_problem, rewrite_conv_transposes, zero_insert
 from qcompile.errors import ConfigError, TraceError, UnsupportedOpError
 from qcompile.ops import Kind, NodeInfo, classify, info
 
@@ -85,6 +86,7 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
         if "inplace" in node.kwargs:
             node.kwargs = {**node.kwargs, "inplace": False}
     gm.recompile()
+    rewrite_conv_transposes(gm)
     propagate_shapes(gm, example_inputs)
     return gm
 
@@ -206,6 +208,9 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
     qi: NodeInfo = info(node)
     kind, shape = qi.kind, qi.shape
     if kind is None:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+            return conv_transpose_problem(gm.get_submodule(node.target), len(node.args) + len(node.kwargs)) \
+                or "ConvTranspose3d"
         return "no lowering for this operator"
     mod = gm.get_submodule(node.target) if node.op == "call_module" else None
     in_shape = info(node.args[0]).shape if node.args and isinstance(node.args[0], Node) else None
@@ -284,7 +289,7 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
         from qcompile.views import view_map  # views evaluates nodes through this module's records
 
         try:
-            m = view_map(node)
+            m = view_map(node, gm)
         except Exception as exc:  # noqa: BLE001 - the reason is the message
             return f"not a strided view of its input: {exc}"
         if len(m.out_shape) > MAX_DIMS or len(info(node.args[0]).shape or ()) - 1 > MAX_DIMS:
@@ -292,6 +297,8 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
     elif kind is Kind.RESHAPE:
         if shape[0] != in_shape[0]:
             return "reshape that changes the batch dimension"
+    elif kind is Kind.PAD and node.target is zero_insert:
+        pass  # a rewritten transposed convolution's zero insertion
     elif kind is Kind.PAD:
         if mod is not None:
             value = getattr(mod, "value", 0.0)
@@ -302,6 +309,18 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
                 return f"padding mode {mode!r}"
         if value != 0.0 or len(shape) not in (3, 4):
             return "only zero padding of the spatial dims"
+    elif kind is Kind.RESIZE:
+        from qcompile.ops import interpolation
+
+        it = interpolation(node, gm)
+        linear = {4: "bilinear", 3: "linear"}.get(len(shape))
+        if it.mode != linear or it.antialias:
+            return f"interpolation mode {it.mode!r}{' with antialias' if it.antialias else ''} on a rank-{len(shape)} " \
+                   f"tensor (nearest, or {linear or 'bilinear'} without antialias)"
+        if it.size is None:
+            factors = it.scale_factor if isinstance(it.scale_factor, (tuple, list)) else [it.scale_factor]
+            if any(float(f) != int(f) for f in factors):
+                return f"{it.mode} interpolation by scale_factor={it.scale_factor}: only integer factors (or size=)"
     elif kind is Kind.SOFTMAX:
         dim = mod.dim if mod is not None else node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
         if dim is None or dim % len(shape) != len(shape) - 1:

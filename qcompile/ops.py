@@ -17,8 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
+from qcompile.conv_transpose import zero_insert
+
 __all__ = [
-    "Kind", "NodeInfo", "classify", "info", "lut_function", "clamp_range", "module_of", "SHARES_INPUT_QUANT",
+    "Kind", "NodeInfo", "Interpolation", "interpolation", "pixel_shuffle_factor", "classify", "info", "lut_function", "clamp_range", "module_of", "SHARES_INPUT_QUANT",
 ]
 
 
@@ -43,6 +45,7 @@ class Kind(enum.Enum):
     MOVE = "move"            # permute / transpose / slicing / narrow / select / items of a split: a strided copy
     SPLIT = "split"          # chunk / split / unbind: a tuple of views, each read through getitem (a MOVE)
     PAD = "pad"
+    RESIZE = "resize"        # bilinear / linear interpolation (nearest is a MOVE)
     IDENTITY = "identity"    # dropout, nn.Identity: removed by a pass
     SOFTMAX = "softmax"
     SHAPE = "shape"          # x.size(), x.shape, getitem / arithmetic on them: no tensor value
@@ -50,7 +53,7 @@ class Kind(enum.Enum):
 
 
 # Kinds whose output has exactly its input's quantization (no observer of their own).
-SHARES_INPUT_QUANT = frozenset({Kind.MAXPOOL, Kind.GLOBAL_MAXPOOL, Kind.RESHAPE, Kind.PAD, Kind.IDENTITY, Kind.MOVE, Kind.SPLIT})
+SHARES_INPUT_QUANT = frozenset({Kind.MAXPOOL, Kind.GLOBAL_MAXPOOL, Kind.RESIZE, Kind.RESHAPE, Kind.PAD, Kind.IDENTITY, Kind.MOVE, Kind.SPLIT})
 
 
 @dataclass
@@ -112,6 +115,7 @@ _MODULE_KINDS: list[tuple[type | tuple[type, ...], Kind]] = [
     ((nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d), Kind.PAD),
     ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity), Kind.IDENTITY),
     (nn.Softmax, Kind.SOFTMAX),
+    ((nn.PixelShuffle, nn.PixelUnshuffle), Kind.MOVE),
 ]
 
 _FUNCTION_KINDS: dict[Any, Kind] = {
@@ -131,7 +135,9 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
     torch.unsqueeze: Kind.RESHAPE, torch.permute: Kind.MOVE, torch.transpose: Kind.MOVE,
     torch.swapaxes: Kind.MOVE, torch.movedim: Kind.MOVE, torch.narrow: Kind.MOVE, torch.select: Kind.MOVE,
     torch.chunk: Kind.SPLIT, torch.split: Kind.SPLIT, torch.tensor_split: Kind.SPLIT, torch.unbind: Kind.SPLIT,
-    F.pad: Kind.PAD,
+    F.pad: Kind.PAD, zero_insert: Kind.PAD,
+    F.pixel_shuffle: Kind.MOVE, F.pixel_unshuffle: Kind.MOVE, torch.pixel_shuffle: Kind.MOVE,
+    torch.pixel_unshuffle: Kind.MOVE,
     F.dropout: Kind.IDENTITY, F.dropout1d: Kind.IDENTITY, F.dropout2d: Kind.IDENTITY,
     F.softmax: Kind.SOFTMAX, torch.softmax: Kind.SOFTMAX,
     getattr: Kind.SHAPE, operator.getitem: Kind.SHAPE, operator.floordiv: Kind.SHAPE,
@@ -164,6 +170,8 @@ def classify(node: Node, gm: GraphModule) -> Kind | None:
             return Kind.QUANT
         if isinstance(mod, QuantizedWeights):
             mod = mod.module
+        if isinstance(mod, _INTERP_MODULES):
+            return Kind.MOVE if interpolation(node, gm).mode == "nearest" else Kind.RESIZE
         for types, kind in _MODULE_KINDS:
             if isinstance(mod, types):
                 return kind
@@ -174,11 +182,65 @@ def classify(node: Node, gm: GraphModule) -> Kind | None:
         kind = _METHOD_KINDS.get(node.target)
     else:
         return None  # get_attr (free parameters) and anything else
+    if node.op == "call_function" and node.target in _INTERP_FUNCTIONS:
+        return Kind.MOVE if interpolation(node, gm).mode == "nearest" else Kind.RESIZE
     if node.target is operator.getitem and _indexes_tensor(node):
         return Kind.MOVE  # x[:, :3], x[..., ::2], torch.chunk(x, 2, 1)[0]: a strided view, copied
     if kind in _BINARY and _scalar_operand(node) is not None:
         return Kind.LUT  # x * 0.5, 1 - x, ...: an element-wise function of one tensor
     return kind
+
+
+_INTERP_MODULES = (nn.Upsample,)  # UpsamplingNearest2d / UpsamplingBilinear2d are subclasses
+_INTERP_FUNCTIONS = {F.interpolate: "nearest", F.upsample: "nearest", F.upsample_nearest: "nearest",
+                     F.upsample_bilinear: "bilinear"}
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    """An interpolation's arguments: ``size`` or ``scale_factor`` (as given), mode, align_corners."""
+
+    mode: str
+    align_corners: bool
+    size: Any
+    scale_factor: Any
+    antialias: bool = False
+
+
+def interpolation(node: Node, gm: GraphModule | None) -> Interpolation | None:
+    """The arguments of an upsampling node (``nn.Upsample``, ``F.interpolate``...), else ``None``."""
+    if node.op == "call_module" and gm is not None:
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, _INTERP_MODULES):
+            return Interpolation(mod.mode, bool(mod.align_corners), mod.size, mod.scale_factor)
+        return None
+    if node.op != "call_function" or node.target not in _INTERP_FUNCTIONS:
+        return None
+    names = ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
+    a = dict(zip(names, node.args))
+    a.update(node.kwargs)
+    if node.target is F.upsample_bilinear:
+        return Interpolation("bilinear", True, a.get("size"), a.get("scale_factor"))
+    if node.target is F.upsample_nearest:
+        return Interpolation("nearest", False, a.get("size"), a.get("scale_factor"))
+    return Interpolation(a.get("mode", "nearest"), bool(a.get("align_corners") or False), a.get("size"),
+                         a.get("scale_factor"), bool(a.get("antialias", False)))
+
+
+def pixel_shuffle_factor(node: Node, gm: GraphModule | None) -> tuple[int, bool] | None:
+    """``(r, is_unshuffle)`` of a pixel (un)shuffle node, else ``None``."""
+    if node.op == "call_module" and gm is not None:
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, nn.PixelShuffle):
+            return int(mod.upscale_factor), False
+        if isinstance(mod, nn.PixelUnshuffle):
+            return int(mod.downscale_factor), True
+        return None
+    if node.op == "call_function" and node.target in (F.pixel_shuffle, torch.pixel_shuffle):
+        return int(node.args[1] if len(node.args) > 1 else node.kwargs["upscale_factor"]), False
+    if node.op == "call_function" and node.target in (F.pixel_unshuffle, torch.pixel_unshuffle):
+        return int(node.args[1] if len(node.args) > 1 else node.kwargs["downscale_factor"]), True
+    return None
 
 
 def _indexes_tensor(node: Node) -> bool:

@@ -49,7 +49,7 @@ def _flat_index(m: ViewMap, in_shape: tuple[int, ...]) -> np.ndarray:
 def view_source(node: Node) -> Node:
     """The tensor node a MOVE node reads (through the SPLIT node for a split item)."""
     src = node.args[0]
-    while info(src).kind is Kind.SPLIT:
+    while isinstance(src, Node) and info(src).kind is Kind.SPLIT:
         src = src.args[0]
     return src
 
@@ -65,9 +65,11 @@ def _value(n: Node, source: Node, sub: torch.Tensor):
     raise ValueError(f"argument '{n.name}' of a view is a tensor computed at run time, not a constant")
 
 
-def _apply(node: Node, source: Node, sub: torch.Tensor):
+def _apply(node: Node, source: Node, sub: torch.Tensor, gm=None):
     args = map_arg(node.args, lambda n: _value(n, source, sub))
     kwargs = map_arg(node.kwargs, lambda n: _value(n, source, sub))
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)(*args, **kwargs)
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **kwargs)
     return node.target(*args, **kwargs)
@@ -112,11 +114,54 @@ def compose_map(fn, in_shape: tuple[int, ...]) -> ViewMap:
     return m
 
 
-def view_map(node: Node) -> ViewMap:
-    """The affine map of the MOVE node ``node`` (traced shapes, batch dimension excluded)."""
+def _factored_fn(node: Node, gm):
+    """For a MOVE that is a strided view only with its output dims factored (pixel shuffle, nearest
+    upsampling by integer factors), the view to that factored shape; ``None`` for plain views."""
+    from qcompile.ops import interpolation, pixel_shuffle_factor  # the catalogue reads the node's arguments
+
+    shuffle = pixel_shuffle_factor(node, gm)
+    if shuffle is not None:
+        r, unshuffle = shuffle
+        if unshuffle:  # (C, H*r, W*r) -> (C, r, r, H, W), then read as (C*r*r, H, W)
+            def fn(t):
+                n, c, h, w = t.shape
+                return t.reshape(n, c, h // r, r, w // r, r).permute(0, 1, 3, 5, 2, 4)
+        else:  # (C*r*r, H, W) -> (C, H, r, W, r), then read as (C, H*r, W*r)
+            def fn(t):
+                n, c, h, w = t.shape
+                return t.reshape(n, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3)
+        return fn
+    interp = interpolation(node, gm)
+    if interp is not None and interp.mode == "nearest":
+        in_sp = tuple(info(view_source(node)).shape[2:])
+        factors = [o // i for o, i in zip(info(node).shape[2:], in_sp)]
+
+        def fn(t):  # (C, H, W) -> (C, H, fh, W, fw) with zero steps over the repeats
+            index = (slice(None), slice(None)) + sum(((slice(None), None) for _ in factors), ())
+            v = t[index]
+            shape = [t.shape[0], t.shape[1]] + [d for i, f in zip(in_sp, factors) for d in (i, f)]
+            return v.expand(*shape)
+        return fn
+    return None
+
+
+def view_map(node: Node, gm=None) -> ViewMap:
+    """The affine map of the MOVE node ``node`` (batch dimension excluded). Its ``out_shape`` is the
+    node's traced shape, or for pixel shuffle / nearest upsampling a factored shape with the same
+    elements in the same row-major order (the lowering reads it back with a reshape)."""
     source = view_source(node)
     in_shape = tuple(info(source).shape[1:])
+    traced = tuple(info(node).shape[1:])
+    fn = _factored_fn(node, gm) if gm is not None else None
+    if fn is not None:
+        m = compose_map(fn, in_shape)
+        probe = torch.arange(int(np.prod(in_shape)), dtype=torch.float64).reshape(1, *in_shape)
+        want = _apply(node, source, probe, gm)
+        if tuple(want.shape[1:]) != traced or not torch.equal(fn(probe).reshape(want.shape), want):
+            raise ValueError(f"it is not a row-major reading of the strided view {m.out_shape} "
+                             "(nearest upsampling needs integer scale factors)")
+        return m
     m = compose_map(lambda sub: _apply(node, source, sub), in_shape)
-    if m.out_shape != tuple(info(node).shape[1:]):
-        raise ValueError(f"re-running the view gave shape {m.out_shape}, traced {tuple(info(node).shape[1:])}")
+    if m.out_shape != traced:
+        raise ValueError(f"re-running the view gave shape {m.out_shape}, traced {traced}")
     return m

@@ -343,11 +343,28 @@ void qc_concat_s8(const qc_concat_params *p, const int8_t *input, int8_t *output
 
 void qc_pad_s8(const qc_pad_params *p, const int8_t *input, int8_t *output)
 {
-    const int32_t out_w = p->pad_left + p->in_w + p->pad_right;
-    const int32_t out_h = p->pad_top + p->in_h + p->pad_bottom;
+    const int32_t sh = p->stride_h, sw = p->stride_w;
+    const int32_t out_w = p->pad_left + (p->in_w - 1) * sw + 1 + p->pad_right;
+    const int32_t out_h = p->pad_top + (p->in_h - 1) * sh + 1 + p->pad_bottom;
     const int8_t value = (int8_t)p->value;
     int32_t c, y, x;
 
+    if (sh != 1 || sw != 1) { /* zero insertion: fill, then place the input samples */
+        for (c = 0; c < p->channels; ++c) {
+            const int8_t *in_ch = input + c * p->in_cs;
+            int8_t *out_ch = output + c * p->out_cs;
+            for (y = 0; y < out_h * out_w; ++y) {
+                out_ch[y * p->out_ps] = value;
+            }
+            for (y = 0; y < p->in_h; ++y) {
+                const int32_t oy = p->pad_top + y * sh;
+                for (x = 0; x < p->in_w; ++x) {
+                    out_ch[(oy * out_w + p->pad_left + x * sw) * p->out_ps] = in_ch[(y * p->in_w + x) * p->in_ps];
+                }
+            }
+        }
+        return;
+    }
     for (c = 0; c < p->channels; ++c) {
         const int8_t *in_ch = input + c * p->in_cs;
         int8_t *out_ch = output + c * p->out_cs;
@@ -403,6 +420,30 @@ void qc_copy_s8(const qc_copy_params *p, const int8_t *input, int8_t *output)
         }
         if (d < 0) {
             return;
+        }
+    }
+}
+
+void qc_resize_s8(const qc_resize_params *p, const int8_t *input, int8_t *output)
+{
+    const int32_t ps = p->in_ps, off = p->input_offset;
+    int32_t c, oy, ox;
+
+    for (c = 0; c < p->channels; ++c) {
+        const int8_t *in_ch = input + c * p->in_cs;
+        int8_t *out_ch = output + c * p->out_cs;
+        for (oy = 0; oy < p->out_h; ++oy) {
+            const int32_t *r = p->rows + 4 * oy;
+            const int8_t *row0 = in_ch + r[0] * p->in_w * ps;
+            const int8_t *row1 = in_ch + r[1] * p->in_w * ps;
+            for (ox = 0; ox < p->out_w; ++ox) {
+                const int32_t *k = p->cols + 4 * ox;
+                const int32_t top = r[2] * (row0[k[0] * ps] + off) + r[3] * (row1[k[0] * ps] + off);
+                const int32_t bottom = r[2] * (row0[k[1] * ps] + off) + r[3] * (row1[k[1] * ps] + off);
+                const int32_t acc = top * k[2] + bottom * k[3];
+                out_ch[(oy * p->out_w + ox) * p->out_ps] =
+                    qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset, -128, 127);
+            }
         }
     }
 }

@@ -358,12 +358,16 @@ typedef struct {
     int32_t multiplier, shift;
 } qc_concat_params;
 
-/** Pad: constant padding of the two last dims of (channels, in_h, in_w). */
+/**
+ * Pad: constant padding of the two last dims of (channels, in_h, in_w); input row y and column x
+ * land at (pad_top + y * stride_h, pad_left + x * stride_w) (stride > 1: zero insertion).
+ */
 typedef struct {
     int32_t channels, in_h, in_w;
     int32_t in_cs, in_ps, out_cs, out_ps;
     int32_t pad_top, pad_left, pad_bottom, pad_right;
     int32_t value;
+    int32_t stride_h, stride_w;
 } qc_pad_params;
 
 /**
@@ -381,6 +385,19 @@ typedef struct {
     int32_t input_offset, output_offset;
     int32_t multiplier, shift;
 } qc_copy_params;
+
+/**
+ * Resize (bilinear): rows[4 * y .. 4 * y + 3] = (i0, i1, a0, a1), cols likewise; acc =
+ * sum a_r * b_c * (x[i_r, j_c] + input_offset), out = requantize(acc) + output_offset.
+ */
+typedef struct {
+    int32_t channels, in_h, in_w, out_h, out_w;
+    int32_t in_cs, in_ps, out_cs, out_ps;
+    const int32_t *rows;  /* out_h x 4 */
+    const int32_t *cols;  /* out_w x 4 */
+    int32_t input_offset, output_offset;
+    int32_t multiplier, shift;
+} qc_resize_params;
 
 /** Softmax over rows of row_size elements (PyTorch order); output scale 1/256. */
 typedef struct {
@@ -476,6 +493,7 @@ void qc_concat_s8(const qc_concat_params *p, const int8_t *input, int8_t *output
 void qc_pad_s8(const qc_pad_params *p, const int8_t *input, int8_t *output);
 /* The caller passes both pointers advanced to the first element read / written. */
 void qc_copy_s8(const qc_copy_params *p, const int8_t *input, int8_t *output);
+void qc_resize_s8(const qc_resize_params *p, const int8_t *input, int8_t *output);
 void qc_softmax_s8(const qc_softmax_params *p, const int8_t *input, int8_t *output);
 
 #ifdef __cplusplus
