@@ -272,8 +272,9 @@ class Artifact:
 
         (out / CMAKE_FILE).write_text(cmake_snippet(self.name, list(sources)))
 
+        qemu = self.last_qemu_run.instructions if self.last_qemu_run is not None else None
         (out / "report.html").write_text(render_html(self.name, _jsonable(data), memory_timeline(self.program, self.plan),
-                                                     self.report()))
+                                                     self.report(), qemu_instructions=qemu))
         (out / BUILD_MARKER).write_text(_MARKER_TEXT)
 
     def verify(self, xs: torch.Tensor | np.ndarray, on: str = "host", cpu: str = "cortex-m4", **kwargs: Any) -> np.ndarray:
