@@ -77,6 +77,10 @@ def test_instructions_by_layer_after_measure(tmp_path):
     model, shape = build("mlp")
     calib = torch.randn(32, *shape, generator=torch.Generator().manual_seed(0))
     art = qcompile.compile(model, (calib[:1],), calib=calib, name="mlp", progress=False)
+    art.verify(calib[:2], on="qemu", cpu="cortex-m4")  # totals only: the page says how to get per-layer counts
+    page = (art.save(tmp_path / "a") / "report.html").read_text()
+    assert f"{max(art.last_qemu_run.instructions):,} instructions per inference (max over 2 inputs)" in page
+    assert 'id="fig-instructions"' not in page
     mcu = art.measure(cpu="cortex-m4")
     page = (art.save(tmp_path / "b") / "report.html").read_text()
     assert re.search(r'id="fig-instructions"><svg', page)
