@@ -20,7 +20,9 @@ Columns: top-1 on the test split (``--eval`` samples, 0 = all) *through the inte
 and bit-exactness of the generated C on an emulated Cortex-M4 (``art.verify(on="qemu")``,
 ``--verify`` samples; ``--no-qemu`` checks on the host instead).
 
-``--study`` (needs ``constrained`` at the smallest width): for that run, (1) each layer's dual
+``--study``: a ``constrained`` run at the smallest width with *every* layer at that width (ends
+included, so each dual variable describes its layer at the width the selection decides on); for
+that run, (1) each layer's dual
 variable against its measured sensitivity (top-1 drop on the test samples when only that
 layer's weights are quantized, everything else float), Spearman's rank correlation; (2)
 layer-selective precision: widths {b, 8} per layer (ends included) within the flash budget halfway
@@ -141,8 +143,13 @@ def bench(model_name: str, args) -> list[dict]:
             rec, _ = _compile_row(model_name, f"{method} W{bits}A{bits}", p, x_test, y_test, float_top1, args, secs)
             rec["method"], rec["bits"] = method, bits
             out.append(rec)
-            if args.study and method == "constrained" and bits == min(args.bits):
-                out += _study(model_name, model, p, x_train, y_train, x_test, y_test, float_top1, bits, args)
+    if args.study:
+        bits = min(args.bits)
+        p, secs = _train(model, x_train, y_train, x_test, args, method="constrained", bits=bits, keep_ends_8bit=False)
+        rec, _ = _compile_row(model_name, f"constrained W{bits}A{bits} (every layer)", p, x_test, y_test, float_top1,
+                              args, secs)
+        out.append(rec)
+        out += _study(model_name, model, p, x_train, y_train, x_test, y_test, float_top1, bits, args)
     return out
 
 

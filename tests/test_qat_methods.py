@@ -39,7 +39,7 @@ def _train(data, **kw):
     return train(model, (x[:1],), (x[:256], y[:256]), progress=False, lr=1e-3, **kw)
 
 
-def _check_program_matches(prepared: PreparedModel, x: torch.Tensor) -> None:
+def _check_program_matches(prepared: PreparedModel, x: torch.Tensor, c_check: bool = False):
     art = qcompile.compile(prepared, (x[:1],), calib=x[:32], progress=False)
     assert art.records["qat_train"]["method"] == prepared.method
     ops = {op.name: op for op in art.program.ops}
@@ -60,13 +60,14 @@ def _check_program_matches(prepared: PreparedModel, x: torch.Tensor) -> None:
     with torch.no_grad():
         graph_top = prepared.graph(x).argmax(1)
     assert float((art.run(x).argmax(1) == graph_top).float().mean()) >= 0.99
-    art.verify(x[:2], on="host")
+    if c_check:
+        art.verify(x[:2], on="host")
+    return art
 
 
-@pytest.mark.parametrize("method", ["lsq", "constrained", "ddq", "block_replace"])
+@pytest.mark.parametrize("method", ["lsq", "constrained", "block_replace"])
 def test_learned_values_reach_the_program(method, data):
-    kw = {"flash_budget": 560} if method == "ddq" else {}
-    prepared = _train(data, method=method, **kw)
+    prepared = _train(data, method=method)
     assert len(prepared.history) == 1 and "loss" in prepared.history[0]
     _check_program_matches(prepared, data[1][256:])
 
@@ -75,7 +76,7 @@ def test_ddq_learns_widths_within_the_flash_budget(data):
     budget = 560  # below the uniform 3-bit model with 8-bit ends (624 B): some layer must go narrower
     prepared = _train(data, method="ddq", flash_budget=budget, ddq_fix_at=0.5)
     rec = prepared.records["qat_train"]
-    art = qcompile.compile(prepared, (data[1][:1],), calib=data[1][:32], progress=False)
+    art = _check_program_matches(prepared, data[1][256:], c_check=True)  # mixed widths, in C too
     flash = sum(ir.weight_storage_bytes(op) for op in art.program.ops)
     assert flash == rec["allocated_bytes"] <= budget
     assert min(prepared.weight_bits.values()) == 2 and set(rec["ddq_learned_bits"]) == set(prepared.weight_bits)
@@ -168,7 +169,9 @@ def test_bad_input_is_named(data):
     with pytest.raises(ConfigError, match="QATConfig"):
         train(model, (x[:1],), (x, y), no_such_option=1)
     with pytest.raises(CalibrationError, match="labels"):
-        train(model, (x[:1],), [x[:8], x[8:16]])
+        train(model, (x[:1],), [x[:8], x[8:16]])  # an (inputs, inputs) pair: no class labels
+    with pytest.raises(CalibrationError, match="labels"):
+        train(model, (x[:1],), x[:16])  # unlabelled samples
     with pytest.raises(ConfigError, match="ddq"):
         QATConfig(method="ddq", weight_bits={"conv1": 4})
 

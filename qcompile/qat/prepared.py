@@ -38,8 +38,8 @@ class QATConfig:
       steps before training.
     * ``checkpoint``: a file; written after every epoch (atomically) and, when it exists at the
       start, training resumes from it.
-    * ``constrained``: ``epsilon_rel`` (each layer's bound, a fraction of its distortion at
-      initialization), ``epsilon_out`` (bound on the cross-entropy between quantized and float
+    * ``constrained``: ``epsilon_rel`` (the layers' common bound on their relative output
+      distortion, a fraction of the mean distortion at initialization), ``epsilon_out`` (bound on the cross-entropy between quantized and float
       outputs), ``dual_lr``.
     * ``ddq``: ``flash_budget`` (bytes of conv/linear weights as stored; default: the flash of the
       uniform ``bits``-bit model with the ends at 8 bits, what ``lsq`` produces), ``ddq_bits``
