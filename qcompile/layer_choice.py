@@ -13,8 +13,8 @@ Protocol (greedy in graph order, earlier layers keep their choice while later on
   first half (their per-channel choices, and the mean output shift that empirical bias
   correction will remove when ``centered``) and *compared* on the second half, so a
   candidate that only fits the samples it was tuned on does not win;
-* the reference is the float network (every activation quantizer in float mode) on the
-  held-out half; the score is the mean squared difference of the flattened outputs;
+* the reference is the float network (activation quantizers pass through, weight-quantized
+  layers use their float weights) on the held-out half; the score is the mean squared difference of the flattened outputs;
 * ties keep the earlier candidate, so list the plainer one first.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule, Node
 
-from qcompile.nn import ActQuant, QuantMode
+from qcompile.analysis import float_mode
 from qcompile.pass_manager import PassContext
 
 __all__ = ["choose_by_network_output", "set_module", "Candidates", "CHOICE_SAMPLES"]
@@ -62,15 +62,10 @@ def _outputs(gm: GraphModule, x: torch.Tensor) -> torch.Tensor:
 
 
 def _float_reference(gm: GraphModule, x: torch.Tensor) -> torch.Tensor:
-    aqs = [m for m in gm.modules() if isinstance(m, ActQuant)]
-    modes = [m.mode for m in aqs]
-    try:
-        for m in aqs:
-            m.mode = QuantMode.FLOAT
+    """The float network's outputs: activation quantizers pass through and weight-quantized
+    layers compute with their float weights (:func:`qcompile.analysis.float_mode`)."""
+    with float_mode(gm):
         return _outputs(gm, x)
-    finally:
-        for m, mode in zip(aqs, modes):
-            m.mode = mode
 
 
 def choose_by_network_output(gm: GraphModule, ctx: PassContext, layers: list[Node],

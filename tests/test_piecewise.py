@@ -186,6 +186,15 @@ def test_network_output_chooser_keeps_the_candidate_closer_to_float():
     assert {t: name for t, (name, _) in chosen.items()} == {"0": "exact", "2": "exact"}
     assert all(type(net.get_submodule(t)) is torch.nn.Linear for t in ("0", "2"))
 
+    # the reference is the *float* network even when weight-quantized layers are installed
+    from qcompile.nn import QuantizedWeights
+
+    coarse = QuantizedWeights(net.get_submodule("2"), 2)
+    net.add_submodule("2", coarse)
+    chosen = choose_by_network_output(net, ctx, layers[1:], inputs,
+                                      lambda node, fit: {"coarse": coarse, "float": coarse.module}, centered=False)
+    assert chosen["2"][0] == "float"
+
 
 def test_pwlq_auto_keeps_pwlq_only_where_it_helps_and_lowers_both_kinds(tmp_path):
     """``pwlq_layers="auto"``: every layer is recorded as PWLQ or uniform, the program carries a
