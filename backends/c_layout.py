@@ -173,7 +173,7 @@ def _layouts(program: ir.Program) -> frozenset[int]:
 
     for op in program.ops:
         out = op.output
-        if isinstance(op, (ir.Add,)):
+        if isinstance(op, (ir.Add, ir.MinMax)):
             tie(op.input1, op.input2, out)
         elif isinstance(op, (ir.Lut, ir.PRelu)):
             tie(op.input, out)

@@ -1,6 +1,8 @@
 """Emitters of the element-wise, pooling, data-movement and softmax ops (one rule per IR op kind)."""
 from __future__ import annotations
 
+import numpy as np
+
 from qcompile.backends import ir
 from qcompile.backends.c_context import EmitContext, Emitted, emit_op, kernel_call
 from qcompile.backends.c_format import c_array, c_params, spatial
@@ -200,6 +202,33 @@ def _copy_params(ctx: EmitContext, ident: str, dims, in_strides, out_strides,
         [("requant", int(requant is not None))],
         [("input_offset", off_in), ("output_offset", off_out), ("multiplier", m), ("shift", s)],
     ])
+
+
+@emit_op.register
+def _(op: ir.MinMax, ctx: EmitContext) -> Emitted:
+    p_id = ctx.ident(op.name, "params")
+    params = c_params("qc_minmax_params", p_id, [
+        [("size", ctx.size(op.output)), ("is_max", int(op.is_max))],
+        [("input1_offset", op.input_offsets[0]), ("input1_multiplier", op.multipliers[0]),
+         ("input1_shift", op.shifts[0])],
+        [("input2_offset", op.input_offsets[1]), ("input2_multiplier", op.multipliers[1]),
+         ("input2_shift", op.shifts[1])],
+        [("output_offset", op.output_offset)],
+    ])
+    call = kernel_call(ctx, op, "qc_minmax_s8", p_id, ctx.ptr(op.input1), ctx.ptr(op.input2), ctx.ptr(op.output))
+    return Emitted((params,), (call,))
+
+
+@emit_op.register
+def _(op: ir.Constant, ctx: EmitContext) -> Emitted:
+    """The values in the tensor's storage order, copied from flash into the arena once per run."""
+    strides = storage_strides(ctx, op.output)
+    stored = np.empty(op.values.size, dtype=np.int8)
+    offsets = sum(i * s for i, s in zip(np.indices(op.values.shape), strides)) if op.values.ndim else np.zeros((), int)
+    stored[np.asarray(offsets).ravel()] = op.values.ravel()
+    v_id = ctx.ident(op.name, "values")
+    values = c_array("int8_t", v_id, stored, f"{op.name}: constant, storage order")
+    return Emitted((values,), (f"{ctx.header_comment(op)}\nmemcpy({ctx.ptr(op.output)}, {v_id}, {op.values.size});",))
 
 
 @emit_op.register

@@ -39,7 +39,7 @@ def interpret(program: ir.Program, x: np.ndarray, *, keep: bool = False) -> np.n
         args = [env[i] for i in op.inputs]
         out_shape = (x.shape[0], *program.tensors[op.output].shape)
         result = run_op(op, program, *args)
-        env[op.output] = result.reshape(out_shape)
+        env[op.output] = np.broadcast_to(result, out_shape) if not op.inputs else result.reshape(out_shape)
     if keep:
         return {k: v.astype(np.int8) for k, v in env.items()}
     y = env[program.outputs[0]].astype(np.int8)
@@ -192,6 +192,18 @@ def _(op: ir.Concat, program, *xs):
         for x, off, m, s in zip(xs, op.input_offsets, op.multipliers, op.shifts)
     ]
     return np.concatenate(blocks, axis=1 + op.axis)
+
+
+@run_op.register
+def _(op: ir.MinMax, program, x1, x2):
+    a, b = (_clamp(requantize(x + off, m, s) + op.output_offset, -128, 127)
+            for x, off, m, s in zip((x1, x2), op.input_offsets, op.multipliers, op.shifts))
+    return np.maximum(a, b) if op.is_max else np.minimum(a, b)
+
+
+@run_op.register
+def _(op: ir.Constant, program):
+    return op.values.astype(np.int64)[None]
 
 
 @run_op.register

@@ -48,6 +48,8 @@ __all__ = [
     "Reshape",
     "StridedCopy",
     "Resize",
+    "MinMax",
+    "Constant",
     "Softmax",
     "Op",
     "Program",
@@ -477,6 +479,42 @@ class Resize:
 
 
 @dataclass(frozen=True, eq=False)
+class MinMax:
+    """Element-wise maximum (``is_max``) or minimum of two same-shape tensors, each first rescaled to
+    the output's quantization like a Concat block:
+    ``y_k = clamp(requantize(x_k + input_offsets[k], multipliers[k], shifts[k]) + output_offset)``,
+    ``out = max(y_1, y_2)`` (or min). Requantization is monotone, so this is the max of the inputs
+    on the output grid."""
+
+    name: str
+    input1: int
+    input2: int
+    output: int
+    is_max: bool
+    input_offsets: tuple[int, int]
+    multipliers: tuple[int, int]
+    shifts: tuple[int, int]
+    output_offset: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input1, self.input2)
+
+
+@dataclass(frozen=True, eq=False)
+class Constant:
+    """A constant tensor (a parameter or buffer the model reads in forward()): ``out = values``."""
+
+    name: str
+    output: int
+    values: np.ndarray  # int8, the output's shape
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return ()
+
+
+@dataclass(frozen=True, eq=False)
 class Softmax:
     """Softmax over the last dim, integer only.
 
@@ -498,7 +536,7 @@ class Softmax:
 
 
 Op = Union[Conv2D, Dense, Add, Mul, MaxPool, AvgPool, GlobalAvgPool, Lut, PRelu, Concat, Pad, Reshape, StridedCopy,
-           Resize, Softmax]
+           Resize, MinMax, Constant, Softmax]
 
 
 @dataclass
@@ -730,6 +768,13 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
             lo = op.start[k] + sum(min(0, r[k] * (d - 1)) for r, d in zip(op.steps, so))
             hi = op.start[k] + sum(max(0, r[k] * (d - 1)) for r, d in zip(op.steps, so))
             _check(out.size == 0 or (0 <= lo and hi < n), op, f"reads outside input dim {k} ({lo}..{hi} of {n})")
+    elif isinstance(op, MinMax):
+        _check(t[op.input1].shape == out.shape == t[op.input2].shape, op, "shapes must match")
+        for m, sh in zip(op.multipliers, op.shifts):
+            _check_requant(op, m, sh)
+        _check_int8(op, op.output_offset, *(-o for o in op.input_offsets))
+    elif isinstance(op, Constant):
+        _check(op.values.dtype == np.int8 and op.values.shape == out.shape, op, f"values must be int8 {out.shape}")
     elif isinstance(op, Resize):
         c, h, w = _spatial(t[op.input].shape)
         co, ho, wo = _spatial(out.shape)

@@ -88,12 +88,13 @@ class _Lowering:
 
     # -- building ------------------------------------------------------------------------
     def new_tensor(self, node: Node, qparams: tuple[float, int], shape: tuple[int, ...] | None = None,
-                   suffix: str = "") -> int:
-        """A tensor for ``node``'s value, or with ``suffix`` an intermediate of its lowering (not its value)."""
+                   suffix: str = "", represents: bool = True) -> int:
+        """A tensor for ``node``'s value, or with ``suffix`` an intermediate of its lowering (not its value).
+        ``represents=False``: not comparable with the float value by shape (a batch-less constant)."""
         tid = len(self.tensors)
         shape = tuple(shape if shape is not None else info(node).shape[1:])
         self.tensors.append(ir.Tensor(tid, node.name + suffix, shape, float(qparams[0]), int(qparams[1])))
-        if not suffix:
+        if not suffix and represents:
             self.source[tid] = node.name
         return tid
 
@@ -273,6 +274,35 @@ def _lower_weighted(lw: _Lowering, node: Node) -> None:
                             groups=mod.groups, codebook=codebook, **common))
 
 
+def _batchless(node: Node) -> tuple[int, ...]:
+    """The value's shape without the batch dim; a constant (get_attr) has none, only leading 1s to drop."""
+    shape = tuple(info(node).shape)
+    src = node
+    while info(src).kind is Kind.QUANT:
+        src = src.args[0]
+    if info(src).kind is Kind.CONST:
+        while len(shape) > 1 and shape[0] == 1:
+            shape = shape[1:]
+        return shape
+    return shape[1:]
+
+
+def _broadcast(lw: _Lowering, node: Node, x: Node) -> int:
+    """Tensor id of operand ``x`` of the element-wise ``node``, materialized to the output's shape (a
+    StridedCopy with zero steps over the broadcast dims, PyTorch's right-aligned rule) when smaller."""
+    out_shape = tuple(info(node).shape[1:])
+    shape = _batchless(x)
+    if shape == out_shape:
+        return lw.tid(x)
+    lead = len(out_shape) - len(shape)
+    steps = tuple(tuple(1 if (k == d - lead and shape[k] == n) else 0 for k in range(len(shape)))
+                  for d, n in enumerate(out_shape))
+    k = sum(1 for op in lw.ops if op.name.startswith(f"{node.name}_bcast"))
+    out = lw.new_tensor(node, lw.qparams(x), out_shape, suffix=f"_bcast{k}")
+    lw.ops.append(ir.StridedCopy(f"{node.name}_bcast{k}", lw.tid(x), out, (0,) * len(shape), steps))
+    return out
+
+
 def _lower_add_sub(lw: _Lowering, node: Node) -> None:
     a, b = node.args[:2]
     (s1, z1), (s2, z2) = lw.qparams(a), lw.qparams(b)
@@ -281,22 +311,57 @@ def _lower_add_sub(lw: _Lowering, node: Node) -> None:
     m1, sh1 = _requant1(s1 / twice_max)
     m2, sh2 = _requant1((-1.0 if info(node).kind is Kind.SUB else 1.0) * s2 / twice_max)
     mo, sho = _requant1(twice_max / ((1 << ADD_LEFT_SHIFT) * s_out))
+    ta, tb = _broadcast(lw, node, a), _broadcast(lw, node, b)
     out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), info(node).shape[1:])
     lo, hi = lw.act_bounds(node, s_out, zp_out)
-    lw.ops.append(ir.Add(node.name, lw.tid(a), lw.tid(b), out, -z1, -z2, m1, sh1, m2, sh2, mo, sho, zp_out,
+    lw.ops.append(ir.Add(node.name, ta, tb, out, -z1, -z2, m1, sh1, m2, sh2, mo, sho, zp_out,
                          ADD_LEFT_SHIFT, lo, hi))
+
+
+def _per_channel_operand(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+    return len(shape) >= 1 and shape[0] == out_shape[0] and int(np.prod(shape)) == shape[0] and \
+        len(shape) <= len(out_shape)
 
 
 def _lower_mul(lw: _Lowering, node: Node) -> None:
     a, b = node.args[:2]
-    if info(a).shape != info(node).shape:  # keep the per-channel operand second
+    out_shape = tuple(info(node).shape[1:])
+    if _batchless(a) != out_shape:  # keep the smaller operand second
         a, b = b, a
     (s1, z1), (s2, z2) = lw.qparams(a), lw.qparams(b)
     s_out, zp_out = lw.out_qparams(node)
     m, sh = _requant1(s1 * s2 / s_out)
-    out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), info(node).shape[1:])
+    ta = _broadcast(lw, node, a)
+    sb = _batchless(b)
+    # a (C, 1, ..) operand aligned with the channels is the kernel's native per-channel broadcast
+    tb = lw.tid(b) if sb == out_shape or (len(sb) == len(out_shape) and _per_channel_operand(sb, out_shape)) \
+        else _broadcast(lw, node, b)
+    out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), out_shape)
     lo, hi = lw.act_bounds(node, s_out, zp_out)
-    lw.ops.append(ir.Mul(node.name, lw.tid(a), lw.tid(b), out, -z1, -z2, zp_out, m, sh, lo, hi))
+    lw.ops.append(ir.Mul(node.name, ta, tb, out, -z1, -z2, zp_out, m, sh, lo, hi))
+
+
+def _lower_minmax(lw: _Lowering, node: Node) -> None:
+    a, b = node.args[:2]
+    s_out, zp_out = lw.out_qparams(node)
+    qs = [lw.qparams(a), lw.qparams(b)]
+    reqs = [_requant1(s / s_out) for s, _ in qs]
+    ta, tb = _broadcast(lw, node, a), _broadcast(lw, node, b)
+    out = lw.new_tensor(node, (s_out, zp_out))
+    is_max = node.target in (torch.maximum, torch.max, "maximum")
+    lw.ops.append(ir.MinMax(node.name, ta, tb, out, is_max, (-qs[0][1], -qs[1][1]), (reqs[0][0], reqs[1][0]),
+                            (reqs[0][1], reqs[1][1]), zp_out))
+
+
+def _lower_const(lw: _Lowering, node: Node) -> None:
+    value = lw.gm
+    for part in node.target.split("."):
+        value = getattr(value, part)
+    s, zp = lw.out_qparams(node)
+    shape = _batchless(node)
+    q = np.clip(np.rint(value.detach().double().numpy() / s) + zp, -128, 127).astype(np.int8).reshape(shape)
+    out = lw.new_tensor(node, (s, zp), shape, represents=False)
+    lw.ops.append(ir.Constant(node.name, out, q))
 
 
 def _pool_params(lw: _Lowering, node: Node) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
@@ -569,6 +634,8 @@ _LOWERINGS: dict[Kind, Callable[[_Lowering, Node], None]] = {
     Kind.RESHAPE: _lower_reshape,
     Kind.MOVE: _lower_move,
     Kind.RESIZE: _lower_resize,
+    Kind.MINMAX: _lower_minmax,
+    Kind.CONST: _lower_const,
     Kind.SOFTMAX: _lower_softmax,
 }
 

@@ -198,9 +198,29 @@ def propagate_shapes(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...]) 
     return gm
 
 
-def _per_channel(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
-    """``small`` is ``(N, C, 1, ..)`` broadcasting over the trailing dims of ``big``."""
-    return len(small) == len(big) and small[:2] == big[:2] and all(d == 1 for d in small[2:])
+def _broadcast_problem(node: Node, operands) -> str | None:
+    """Why the operands of an element-wise ``node`` do not broadcast the way the IR lowers them, or None:
+    PyTorch's right-aligned broadcasting, the batch dim only from activations (a constant has none or 1)."""
+    out = info(node).shape
+    try:
+        full = tuple(torch.broadcast_shapes(*(info(x).shape for x in operands)))
+    except RuntimeError as exc:
+        return f"operands {[info(x).shape for x in operands]} do not broadcast: {exc}"
+    if full != out:
+        return f"broadcast shape {full} differs from the traced {out}"
+    for x in operands:
+        sx = info(x).shape
+        if info(x).kind is Kind.CONST:
+            stripped = list(sx)
+            while len(stripped) > 1 and stripped[0] == 1:
+                stripped.pop(0)
+            if len(stripped) >= len(out):
+                return f"constant operand '{x.name}' {tuple(sx)} spans the batch dim"
+        elif len(sx) != len(out) or sx[0] != out[0]:
+            return f"operand '{x.name}' {tuple(sx)} does not keep the batch dim of {tuple(out)}"
+    if len(out) - 1 > MAX_DIMS:
+        return f"a tensor of rank {len(out) - 1} without batch (at most {MAX_DIMS})"
+    return None
 
 
 def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 - one case per kind
@@ -264,19 +284,21 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
             if sorted(d % rank for d in dims) != list(range(2, rank)):
                 return f"{node.target if isinstance(node.target, str) else node.target.__name__} over dims {dims}: " \
                        f"only over all spatial dims (2..{rank - 1})"
-    elif kind in (Kind.ADD, Kind.SUB):
-        a, b = node.args[:2]
-        if not (isinstance(a, Node) and isinstance(b, Node)) or info(a).shape != info(b).shape:
-            return "add/sub needs two tensors of the same shape (no broadcasting)"
+    elif kind in (Kind.ADD, Kind.SUB, Kind.MUL, Kind.MINMAX):
+        a, b = (list(node.args) + [node.kwargs.get("other")])[:2]
+        if not (isinstance(a, Node) and isinstance(b, Node)) or info(a).shape is None or info(b).shape is None:
+            what = {Kind.MINMAX: "max/min over a dim (only of two tensors)"}.get(
+                kind, "an operand computed at run time that is not a tensor (e.g. .item()); use a constant")
+            return what
         if "alpha" in node.kwargs:
             return "add/sub with alpha="
-    elif kind is Kind.MUL:
-        a, b = node.args[:2]
-        if not (isinstance(a, Node) and isinstance(b, Node)) or info(a).shape is None or info(b).shape is None:
-            return "mul by a value computed at run time that is not a tensor (e.g. .item()); use a constant"
-        sa, sb = info(a).shape, info(b).shape
-        if sa != sb and not (_per_channel(sa, sb) or _per_channel(sb, sa)):
-            return f"mul broadcasting {sa} x {sb}: only equal shapes or per-channel (N, C, 1, 1)"
+        return _broadcast_problem(node, (a, b))
+    elif kind is Kind.CONST:
+        users = {info(u).kind for u in node.users}
+        if shape is None:
+            return "an attribute that is not a tensor"
+        if not users <= {Kind.ADD, Kind.SUB, Kind.MUL, Kind.MINMAX}:
+            return "a parameter/buffer used directly by an op other than add/sub/mul/maximum/minimum"
     elif kind is Kind.CAT:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if not isinstance(dim, int) or dim % len(shape) == 0:

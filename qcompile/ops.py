@@ -41,6 +41,8 @@ class Kind(enum.Enum):
     SUB = "sub"
     MUL = "mul"
     CAT = "cat"
+    MINMAX = "minmax"        # torch.maximum / torch.minimum of two tensors
+    CONST = "const"          # a parameter or buffer read in forward() (self.scale): a constant tensor
     RESHAPE = "reshape"      # flatten / view / reshape / squeeze / unsqueeze / unflatten (row-major re-views)
     MOVE = "move"            # permute / transpose / slicing / narrow / select / items of a split: a strided copy
     SPLIT = "split"          # chunk / split / unbind: a tuple of views, each read through getitem (a MOVE)
@@ -94,6 +96,7 @@ _LUT_MODULES: dict[type, Callable[[nn.Module], Callable[[torch.Tensor], torch.Te
 LUT_FUNCTIONS: dict[Any, Callable[..., torch.Tensor]] = {
     torch.sigmoid: torch.sigmoid, F.sigmoid: torch.sigmoid, "sigmoid": torch.sigmoid,
     torch.tanh: torch.tanh, F.tanh: torch.tanh, "tanh": torch.tanh,
+    torch.abs: torch.abs, "abs": torch.abs,
     F.hardswish: F.hardswish, F.hardsigmoid: F.hardsigmoid,
     F.gelu: F.gelu, F.silu: F.silu, F.leaky_relu: F.leaky_relu,
 }
@@ -131,6 +134,7 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
     operator.sub: Kind.SUB, torch.sub: Kind.SUB, operator.isub: Kind.SUB,
     operator.mul: Kind.MUL, torch.mul: Kind.MUL, operator.imul: Kind.MUL,
     torch.cat: Kind.CAT, torch.concat: Kind.CAT, torch.stack: Kind.CAT,
+    torch.maximum: Kind.MINMAX, torch.minimum: Kind.MINMAX, torch.max: Kind.MINMAX, torch.min: Kind.MINMAX,
     torch.flatten: Kind.RESHAPE, torch.reshape: Kind.RESHAPE, torch.squeeze: Kind.RESHAPE,
     torch.unsqueeze: Kind.RESHAPE, torch.permute: Kind.MOVE, torch.transpose: Kind.MOVE,
     torch.swapaxes: Kind.MOVE, torch.movedim: Kind.MOVE, torch.narrow: Kind.MOVE, torch.select: Kind.MOVE,
@@ -152,7 +156,7 @@ _METHOD_KINDS: dict[str, Kind] = {
     "relu": Kind.CLAMP, "clamp": Kind.CLAMP, "sigmoid": Kind.LUT, "tanh": Kind.LUT,
     "mean": Kind.GLOBAL_AVGPOOL, "amax": Kind.GLOBAL_MAXPOOL, "softmax": Kind.SOFTMAX,
     "add": Kind.ADD, "sub": Kind.SUB, "mul": Kind.MUL,
-    "size": Kind.SHAPE, "dim": Kind.SHAPE,
+    "size": Kind.SHAPE, "dim": Kind.SHAPE, "maximum": Kind.MINMAX, "minimum": Kind.MINMAX, "abs": Kind.LUT,
 }
 
 
@@ -180,8 +184,10 @@ def classify(node: Node, gm: GraphModule) -> Kind | None:
         kind = _FUNCTION_KINDS.get(node.target)
     elif node.op == "call_method":
         kind = _METHOD_KINDS.get(node.target)
+    elif node.op == "get_attr":
+        return Kind.CONST
     else:
-        return None  # get_attr (free parameters) and anything else
+        return None
     if node.op == "call_function" and node.target in _INTERP_FUNCTIONS:
         return Kind.MOVE if interpolation(node, gm).mode == "nearest" else Kind.RESIZE
     if node.target is operator.getitem and _indexes_tensor(node):

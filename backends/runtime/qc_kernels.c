@@ -448,6 +448,19 @@ void qc_resize_s8(const qc_resize_params *p, const int8_t *input, int8_t *output
     }
 }
 
+void qc_minmax_s8(const qc_minmax_params *p, const int8_t *input1, const int8_t *input2, int8_t *output)
+{
+    int32_t i;
+
+    for (i = 0; i < p->size; ++i) {
+        const int32_t a = qc_clamp(qc_requantize(input1[i] + p->input1_offset, p->input1_multiplier, p->input1_shift)
+                                   + p->output_offset, -128, 127);
+        const int32_t b = qc_clamp(qc_requantize(input2[i] + p->input2_offset, p->input2_multiplier, p->input2_shift)
+                                   + p->output_offset, -128, 127);
+        output[i] = (int8_t)(p->is_max ? (a > b ? a : b) : (a < b ? a : b));
+    }
+}
+
 void qc_softmax_s8(const qc_softmax_params *p, const int8_t *input, int8_t *output)
 {
     const int32_t n = p->row_size;

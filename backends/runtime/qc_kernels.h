@@ -399,6 +399,14 @@ typedef struct {
     int32_t multiplier, shift;
 } qc_resize_params;
 
+/** MinMax: element-wise max (is_max) or min of two inputs, each rescaled to the output quantization. */
+typedef struct {
+    int32_t size, is_max;
+    int32_t input1_offset, input1_multiplier, input1_shift;
+    int32_t input2_offset, input2_multiplier, input2_shift;
+    int32_t output_offset;
+} qc_minmax_params;
+
 /** Softmax over rows of row_size elements (PyTorch order); output scale 1/256. */
 typedef struct {
     int32_t rows, row_size;
@@ -494,6 +502,7 @@ void qc_pad_s8(const qc_pad_params *p, const int8_t *input, int8_t *output);
 /* The caller passes both pointers advanced to the first element read / written. */
 void qc_copy_s8(const qc_copy_params *p, const int8_t *input, int8_t *output);
 void qc_resize_s8(const qc_resize_params *p, const int8_t *input, int8_t *output);
+void qc_minmax_s8(const qc_minmax_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 void qc_softmax_s8(const qc_softmax_params *p, const int8_t *input, int8_t *output);
 
 #ifdef __cplusplus
