@@ -23,7 +23,8 @@ __all__ = ["interpret", "run_op"]
 def interpret(program: ir.Program, x: np.ndarray, *, keep: bool = False) -> np.ndarray | dict[int, np.ndarray]:
     """Run ``program`` on int8 input ``x`` of shape ``(N, *input.shape)`` (or one sample without N).
 
-    Returns the int8 output batch, or with ``keep=True`` every tensor as ``{tensor_id: int8 array}``.
+    Returns the int8 output batch (several outputs: ``(N, output_size)``, each flattened, in return
+    order, as the C output buffer holds them), or with ``keep=True`` every tensor as ``{tensor_id: int8 array}``.
     """
     x = np.asarray(x)
     in_t = program.input
@@ -42,7 +43,10 @@ def interpret(program: ir.Program, x: np.ndarray, *, keep: bool = False) -> np.n
         env[op.output] = np.broadcast_to(result, out_shape) if not op.inputs else result.reshape(out_shape)
     if keep:
         return {k: v.astype(np.int8) for k, v in env.items()}
-    y = env[program.outputs[0]].astype(np.int8)
+    if len(program.outputs) == 1:
+        y = env[program.outputs[0]].astype(np.int8)
+    else:  # the C output buffer: every output flattened, in return order
+        y = np.concatenate([env[t].reshape(len(x), -1) for t in program.outputs], axis=1).astype(np.int8)
     return y[0] if single else y
 
 

@@ -552,6 +552,7 @@ class Program:
     inputs: list[int]
     outputs: list[int]
     source: dict[int, str] = field(default_factory=dict)
+    output_structure: tuple | None = None  # None: one tensor; ("tuple"|"list", n) or ("dict", keys): forward()'s return
 
     def tensor(self, tid: int) -> Tensor:
         return self.tensors[tid]
@@ -569,6 +570,24 @@ class Program:
     @property
     def output(self) -> Tensor:
         return self.tensors[self.outputs[0]]
+
+    @property
+    def output_size(self) -> int:
+        """int8 elements of the one output buffer: every output, in return order, back to back."""
+        return sum(self.tensors[t].size for t in self.outputs)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one sample of the output buffer: the output's shape, or ``(output_size,)`` for several."""
+        return self.output.shape if len(self.outputs) == 1 else (self.output_size,)
+
+    def output_offsets(self) -> list[int]:
+        """Element offset of each output in the output buffer."""
+        offsets, at = [], 0
+        for t in self.outputs:
+            offsets.append(at)
+            at += self.tensors[t].size
+        return offsets
 
 
 # ---------------------------------------------------------------------------- verifier
@@ -825,6 +844,8 @@ def verify(p: Program) -> Program:
     for tid in p.outputs:
         if tid not in defined:
             raise IRVerificationError(f"graph output '{p.tensors[tid].name}' is never computed")
+    if len(set(p.outputs)) != len(p.outputs):
+        raise IRVerificationError("a tensor is returned twice; the output buffer holds each output once")
     return p
 
 

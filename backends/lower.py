@@ -27,7 +27,7 @@ from qcompile.backends import ir
 from qcompile.conv_transpose import zero_insert
 from qcompile.errors import UnsupportedOpError, UnsupportedQuantizationError
 from qcompile.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier
-from qcompile.frontend import source_location
+from qcompile.frontend import output_structure, source_location
 from qcompile.n2uq import N2UQActQuant, N2UQWeights
 from qcompile.qat import LsqActQuant
 from qcompile.nn import QuantizedWeights
@@ -646,6 +646,7 @@ def lower(gm: GraphModule, name: str = "model") -> ir.Program:
     lw = _Lowering(gm, name)
     inputs: list[int] = []
     outputs: list[int] = []
+    structure = None
     for node in gm.graph.nodes:
         qi = info(node)
         kind = qi.kind
@@ -662,14 +663,18 @@ def lower(gm: GraphModule, name: str = "model") -> ir.Program:
         elif kind in (Kind.SHAPE, Kind.SPLIT):
             continue  # no tensor of its own: shape arithmetic, or the tuple a split item reads through
         elif kind is Kind.OUTPUT:
-            outputs.append(lw.env[node.args[0]])
+            structure, leaves = output_structure(node.args[0])
+            outputs.extend(lw.env[leaf] for leaf in leaves)
         elif kind in _LOWERINGS:
             _LOWERINGS[kind](lw, node)
             lw.env[node] = lw.ops[-1].output
         else:
             raise UnsupportedOpError(f"cannot lower node '{node.name}' of kind {kind} at {source_location(node)}",
                                      nodes=[(node.name, str(node.target), source_location(node))])
-    if outputs and outputs[0] in inputs:
+    if any(t in inputs for t in outputs):
         raise UnsupportedOpError("the model returns its input unchanged; there is nothing to compile")
-    program = ir.Program(name, lw.tensors, lw.ops, inputs, outputs, lw.source)
+    if len(set(outputs)) != len(outputs):
+        raise UnsupportedOpError("the model returns the same tensor twice; return it once (the C output buffer "
+                                 "holds each output once)")
+    program = ir.Program(name, lw.tensors, lw.ops, inputs, outputs, lw.source, structure)
     return ir.verify(program)

@@ -67,6 +67,17 @@ def _check_replaceable(out: Path) -> None:
                       "save() replaces the whole folder, so choose a new or empty folder, or delete this one")
 
 
+def _flatten(value: Any, several: bool) -> tuple[list, Any]:
+    """``(leaves, rebuild)`` of one output value or a tuple/list/dict of them."""
+    if not several:
+        return [value], lambda xs: xs[0]
+    if isinstance(value, dict):
+        keys = list(value)
+        return [value[k] for k in keys], lambda xs: dict(zip(keys, xs))
+    kind = type(value)
+    return list(value), lambda xs: kind(xs)
+
+
 @dataclass
 class Artifact:
     """A compiled model.
@@ -97,9 +108,31 @@ class Artifact:
         xf = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
         return np.clip(np.rint(xf / t.scale) + t.zero_point, -128, 127).astype(np.int8)
 
-    def dequantize_output(self, yq: np.ndarray) -> torch.Tensor:
-        t = self.program.output
-        return torch.from_numpy((np.asarray(yq).astype(np.float32) - t.zero_point) * np.float32(t.scale))
+    def dequantize_output(self, yq: Any) -> Any:
+        """int8 output(s) -> float, keeping the structure: one array, or what :meth:`run_int` returns for a
+        model with several outputs (or the flat ``(N, output_size)`` buffer the C code writes)."""
+        tensors = [self.program.tensors[t] for t in self.program.outputs]
+        if len(tensors) > 1 and isinstance(yq, np.ndarray):
+            yq = self._structure(yq)
+        leaves, rebuild = _flatten(yq, len(tensors) > 1)
+        return rebuild([torch.from_numpy((np.asarray(y).astype(np.float32) - t.zero_point) * np.float32(t.scale))
+                        for y, t in zip(leaves, tensors)])
+
+    def _structure(self, flat: np.ndarray) -> Any:
+        """The flat output buffer ``(N, output_size)`` (or one sample) as forward()'s return structure."""
+        single = flat.ndim == 1
+        flat = flat[None] if single else flat
+        parts = []
+        for tid, offset in zip(self.program.outputs, self.program.output_offsets()):
+            t = self.program.tensors[tid]
+            y = flat[:, offset:offset + t.size].reshape(len(flat), *t.shape)
+            parts.append(y[0] if single else y)
+        kind = self.program.output_structure
+        if kind is None:
+            return parts[0]
+        if kind[0] == "dict":
+            return dict(zip(kind[1], parts))
+        return tuple(parts) if kind[0] == "tuple" else list(parts)
 
     def _int8_batch(self, xs: torch.Tensor | np.ndarray) -> np.ndarray:
         """int8 samples as given, float samples quantized; a single sample gets a batch dim."""
@@ -107,16 +140,22 @@ class Artifact:
         return xq[None] if xq.shape == self.program.input.shape else xq
 
     # -- running ----------------------------------------------------------------------------
-    def run_int(self, xq: np.ndarray) -> np.ndarray:
-        """int8 input ``(N, *in_shape)`` or ``in_shape`` -> int8 output, through the reference interpreter."""
-        return interpret(self.program, np.asarray(xq))
+    def run_int(self, xq: np.ndarray) -> Any:
+        """int8 input ``(N, *in_shape)`` or ``in_shape`` -> int8 output, through the reference interpreter.
 
-    def run(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Float tensor in -> float tensor out, computed by the integer interpreter."""
+        A model returning a tuple, list or dict of tensors gets the same structure of int8 arrays."""
+        y = interpret(self.program, np.asarray(xq))
+        return y if len(self.program.outputs) == 1 else self._structure(y)
+
+    def run(self, x: torch.Tensor, batch_size: int = 256) -> Any:
+        """Float tensor in -> float tensor(s) out (the structure forward() returns), computed by the
+        integer interpreter."""
         xs = x if x.dim() == len(self.program.input.shape) + 1 else x.unsqueeze(0)
         outs = [self.dequantize_output(self.run_int(self.quantize_input(b))) for b in xs.split(batch_size)]
-        y = torch.cat(outs)
-        return y if xs is x else y[0]
+        leaves = [_flatten(o, len(self.program.outputs) > 1)[0] for o in outs]
+        _, rebuild = _flatten(outs[0], len(self.program.outputs) > 1)
+        ys = [torch.cat(parts) for parts in zip(*leaves)]
+        return rebuild(ys if xs is x else [y[0] for y in ys])
 
     @property
     def arena_size(self) -> int:
@@ -286,7 +325,7 @@ class Artifact:
         Returns the outputs of the C code; raises :class:`VerificationError` on any mismatch.
         """
         xq = self._int8_batch(xs)
-        expected = self.run_int(xq)
+        expected = interpret(self.program, xq)  # the C output buffer (several outputs: flat, back to back)
         if on == "host":
             from qcompile.backends.host_build import run_c_host
 

@@ -20,7 +20,7 @@ from qcompile.conv_transpose import conv_transpose_problem, rewrite_conv_transpo
 from qcompile.errors import ConfigError, TraceError, UnsupportedOpError
 from qcompile.ops import Kind, NodeInfo, classify, info
 
-__all__ = ["trace", "propagate_shapes", "check_supported", "check_invariants", "check_model_tensors",
+__all__ = ["trace", "propagate_shapes", "output_structure", "check_supported", "check_invariants", "check_model_tensors",
            "source_location"]
 
 MAX_DIMS = 6  # tensor rank without batch that the strided-copy kernel walks (QC_COPY_DIMS)
@@ -223,6 +223,18 @@ def _broadcast_problem(node: Node, operands) -> str | None:
     return None
 
 
+def output_structure(out) -> tuple[tuple | None, list[Node]]:
+    """``(structure, tensors)`` of what forward() returns: one tensor (structure ``None``), or a tuple,
+    list or dict of tensors (``("tuple"|"list", n)`` / ``("dict", keys)``) with the tensors in return order."""
+    if isinstance(out, Node):
+        return None, [out]
+    if isinstance(out, (tuple, list)) and out and all(isinstance(x, Node) for x in out):
+        return (type(out).__name__, len(out)), list(out)
+    if isinstance(out, dict) and out and all(isinstance(x, Node) for x in out.values()):
+        return ("dict", tuple(out)), list(out.values())
+    raise ValueError("the model must return a tensor, or a flat tuple, list or dict of tensors")
+
+
 def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 - one case per kind
     """Reason ``node`` cannot be lowered, or ``None``."""
     qi: NodeInfo = info(node)
@@ -248,9 +260,12 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
     if kind is Kind.INPUT:
         return None if shape is not None and len(shape) in (2, 3, 4) else f"input of rank {len(shape or ())}"
     if kind is Kind.OUTPUT:
-        out = node.args[0]
-        if not isinstance(out, Node):
-            return "the model must return a single tensor"
+        try:
+            _, leaves = output_structure(node.args[0])
+        except ValueError as exc:
+            return str(exc)
+        if any(info(x).shape is None for x in leaves):
+            return "the model returns a value that is not a tensor"
         return None
     if shape is None:
         return "does not produce a tensor"
