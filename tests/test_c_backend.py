@@ -886,16 +886,21 @@ def test_emitted_code_shape():
     assert rows and max(r.count(",") for r in rows) <= 16
 
 
-def test_emit_rejects_bad_names_and_multi_output():
+def test_emit_rejects_bad_names_and_multi_input():
     program = _prog_reshape_chain_aliases()
     plan = plan_memory(program)
     for bad in ("my-model", "1net", "qc_kernels", ""):
         with pytest.raises(ConfigError):
             emit_c(program, plan, bad)
+    two_in = ir.Program("two", program.tensors, program.ops, [*program.inputs, program.ops[0].output],
+                        program.outputs)
+    with pytest.raises(IRVerificationError):
+        emit_c(two_in, plan_memory(two_in), "net")
+    # two outputs: one buffer, in order, bit-exact with the interpreter
     two_out = ir.Program("two", program.tensors, program.ops, program.inputs, [program.ops[0].output,
                                                                               program.ops[-1].output])
-    with pytest.raises(IRVerificationError):
-        emit_c(two_out, plan_memory(two_out), "net")
+    xs = random_input(two_out, 3)
+    np.testing.assert_array_equal(run_c_host(two_out, None, xs), interpret(two_out, xs))
 
 
 def test_build_error_carries_compiler_stderr():
