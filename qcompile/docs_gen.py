@@ -29,14 +29,17 @@ KIND_NOTES: dict[str, str] = {
     "avgpool": "ceil_mode, count_include_pad and divisor_override as in PyTorch (padding given by keyword)",
     "global_avgpool": "adaptive pooling to sizes dividing the input, or mean over all spatial dims",
     "global_maxpool": "adaptive max pooling to sizes dividing the input (no return_indices), or amax over all spatial dims",
-    "add": "two tensors of the same shape (residual), no alpha",
-    "sub": "two tensors of the same shape, no alpha",
-    "mul": "same shapes or per-channel (N, C, 1, 1) broadcast (squeeze-excite)",
+    "add": "two tensors (or a tensor and a parameter/buffer) with PyTorch broadcasting over non-batch dims; no alpha",
+    "sub": "as add",
+    "mul": "as add; per-channel (N, C, 1, 1) operands (squeeze-excite) stay native",
+    "minmax": "torch.maximum/minimum (torch.max/min of two tensors) with broadcasting; both inputs rescaled to the output grid",
+    "const": "a parameter or buffer read in forward() (e.g. `self.scale`), used by add/sub/mul/maximum/minimum",
     "cat": "cat/stack along any dim but the batch dim",
     "reshape": "re-views only (no data movement); batch dim unchanged",
     "move": "any strided view of the input (permute, transpose, slicing, select, narrow): one int8 copy",
     "split": "split/chunk/unbind along any dim but the batch dim",
     "pad": "zero padding of spatial dims",
+    "resize": "bilinear/linear interpolation with PyTorch's source coordinates (nearest is a strided copy: move)",
     "identity": "removed (eval mode)",
     "softmax": "over the last dim",
     "shape": "shape arithmetic (x.size(), x.shape[0]) only, no tensor values",
@@ -62,6 +65,37 @@ def _spelling(obj: Any) -> str:
     return f"`{getattr(obj, '__module__', '')}.{name}`"
 
 
+def _special_spellings(ops: Any, rows: dict[str, dict[str, list[str]]]) -> None:
+    """Spellings ``classify`` recognizes outside its three tables: interpolation (nearest -> move,
+    bilinear/linear -> resize), tensor indexing, parameters read in forward, and ConvTranspose
+    (rewritten into zero insertion + conv before classification, ``qcompile/conv_transpose.py``)."""
+    import importlib.util
+
+    import torch.nn as nn
+
+    def add(kind: str, col: str, spelling: str) -> None:
+        if kind in rows:
+            rows[kind][col].append(spelling)
+
+    for m in getattr(ops, "_INTERP_MODULES", ()):
+        for t in [m, *m.__subclasses__()]:
+            kinds = ("move",) if "Nearest" in t.__name__ else ("resize",) if "linear" in t.__name__ else ("move", "resize")
+            for kind in kinds:
+                add(kind, "modules", _spelling(t))
+    for fn, default in getattr(ops, "_INTERP_FUNCTIONS", {}).items():
+        name = getattr(fn, "__name__", "")
+        kinds = ("move", "resize") if name in ("interpolate", "upsample") else (
+            ("move",) if default == "nearest" else ("resize",))
+        for kind in kinds:
+            add(kind, "functions", _spelling(fn))
+    if hasattr(ops, "_indexes_tensor"):
+        add("move", "methods", "`x[...]` (slicing, indexing)")
+    add("const", "methods", "`self.<parameter or buffer>`")
+    if importlib.util.find_spec("qcompile.conv_transpose") is not None:
+        add("conv", "modules", _spelling(nn.ConvTranspose1d) + " (rewritten)")
+        add("conv", "modules", _spelling(nn.ConvTranspose2d) + " (rewritten)")
+
+
 def supported_ops() -> list[dict[str, Any]]:
     """One row per :class:`qcompile.ops.Kind` users can write: its module, function and method
     spellings as the op catalogue classifies them, and what the lowering accepts."""
@@ -78,6 +112,7 @@ def supported_ops() -> list[dict[str, Any]]:
         rows[kind.value]["functions"].append(_spelling(fn))
     for name, kind in ops._METHOD_KINDS.items():
         rows[kind.value]["methods"].append(_spelling(name))
+    _special_spellings(ops, rows)
     out = []
     for kind, r in rows.items():
         out.append({"kind": kind, "modules": sorted(set(r["modules"])), "functions": sorted(set(r["functions"])),
