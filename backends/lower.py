@@ -591,7 +591,7 @@ def _lower_pad(lw: _Lowering, node: Node) -> None:
         pad = lw.gm.get_submodule(node.target).padding
     else:
         pad = _arg(node, 1, "pad")
-    pad = tuple(int(p) for p in pad)
+    pad = tuple(int(info(p).notes["value"] if isinstance(p, Node) else p) for p in pad)  # sizes from x.size()
     left, right = pad[0], pad[1]
     top, bottom = (pad[2], pad[3]) if len(pad) >= 4 else (0, 0)
     if len(info(node).shape) == 3 and (top or bottom):
@@ -607,14 +607,39 @@ def _lower_reshape(lw: _Lowering, node: Node) -> None:
     lw.ops.append(ir.Reshape(node.name, lw.tid(x), out))
 
 
+def _swap_last(lw: _Lowering, node: Node, tid: int, axis: int, name: str, qp) -> int:
+    """A StridedCopy of ``tid`` with dim ``axis`` and the last dim exchanged."""
+    shape = list(lw.tensors[tid].shape)
+    r = len(shape)
+    perm = list(range(r))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    out = lw.new_tensor(node, qp, tuple(shape[p] for p in perm), suffix=f"_{name}")
+    steps = tuple(tuple(1 if k == perm[d] else 0 for k in range(r)) for d in range(r))
+    lw.ops.append(ir.StridedCopy(f"{node.name}_{name}", tid, out, (0,) * r, steps))
+    return out
+
+
 def _lower_softmax(lw: _Lowering, node: Node) -> None:
+    """Softmax over the last dim; over another dim (MTCNN's ``Softmax(dim=1)`` on a feature map) between
+    two strided copies that move that dim last and back."""
     x = node.args[0]
-    s_in, _ = lw.qparams(x)
+    s_in, zp_in = lw.qparams(x)
     s_out, zp_out = lw.out_qparams(node)
     d = np.arange(256, dtype=np.float64)
     table = np.rint((1 << SOFTMAX_EXP_BITS) * np.exp(-d * s_in)).astype(np.uint32)
-    out = lw.new_tensor(node, (s_out, zp_out))
-    lw.ops.append(ir.Softmax(node.name, lw.tid(x), out, table, zp_out))
+    mod = lw.gm.get_submodule(node.target) if node.op == "call_module" else None
+    dim = mod.dim if mod is not None else _arg(node, 1, "dim")
+    rank = len(info(node).shape)
+    axis = dim % rank - 1
+    if axis == rank - 2:
+        out = lw.new_tensor(node, (s_out, zp_out))
+        lw.ops.append(ir.Softmax(node.name, lw.tid(x), out, table, zp_out))
+        return
+    moved = _swap_last(lw, node, lw.tid(x), axis, "to_last", (s_in, zp_in))
+    soft = lw.new_tensor(node, (s_out, zp_out), lw.tensors[moved].shape, suffix="_last")
+    lw.ops.append(ir.Softmax(f"{node.name}_last", moved, soft, table, zp_out))
+    back = _swap_last(lw, node, soft, axis, "back", (s_out, zp_out))
+    lw.ops.append(ir.Reshape(node.name, back, lw.new_tensor(node, (s_out, zp_out))))
 
 
 _LOWERINGS: dict[Kind, Callable[[_Lowering, Node], None]] = {

@@ -344,6 +344,10 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
             mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
             if mode != "constant":
                 return f"padding mode {mode!r}"
+            pad = node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else ())
+            pad = [info(p).notes.get("value") if isinstance(p, Node) else p for p in pad]
+            if len(pad) > 4 or not all(isinstance(p, int) and p >= 0 for p in pad):
+                return f"F.pad with {pad}: only non-negative padding of the two last dims"
         if value != 0.0 or len(shape) not in (3, 4):
             return "only zero padding of the spatial dims"
     elif kind is Kind.RESIZE:
@@ -360,8 +364,8 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
                 return f"{it.mode} interpolation by scale_factor={it.scale_factor}: only integer factors (or size=)"
     elif kind is Kind.SOFTMAX:
         dim = mod.dim if mod is not None else node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        if dim is None or dim % len(shape) != len(shape) - 1:
-            return "softmax must be over the last dim"
+        if not isinstance(dim, int) or dim % len(shape) == 0:
+            return "softmax needs dim= (not the batch dim 0)"
     elif kind is Kind.CLAMP:
         if node.op != "call_module":
             extra = list(node.args[1:]) + [v for k, v in node.kwargs.items() if k != "inplace"]

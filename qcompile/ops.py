@@ -192,6 +192,8 @@ def classify(node: Node, gm: GraphModule) -> Kind | None:
         return Kind.MOVE if interpolation(node, gm).mode == "nearest" else Kind.RESIZE
     if node.target is operator.getitem and _indexes_tensor(node):
         return Kind.MOVE  # x[:, :3], x[..., ::2], torch.chunk(x, 2, 1)[0]: a strided view, copied
+    if kind in (*_BINARY, Kind.MINMAX) and not any(_is_tensor(a) for a in (*node.args, *node.kwargs.values())):
+        return Kind.SHAPE  # x2.size(2) - x1.size(2): arithmetic on sizes
     if kind in _BINARY and _scalar_operand(node) is not None:
         return Kind.LUT  # x * 0.5, 1 - x, ...: an element-wise function of one tensor
     return kind
@@ -247,6 +249,11 @@ def pixel_shuffle_factor(node: Node, gm: GraphModule | None) -> tuple[int, bool]
     if node.op == "call_function" and node.target in (F.pixel_unshuffle, torch.pixel_unshuffle):
         return int(node.args[1] if len(node.args) > 1 else node.kwargs["downscale_factor"]), True
     return None
+
+
+def _is_tensor(a: Any) -> bool:
+    qi = a.meta.get("qc") if isinstance(a, Node) else None
+    return qi is not None and qi.shape is not None
 
 
 def _indexes_tensor(node: Node) -> bool:
