@@ -92,13 +92,20 @@ def test_arm_builds(example):
 def test_init_example_from_a_factory(tmp_path, capsys):
     factory = tmp_path / "net.py"
     factory.write_text("import torch, torch.nn as nn\n"
+                       "class TwoHeads(nn.Module):  # a tuple return: main.c reads the first output\n"
+                       "    def __init__(self):\n"
+                       "        super().__init__()\n"
+                       "        self.body = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten())\n"
+                       "        self.cls, self.reg = nn.Linear(4 * 14, 6), nn.Linear(4 * 14, 2)\n"
+                       "    def forward(self, x):\n"
+                       "        h = self.body(x)\n"
+                       "        return self.cls(h), self.reg(h)\n"
                        "def make():\n"
                        "    torch.manual_seed(0)\n"
-                       "    m = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14, 6)).eval()\n"
                        "    c = torch.randn(32, 2, 16)\n"
-                       "    return m, (c[:1],), c\n")
+                       "    return TwoHeads().eval(), (c[:1],), c\n")
     capsys.readouterr()
     assert main(["init-example", str(tmp_path / "fw"), f"{factory}:make", "--name", "kws", "--json"]) == 0
     assert "model/kws.c" in json.loads(capsys.readouterr().out)["files"]
     r = _sh(["make", "-s"], tmp_path / "fw")
-    assert r.returncode == 0 and "0 of 6 outputs differ" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "0 of 8 outputs differ" in r.stdout, r.stdout + r.stderr
