@@ -41,7 +41,7 @@ KIND_NOTES: dict[str, str] = {
     "pad": "zero padding of spatial dims",
     "resize": "bilinear/linear interpolation with PyTorch's source coordinates (nearest is a strided copy: move)",
     "identity": "removed (eval mode)",
-    "softmax": "over the last dim",
+    "softmax": "over any non-batch dim (the kernel runs over the last; strided copies move other dims there)",
     "shape": "shape arithmetic (x.size(), x.shape[0]) only, no tensor values",
 }
 _INTERNAL_KINDS = {"input", "output", "quant"}
