@@ -149,6 +149,10 @@ def render_html(name: str, data: dict[str, Any], timeline: dict[str, Any], text_
              f"arena {s['arena_bytes']:,} B (lower bound {s['arena_lower_bound']:,} B). Input {s['input']['shape']} "
              f"scale {s['input']['scale']:.6g} zero point {s['input']['zero_point']}; output {s['output']['shape']} "
              f"scale {s['output']['scale']:.6g} zero point {s['output']['zero_point']}.</p>"]
+    if s.get("outputs"):
+        parts.append(f"<p>{len(s['outputs'])} outputs, one after another in the output buffer: " + "; ".join(
+            f"<code>{html.escape(o['name'])}</code> {o['shape']} scale {o['scale']:.6g} zero point {o['zero_point']}"
+            for o in s["outputs"]) + ".</p>")
     if data.get("budget"):
         b = data["budget"]
         t = b["target"]

@@ -60,6 +60,26 @@ def test_without_matplotlib_the_page_says_why(art, monkeypatch):
     assert "<td>conv0</td>" in page  # the layer table is still there
 
 
+def test_several_outputs_are_listed(tmp_path):
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.a, self.b = torch.nn.Linear(4 * 6 * 6, 3), torch.nn.Linear(4 * 6 * 6, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x)).flatten(1)
+            return self.a(h), self.b(h)
+
+    calib = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    art = qcompile.compile(TwoHeads().eval(), calib[:1], calib=calib, progress=False)
+    outs = art.report_data()["summary"]["outputs"]
+    assert [o["shape"] for o in outs] == [[3], [2]]
+    page = (art.save(tmp_path / "b") / "report.html").read_text()
+    assert "2 outputs, one after another in the output buffer" in page
+    assert "2 outputs, in return order" in art.report()
+
+
 def test_memory_timeline_matches_the_plan(art):
     tl = memory_timeline(art.program, art.plan)
     assert len(tl["live_bytes"]) == len(art.program.ops)
