@@ -44,7 +44,7 @@ KIND_NOTES: dict[str, str] = {
     "softmax": "over any non-batch dim (the kernel runs over the last; strided copies move other dims there)",
     "shape": "shape arithmetic (x.size(), x.shape[0]) only, no tensor values",
 }
-_INTERNAL_KINDS = {"input", "output", "quant"}
+_INTERNAL_KINDS = {"input", "output", "quant", "packed"}  # graph plumbing, not operators a model writes
 
 
 def _spelling(obj: Any) -> str:
@@ -107,11 +107,14 @@ def supported_ops() -> list[dict[str, Any]]:
             rows[kind.value] = {"modules": [], "functions": [], "methods": []}
     for types, kind in ops._MODULE_KINDS:
         for t in types if isinstance(types, tuple) else (types,):
-            rows[kind.value]["modules"].append(_spelling(t))
+            if kind.value in rows:
+                rows[kind.value]["modules"].append(_spelling(t))
     for fn, kind in ops._FUNCTION_KINDS.items():
-        rows[kind.value]["functions"].append(_spelling(fn))
+        if kind.value in rows:  # internal kinds (graph input/output, observers) get no row
+            rows[kind.value]["functions"].append(_spelling(fn))
     for name, kind in ops._METHOD_KINDS.items():
-        rows[kind.value]["methods"].append(_spelling(name))
+        if kind.value in rows:
+            rows[kind.value]["methods"].append(_spelling(name))
     _special_spellings(ops, rows)
     out = []
     for kind, r in rows.items():
