@@ -221,7 +221,7 @@ def run_c_host(program: ir.Program, plan: MemoryPlan | None, xs: np.ndarray, nam
     is used and removed. ``sanitize=True`` adds AddressSanitizer and UBSan.
     """
     xs = np.asarray(xs)
-    in_shape = program.input.shape
+    in_shape = program.input_shape
     single = xs.shape == in_shape
     if single:
         xs = xs[None]
