@@ -54,9 +54,9 @@ def runtime_sources() -> dict[str, str]:
 def _check_inputs(program: ir.Program, plan: MemoryPlan, name: str) -> None:
     if not _C_IDENT.match(name) or name == "qc_kernels":
         raise ConfigError(f"model name {name!r} must be a C identifier other than 'qc_kernels'")
-    if len(program.inputs) != 1 or not program.outputs:
+    if not program.inputs or not program.outputs:
         raise IRVerificationError(
-            f"the C backend needs exactly one graph input and at least one output, program '{program.name}' "
+            f"the C backend needs graph inputs and outputs, program '{program.name}' "
             f"has {len(program.inputs)} and {len(program.outputs)}")
     io = {*program.inputs, *program.outputs}
     missing = [op.name for op in program.ops if op.output not in io and op.output not in plan.offsets]
@@ -84,28 +84,36 @@ def _arena_comment(program: ir.Program, plan: MemoryPlan, layout: Layout) -> str
     return "/*\n" + "\n".join(lines) + "\n */"
 
 
-def _output_macros(program: ir.Program, macro: str) -> str:
-    """One output: today's ``_OUTPUT_SIZE/_SCALE/_ZERO_POINT``. Several: ``_OUTPUT_SIZE`` is the whole
-    buffer, and each output ``k`` (return order) gets ``_OUTPUT<k>_OFFSET/_SIZE/_SCALE/_ZERO_POINT``."""
-    if len(program.outputs) == 1:
-        t = program.output
-        return (f"/* Output: int8 {shape_text(t.shape)}; real = scale * (q - zero_point). */\n"
-                f"#define {macro}_OUTPUT_SIZE {t.size}\n"
-                f"#define {macro}_OUTPUT_SCALE {c_float(t.scale)}\n"
-                f"#define {macro}_OUTPUT_ZERO_POINT {c_macro_int(t.zero_point)}\n")
-    lines = [f"/* Outputs: {len(program.outputs)} int8 tensors, in forward()'s return order, back to back in the one\n"
-             f"   output buffer of {macro}_OUTPUT_SIZE elements; real = scale * (q - zero_point). */",
-             f"#define {macro}_OUTPUT_COUNT {len(program.outputs)}",
-             f"#define {macro}_OUTPUT_SIZE {program.output_size}"]
-    keys = program.output_structure[1] if program.output_structure and program.output_structure[0] == "dict" else None
-    for k, (tid, offset) in enumerate(zip(program.outputs, program.output_offsets())):
+def _io_macros(program: ir.Program, macro: str, side: str) -> str:
+    """One input (output): today's ``_INPUT_SIZE/_SCALE/_ZERO_POINT``. Several: ``_INPUT_SIZE`` is the whole
+    buffer, and each input ``k`` (argument order; outputs: return order) gets ``_INPUT<k>_OFFSET/_SIZE/
+    _SCALE/_ZERO_POINT`` (``_OUTPUT<k>_...``)."""
+    tids = program.inputs if side == "input" else program.outputs
+    up, title = side.upper(), side.capitalize()
+    if len(tids) == 1:
+        t = program.tensors[tids[0]]
+        order = " in PyTorch order without batch" if side == "input" else ""
+        return (f"/* {title}: int8 {shape_text(t.shape)}{order}; real = scale * (q - zero_point). */\n"
+                f"#define {macro}_{up}_SIZE {t.size}\n"
+                f"#define {macro}_{up}_SCALE {c_float(t.scale)}\n"
+                f"#define {macro}_{up}_ZERO_POINT {c_macro_int(t.zero_point)}\n")
+    order = "forward()'s argument order" if side == "input" else "forward()'s return order"
+    total = program.input_size if side == "input" else program.output_size
+    offsets = program.input_offsets() if side == "input" else program.output_offsets()
+    lines = [f"/* {title}s: {len(tids)} int8 tensors, in {order}, back to back in the one\n"
+             f"   {side} buffer of {macro}_{up}_SIZE elements; real = scale * (q - zero_point). */",
+             f"#define {macro}_{up}_COUNT {len(tids)}",
+             f"#define {macro}_{up}_SIZE {total}"]
+    keys = program.output_structure[1] if side == "output" and program.output_structure \
+        and program.output_structure[0] == "dict" else None
+    for k, (tid, offset) in enumerate(zip(tids, offsets)):
         t = program.tensors[tid]
-        what = f"'{comment_text(keys[k])}' " if keys else ""
-        lines += [f"/* output {k}: {what}{shape_text(t.shape)} */",
-                  f"#define {macro}_OUTPUT{k}_OFFSET {offset}",
-                  f"#define {macro}_OUTPUT{k}_SIZE {t.size}",
-                  f"#define {macro}_OUTPUT{k}_SCALE {c_float(t.scale)}",
-                  f"#define {macro}_OUTPUT{k}_ZERO_POINT {c_macro_int(t.zero_point)}"]
+        what = f"'{comment_text(keys[k])}' " if keys else (f"'{comment_text(t.name)}' " if side == "input" else "")
+        lines += [f"/* {side} {k}: {what}{shape_text(t.shape)} */",
+                  f"#define {macro}_{up}{k}_OFFSET {offset}",
+                  f"#define {macro}_{up}{k}_SIZE {t.size}",
+                  f"#define {macro}_{up}{k}_SCALE {c_float(t.scale)}",
+                  f"#define {macro}_{up}{k}_ZERO_POINT {c_macro_int(t.zero_point)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -113,7 +121,6 @@ def _emit_header(program: ir.Program, plan: MemoryPlan, name: str, layout: Layou
     macro = name.upper()
     profile = (f"\n/* Profiling build: every kernel call is one instruction-count region ({n_regions} per run). */\n"
                f"#define {macro}_PROFILE_REGIONS {n_regions}\n") if n_regions else ""
-    tin = program.input
     return f"""\
 /* {name}.h - generated by qcompile from program '{comment_text(program.name)}'. Do not edit. */
 #ifndef {macro}_H
@@ -125,12 +132,8 @@ def _emit_header(program: ir.Program, plan: MemoryPlan, name: str, layout: Layou
 extern "C" {{
 #endif
 
-/* Input: int8 {shape_text(tin.shape)} in PyTorch order without batch; real = scale * (q - zero_point). */
-#define {macro}_INPUT_SIZE {tin.size}
-#define {macro}_INPUT_SCALE {c_float(tin.scale)}
-#define {macro}_INPUT_ZERO_POINT {c_macro_int(tin.zero_point)}
-
-{_output_macros(program, macro)}
+{_io_macros(program, macro, "input")}
+{_io_macros(program, macro, "output")}
 /* Bytes of the static arena inside {name}.c: {plan.arena_size} planned for tensors
    + {layout.arena_size - plan.arena_size} grown for kernel scratch (im2col). */
 #define {macro}_ARENA_SIZE {layout.arena_size}
@@ -199,7 +202,7 @@ def _emit_source(program: ir.Program, plan: MemoryPlan, name: str, layout: Layou
         emitted = emit_op(op, ctx)
         definitions.extend(emitted.definitions)
         statements.extend(_profile(s, op, regions) if profile else s for s in emitted.statements)
-    if program.outputs[0] == program.inputs[0]:
+    if len(program.inputs) == len(program.outputs) == 1 and program.outputs[0] == program.inputs[0]:
         statements.append(f"/* the graph output is the graph input */\n"
                           f"memmove(output, input, {program.output.size});")
 

@@ -27,15 +27,18 @@ def interpret(program: ir.Program, x: np.ndarray, *, keep: bool = False) -> np.n
     order, as the C output buffer holds them), or with ``keep=True`` every tensor as ``{tensor_id: int8 array}``.
     """
     x = np.asarray(x)
-    in_t = program.input
-    single = x.shape == in_t.shape
+    in_shape = program.input_shape
+    single = x.shape == in_shape
     if single:
         x = x[None]
-    if x.shape[1:] != in_t.shape:
-        raise IRVerificationError(f"input shape {x.shape[1:]} does not match program input {in_t.shape}")
+    if x.shape[1:] != in_shape:
+        raise IRVerificationError(f"input shape {x.shape[1:]} does not match program input {in_shape}")
     if x.dtype != np.int8:
         raise IRVerificationError(f"input dtype {x.dtype}, expected int8")
-    env: dict[int, np.ndarray] = {in_t.id: x.astype(np.int64)}
+    env: dict[int, np.ndarray] = {}
+    for tid, offset in zip(program.inputs, program.input_offsets()):  # several: segments of the one buffer
+        t = program.tensors[tid]
+        env[tid] = x.reshape(len(x), -1)[:, offset:offset + t.size].reshape(len(x), *t.shape).astype(np.int64)
     for op in program.ops:
         args = [env[i] for i in op.inputs]
         out_shape = (x.shape[0], *program.tensors[op.output].shape)

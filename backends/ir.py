@@ -572,6 +572,24 @@ class Program:
         return self.tensors[self.outputs[0]]
 
     @property
+    def input_size(self) -> int:
+        """int8 elements of the one input buffer: every input, in argument order, back to back."""
+        return sum(self.tensors[t].size for t in self.inputs)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample of the input buffer: the input's shape, or ``(input_size,)`` for several."""
+        return self.input.shape if len(self.inputs) == 1 else (self.input_size,)
+
+    def input_offsets(self) -> list[int]:
+        """Element offset of each input in the input buffer."""
+        offsets, at = [], 0
+        for t in self.inputs:
+            offsets.append(at)
+            at += self.tensors[t].size
+        return offsets
+
+    @property
     def output_size(self) -> int:
         """int8 elements of the one output buffer: every output, in return order, back to back."""
         return sum(self.tensors[t].size for t in self.outputs)

@@ -685,7 +685,7 @@ def lower(gm: GraphModule, name: str = "model") -> ir.Program:
         elif kind is Kind.CLAMP:
             _lower_lut(lw, node)
             lw.env[node] = lw.ops[-1].output
-        elif kind in (Kind.SHAPE, Kind.SPLIT):
+        elif kind in (Kind.SHAPE, Kind.SPLIT, Kind.PACKED):
             continue  # no tensor of its own: shape arithmetic, or the tuple a split item reads through
         elif kind is Kind.OUTPUT:
             structure, leaves = output_structure(node.args[0])

@@ -102,11 +102,37 @@ class Artifact:
     budget: dict[str, Any] | None = None  # flash/RAM estimate vs the Target's budget (qcompile.target.check_fits)
 
     # -- quantization of the model boundary -------------------------------------------------
-    def quantize_input(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Float input (batch or single sample) -> int8 numpy, with the input tensor's scale/zero point."""
+    def quantize_input(self, x: Any) -> np.ndarray:
+        """Float input (batch or single sample) -> int8 numpy, with the input tensor's scale/zero point.
+
+        A model with several inputs takes a tuple/list of them (or the packed float buffer) and returns
+        the one int8 input buffer ``(N, input_size)``: each input quantized with its own scale, flattened,
+        back to back in argument order."""
+        if len(self.program.inputs) > 1:
+            return self._quantize_packed(x)
         t = self.program.input
         xf = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
         return np.clip(np.rint(xf / t.scale) + t.zero_point, -128, 127).astype(np.int8)
+
+    def _quantize_packed(self, x: Any) -> np.ndarray:
+        tensors = [self.program.tensors[t] for t in self.program.inputs]
+        as_np = (lambda v: v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor)
+                 else np.asarray(v, dtype=np.float64))
+        if isinstance(x, (tuple, list)):
+            parts = [as_np(v) for v in x]
+            if len(parts) != len(tensors):
+                raise ConfigError(f"the model takes {len(tensors)} inputs, got {len(parts)}")
+            single = parts[0].shape == tensors[0].shape
+            parts = [p[None] if single else p for p in parts]
+            flat = [p.reshape(len(p), -1) for p in parts]
+        else:
+            packed = as_np(x)
+            single = packed.ndim == 1
+            packed = packed[None] if single else packed
+            flat = [packed[:, o:o + t.size] for o, t in zip(self.program.input_offsets(), tensors)]
+        q = np.concatenate([np.clip(np.rint(f / t.scale) + t.zero_point, -128, 127) for f, t in zip(flat, tensors)],
+                           axis=1).astype(np.int8)
+        return q[0] if single else q
 
     def dequantize_output(self, yq: Any) -> Any:
         """int8 output(s) -> float, keeping the structure: one array, or what :meth:`run_int` returns for a
@@ -136,21 +162,40 @@ class Artifact:
 
     def _int8_batch(self, xs: torch.Tensor | np.ndarray) -> np.ndarray:
         """int8 samples as given, float samples quantized; a single sample gets a batch dim."""
+        if len(self.program.inputs) > 1 and isinstance(xs, (tuple, list)) and \
+                all(isinstance(v, np.ndarray) and v.dtype == np.int8 for v in xs):
+            single = xs[0].shape == self.program.tensors[self.program.inputs[0]].shape
+            xs = np.concatenate([(v[None] if single else v).reshape(1 if single else len(v), -1) for v in xs], axis=1)
         xq = np.asarray(xs) if isinstance(xs, np.ndarray) and xs.dtype == np.int8 else self.quantize_input(xs)
-        return xq[None] if xq.shape == self.program.input.shape else xq
+        return xq[None] if xq.shape == self.program.input_shape else xq
 
     # -- running ----------------------------------------------------------------------------
-    def run_int(self, xq: np.ndarray) -> Any:
+    def run_int(self, xq: Any) -> Any:
         """int8 input ``(N, *in_shape)`` or ``in_shape`` -> int8 output, through the reference interpreter.
 
-        A model returning a tuple, list or dict of tensors gets the same structure of int8 arrays."""
-        y = interpret(self.program, np.asarray(xq))
+        A model returning a tuple, list or dict of tensors gets the same structure of int8 arrays; one
+        taking several inputs takes a tuple of int8 arrays or the packed int8 input buffer."""
+        if len(self.program.inputs) > 1 and isinstance(xq, (tuple, list)):
+            single = np.asarray(xq[0]).shape == self.program.tensors[self.program.inputs[0]].shape
+            xq = self._int8_batch([np.asarray(v, dtype=np.int8) for v in xq])
+            y = interpret(self.program, xq)
+            y = y[0] if single else y
+        else:
+            y = interpret(self.program, np.asarray(xq))
         return y if len(self.program.outputs) == 1 else self._structure(y)
 
     def run(self, x: torch.Tensor, batch_size: int = 256) -> Any:
         """Float tensor in -> float tensor(s) out (the structure forward() returns), computed by the
         integer interpreter."""
-        xs = x if x.dim() == len(self.program.input.shape) + 1 else x.unsqueeze(0)
+        if len(self.program.inputs) > 1:  # several inputs: run on their packed float buffer
+            if not isinstance(x, (tuple, list)):
+                raise ConfigError(f"the model takes {len(self.program.inputs)} inputs; pass a tuple of tensors")
+            first = self.program.tensors[self.program.inputs[0]]
+            batched = [v if v.dim() == len(self.program.tensors[t].shape) + 1 else v.unsqueeze(0)
+                       for v, t in zip(x, self.program.inputs)]
+            packed = torch.cat([v.reshape(len(v), -1) for v in batched], dim=1)
+            x = packed if x[0].dim() == len(first.shape) + 1 else packed[0]
+        xs = x if x.dim() == len(self.program.input_shape) + 1 else x.unsqueeze(0)
         outs = [self.dequantize_output(self.run_int(self.quantize_input(b))) for b in xs.split(batch_size)]
         leaves = [_flatten(o, len(self.program.outputs) > 1)[0] for o in outs]
         _, rebuild = _flatten(outs[0], len(self.program.outputs) > 1)
@@ -174,7 +219,7 @@ class Artifact:
         from qcompile.backends.qemu import run_c_qemu
 
         if xs is None:
-            xs = self.sample_input if self.sample_input is not None else np.zeros((1, *self.program.input.shape),
+            xs = self.sample_input if self.sample_input is not None else np.zeros((1, *self.program.input_shape),
                                                                                   np.int8)
         self.verify(xs, on="qemu", cpu=cpu, opt=opt)
         run = self.last_qemu_run

@@ -18,6 +18,7 @@ from torch.fx import GraphModule, Interpreter, Node, Tracer
 
 from qcompile.conv_transpose import conv_transpose_problem, rewrite_conv_transposes, zero_insert
 from qcompile.errors import ConfigError, TraceError, UnsupportedOpError
+from qcompile.packing import pack, pack_inputs
 from qcompile.ops import Kind, NodeInfo, classify, info
 
 __all__ = ["trace", "propagate_shapes", "output_structure", "check_supported", "check_invariants", "check_model_tensors",
@@ -62,9 +63,12 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, (tuple, list)) or not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise ConfigError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 3, 32, 32),)")
-    if len(example_inputs) != 1:
-        raise ConfigError(f"qcompile models take exactly one input tensor, got {len(example_inputs)}")
-    check_model_tensors(model, example_inputs[0])
+    if not example_inputs:
+        raise ConfigError("example_inputs must hold at least one tensor")
+    for x in example_inputs:
+        check_model_tensors(model, x)
+    if len({x.shape[0] for x in example_inputs}) != 1:
+        raise ConfigError(f"example_inputs have different batch sizes {[x.shape[0] for x in example_inputs]}")
     model = copy.deepcopy(model).eval()
     for m in model.modules():
         if getattr(m, "inplace", False):
@@ -87,6 +91,9 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
             node.kwargs = {**node.kwargs, "inplace": False}
     gm.recompile()
     rewrite_conv_transposes(gm)
+    if len(example_inputs) > 1:
+        pack_inputs(gm, example_inputs)
+        example_inputs = (pack(example_inputs),)
     propagate_shapes(gm, example_inputs)
     return gm
 
@@ -257,6 +264,8 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
         return None
     if kind is Kind.SHAPE:
         return "a tensor-valued indexing/slicing op is not supported" if shape is not None else None
+    if kind is Kind.PACKED:
+        return None
     if kind is Kind.INPUT:
         return None if shape is not None and len(shape) in (2, 3, 4) else f"input of rank {len(shape or ())}"
     if kind is Kind.OUTPUT:
@@ -398,7 +407,8 @@ def check_supported(gm: GraphModule) -> GraphModule:
                 target = f"{target} ({type(gm.get_submodule(node.target)).__name__})"
             bad.append((node.name, str(target), source_location(node), reason))
     if len(inputs) != 1:
-        bad.append(("<graph>", "placeholder", "<forward signature>", f"{len(inputs)} inputs (exactly one supported)"))
+        bad.append(("<graph>", "placeholder", "<forward signature>",
+                    f"{len(inputs)} placeholders (several inputs are packed into one by trace())"))
     if bad:
         lines = [f"  - node '{n}' ({t}) at {loc}: {why}" for n, t, loc, why in bad]
         raise UnsupportedOpError(

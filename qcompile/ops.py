@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
 from qcompile.conv_transpose import zero_insert
+from qcompile.packing import unpack_input
 
 __all__ = [
     "Kind", "NodeInfo", "Interpolation", "interpolation", "pixel_shuffle_factor", "classify", "info", "lut_function", "clamp_range", "module_of", "SHARES_INPUT_QUANT",
@@ -42,6 +43,7 @@ class Kind(enum.Enum):
     MUL = "mul"
     CAT = "cat"
     MINMAX = "minmax"        # torch.maximum / torch.minimum of two tensors
+    PACKED = "packed"        # the one placeholder several inputs are packed into (trace); not lowered
     CONST = "const"          # a parameter or buffer read in forward() (self.scale): a constant tensor
     RESHAPE = "reshape"      # flatten / view / reshape / squeeze / unsqueeze / unflatten (row-major re-views)
     MOVE = "move"            # permute / transpose / slicing / narrow / select / items of a split: a strided copy
@@ -139,7 +141,7 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
     torch.unsqueeze: Kind.RESHAPE, torch.permute: Kind.MOVE, torch.transpose: Kind.MOVE,
     torch.swapaxes: Kind.MOVE, torch.movedim: Kind.MOVE, torch.narrow: Kind.MOVE, torch.select: Kind.MOVE,
     torch.chunk: Kind.SPLIT, torch.split: Kind.SPLIT, torch.tensor_split: Kind.SPLIT, torch.unbind: Kind.SPLIT,
-    F.pad: Kind.PAD, zero_insert: Kind.PAD,
+    F.pad: Kind.PAD, zero_insert: Kind.PAD, unpack_input: Kind.INPUT,
     F.pixel_shuffle: Kind.MOVE, F.pixel_unshuffle: Kind.MOVE, torch.pixel_shuffle: Kind.MOVE,
     torch.pixel_unshuffle: Kind.MOVE,
     F.dropout: Kind.IDENTITY, F.dropout1d: Kind.IDENTITY, F.dropout2d: Kind.IDENTITY,
@@ -163,7 +165,7 @@ _METHOD_KINDS: dict[str, Kind] = {
 def classify(node: Node, gm: GraphModule) -> Kind | None:
     """The :class:`Kind` of ``node``, or ``None`` if qcompile does not support it."""
     if node.op == "placeholder":
-        return Kind.INPUT
+        return Kind.PACKED if node.meta.get("qc_packed") else Kind.INPUT
     if node.op == "output":
         return Kind.OUTPUT
     if node.op == "call_module":

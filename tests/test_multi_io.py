@@ -102,3 +102,56 @@ def test_returning_a_tensor_twice_or_nested_is_reported():
 
     with pytest.raises(qcompile.UnsupportedOpError, match="flat tuple"):
         qcompile.compile(Twice(), (torch.randn(1, 3, 4, 4),), calib=torch.randn(4, 3, 4, 4), progress=False)
+
+
+class TwoInputs(nn.Module):
+    """An image and a side vector (e.g. audio features), returning (logits, map)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.side = nn.Linear(5, 4)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, image, features):
+        y = F.relu(self.conv(image))
+        s = torch.relu(self.side(features))
+        return self.head(torch.cat([y.mean((2, 3)), s], 1)), y * s[:, :, None, None]
+
+
+def _two_inputs():
+    torch.manual_seed(1)
+    model = TwoInputs().eval()
+    images, feats = torch.randn(32, 3, 5, 4), 10 * torch.randn(32, 5)
+    art = qcompile.compile(model, (images[:1], feats[:1]), calib=(images, feats), name="two", progress=False)
+    return model, images, feats, art
+
+
+def test_several_inputs_each_with_its_quantization():
+    model, images, feats, art = _two_inputs()
+    assert len(art.program.inputs) == 2
+    s_img, s_feat = (art.program.tensors[t].scale for t in art.program.inputs)
+    assert s_feat > 3 * s_img  # features are 10x wider: their own scale, not a shared one
+    out, ref = art.run((images[:4], feats[:4])), model(images[:4], feats[:4])
+    for got, want in zip(out, ref):
+        assert float((got - want.detach()).abs().max()) < 0.1 * float(want.abs().max()) + 0.05
+    q = art.run_int((art.quantize_input((images[:2], feats[:2]))))
+    assert isinstance(q, tuple) and q[0].shape == (2, 3)
+    art.verify((images[:4], feats[:4]), on="host")
+    header = art.c_sources()["two.h"]
+    macros = dict(re.findall(r"^#define (TWO_\w+) (.+)$", header, re.M))
+    assert macros["TWO_INPUT_COUNT"] == "2" and macros["TWO_INPUT_SIZE"] == str(3 * 5 * 4 + 5)
+    assert macros["TWO_INPUT1_OFFSET"] == "60" and macros["TWO_INPUT1_SIZE"] == "5"
+    assert "int two_run(const int8_t *input, int8_t *output);" in header
+
+
+@pytest.mark.qemu
+def test_several_inputs_on_cortex_m4():
+    _, images, feats, art = _two_inputs()
+    art.verify((images[:2], feats[:2]), on="qemu", cpu="cortex-m4")
+
+
+def test_calibration_of_several_inputs_is_checked():
+    with pytest.raises(qcompile.CalibrationError, match="input 1"):
+        qcompile.compile(TwoInputs(), (torch.randn(1, 3, 5, 4), torch.randn(1, 5)),
+                         calib=[(torch.randn(4, 3, 5, 4), torch.randn(4, 6))], progress=False)
