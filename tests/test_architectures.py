@@ -224,7 +224,7 @@ def test_architecture_compiles_unchanged_and_is_bit_exact(name):
     cls, shape = ARCHITECTURES[name]
     torch.manual_seed(3)
     model = randomize_batchnorm(cls(), 3).eval()
-    calib = torch.rand(64, *shape) * 2 - 1
+    calib = torch.rand(32, *shape) * 2 - 1
     art = qcompile.compile(model, (calib[:1],), calib=calib, name=name, progress=False)
     xs = calib[:3]
     art.verify(torch.cat([xs, torch.randn(1, *shape)]), on="host")

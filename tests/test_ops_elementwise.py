@@ -50,7 +50,7 @@ def broadcasts(draw):
         draw(st.integers(0, 99))
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(broadcasts())
 def test_random_elementwise_c_equals_interpreter(spec):
     c, h, w, other_shape, const, op, lo, hi, seed = spec

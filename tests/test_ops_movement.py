@@ -83,7 +83,7 @@ def movements(draw):
     return c, h, w, how, p, draw(st.integers(0, 1000))
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(movements())
 def test_random_movement_c_equals_interpreter(spec):
     c, h, w, how, p, seed = spec

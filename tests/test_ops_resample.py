@@ -47,7 +47,7 @@ def resamples(draw):
     return draw(st.integers(1, 3)), 2 * draw(st.integers(1, 3)), 2 * draw(st.integers(1, 3)), p, draw(st.integers(0, 99))
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(resamples())
 def test_random_resampling_c_equals_interpreter(spec):
     c, h, w, p, seed = spec
