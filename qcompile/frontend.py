@@ -13,7 +13,6 @@ import traceback
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.fx import GraphModule, Interpreter, Node, Tracer
 
 from qcompile.conv_transpose import conv_transpose_problem, rewrite_conv_transposes, zero_insert

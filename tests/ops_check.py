@@ -10,8 +10,17 @@ import qcompile
 from qcompile.backends.qemu import toolchain_available
 
 
-def compile_and_check(model, shape, *, seed=0, qemu=False, rel_tol=0.12, calib_n=32, inputs=None):
-    """Compile ``model`` for inputs ``(N, *shape)``; returns the artifact after the checks."""
+_QEMU_DONE: set[str] = set()
+
+
+def compile_and_check(model, shape, *, seed=0, qemu=False, rel_tol=0.12, calib_n=32, inputs=None, qemu_once=None):
+    """Compile ``model`` for inputs ``(N, *shape)``; returns the artifact after the checks.
+
+    ``qemu_once="family"``: also run on QEMU Cortex-M4 the first time this family is checked in the
+    process (one random-shape example per hypothesis test, the rest on the host)."""
+    if qemu_once is not None and qemu_once not in _QEMU_DONE:
+        _QEMU_DONE.add(qemu_once)
+        qemu = True
     torch.manual_seed(seed)
     model = model.eval()
     calib = torch.randn(calib_n, *shape)

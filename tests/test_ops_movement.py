@@ -88,7 +88,7 @@ def movements(draw):
 def test_random_movement_c_equals_interpreter(spec):
     c, h, w, how, p, seed = spec
     torch.manual_seed(seed)
-    compile_and_check(Movement(c, h, w, how, p), (c, h, w), seed=seed)
+    compile_and_check(Movement(c, h, w, how, p), (c, h, w), seed=seed, qemu_once="movement")
 
 
 @pytest.mark.qemu

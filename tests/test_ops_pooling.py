@@ -47,7 +47,8 @@ def pools(draw):
 def test_random_pooling_c_equals_interpreter(spec):
     c, h, w, k, s, p, ceil, include_pad, out_hw, seed = spec
     torch.manual_seed(seed)
-    compile_and_check(Pools(c, k, s, p, ceil, include_pad, out_hw), (c, h, w), seed=seed)
+    compile_and_check(Pools(c, k, s, p, ceil, include_pad, out_hw), (c, h, w), seed=seed,
+                      qemu_once="pooling")
 
 
 @pytest.mark.qemu
