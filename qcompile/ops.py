@@ -140,6 +140,7 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
     torch.flatten: Kind.RESHAPE, torch.reshape: Kind.RESHAPE, torch.squeeze: Kind.RESHAPE,
     torch.unsqueeze: Kind.RESHAPE, torch.permute: Kind.MOVE, torch.transpose: Kind.MOVE,
     torch.swapaxes: Kind.MOVE, torch.movedim: Kind.MOVE, torch.narrow: Kind.MOVE, torch.select: Kind.MOVE,
+    torch.flip: Kind.MOVE,
     torch.chunk: Kind.SPLIT, torch.split: Kind.SPLIT, torch.tensor_split: Kind.SPLIT, torch.unbind: Kind.SPLIT,
     F.pad: Kind.PAD, zero_insert: Kind.PAD, unpack_input: Kind.INPUT,
     F.pixel_shuffle: Kind.MOVE, F.pixel_unshuffle: Kind.MOVE, torch.pixel_shuffle: Kind.MOVE,
@@ -152,7 +153,8 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
 _METHOD_KINDS: dict[str, Kind] = {
     "view": Kind.RESHAPE, "reshape": Kind.RESHAPE, "flatten": Kind.RESHAPE, "squeeze": Kind.RESHAPE,
     "unsqueeze": Kind.RESHAPE, "permute": Kind.MOVE, "transpose": Kind.MOVE, "swapaxes": Kind.MOVE,
-    "movedim": Kind.MOVE, "narrow": Kind.MOVE, "select": Kind.MOVE,
+    "movedim": Kind.MOVE, "narrow": Kind.MOVE, "select": Kind.MOVE, "flip": Kind.MOVE, "expand": Kind.MOVE,
+    "expand_as": Kind.MOVE,
     "chunk": Kind.SPLIT, "split": Kind.SPLIT, "tensor_split": Kind.SPLIT, "unbind": Kind.SPLIT,
     "contiguous": Kind.MOVE,  # kept: a later .view() of a permuted tensor needs it; lowers to a free Reshape
     "relu": Kind.CLAMP, "clamp": Kind.CLAMP, "sigmoid": Kind.LUT, "tanh": Kind.LUT,

@@ -1,5 +1,6 @@
 """Data movement (issue 10): permute/transpose that reorder memory, .contiguous(), flatten after a
-permute, channel shuffle, chunk/split/slicing on channel and spatial axes, cat/stack on any axis.
+permute, channel shuffle, chunk/split/slicing on channel and spatial axes, cat/stack on any axis,
+flip and expand (negative and zero strides).
 C == interpreter bit for bit on random shapes (host; QEMU Cortex-M4 for a fixed sample)."""
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ class Movement(nn.Module):
             return x[:, p["c0"]:, p["h0"]::p["step"], :p["w1"]]
         if how == "stack":
             return torch.stack([x, torch.relu(x)], dim=p["dim"])
+        if how == "flip":
+            return torch.flip(x, p["dims"]) + x[:, :1].expand(-1, x.shape[1], -1, -1)
         raise AssertionError(how)
 
     def forward(self, x):
@@ -58,7 +61,7 @@ class Movement(nn.Module):
 @st.composite
 def movements(draw):
     c, h, w = draw(st.integers(2, 6)), draw(st.integers(2, 6)), draw(st.integers(2, 6))
-    how = draw(st.sampled_from(["permute", "transpose", "shuffle", "chunk", "split", "slice", "stack"]))
+    how = draw(st.sampled_from(["permute", "transpose", "shuffle", "chunk", "split", "slice", "stack", "flip"]))
     p = {}
     if how == "permute":
         p["perm"] = draw(st.permutations([1, 2, 3]))
@@ -80,6 +83,8 @@ def movements(draw):
         p["step"], p["w1"] = draw(st.integers(1, 3)), draw(st.integers(1, w))
     elif how == "stack":
         p["dim"] = draw(st.integers(1, 4))
+    elif how == "flip":
+        p["dims"] = draw(st.lists(st.integers(1, 3), min_size=1, max_size=3, unique=True))
     return c, h, w, how, p, draw(st.integers(0, 1000))
 
 
