@@ -138,7 +138,7 @@ def test_per_layer_weight_bits_by_name_and_pattern():
         with pytest.raises(ConfigError, match="weight_bits"):
             QuantConfig(weight_bits=bad)
     with pytest.raises(ConfigError, match="per layer"):
-        QuantConfig(weight_bits={"*": 4}, activation_quantizer="lsq", activation_bits=4)
+        QuantConfig(weight_bits={"*": 4}, activation_quantizer="n2uq", activation_bits=4)  # LSQ takes per-layer widths
     m, shape = build("residual")
     torch.manual_seed(2)
     x = torch.randn(32, *shape)
