@@ -55,10 +55,10 @@ class EmitContext:
 
     def ptr(self, tid: int, element_offset: int = 0) -> str:
         """The C pointer expression of tensor ``tid`` (advanced by ``element_offset`` elements)."""
-        if tid == self.program.inputs[0]:  # first: a graph input that is also the output is read here
-            base, offset = "input", 0
-        elif tid == self.program.outputs[0]:
-            base, offset = "output", 0
+        if tid in self.program.inputs:  # first: a graph input that is also the output is read here
+            base, offset = "input", self.program.input_offsets()[self.program.inputs.index(tid)]
+        elif tid in self.program.outputs:  # several outputs share the one buffer, in return order
+            base, offset = "output", self.program.output_offsets()[self.program.outputs.index(tid)]
         elif tid in self.plan.offsets:
             base, offset = "arena", self.plan.offsets[tid]
         else:

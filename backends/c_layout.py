@@ -160,7 +160,7 @@ class _UnionFind:
 def _layouts(program: ir.Program) -> frozenset[int]:
     t = program.tensors
     uf = _UnionFind()
-    pinned: set[int] = {program.inputs[0], program.outputs[0]}
+    pinned: set[int] = {*program.inputs, *program.outputs}
     consumers: dict[int, list[ir.Op]] = {}
     for op in program.ops:
         for tid in op.inputs:
@@ -173,7 +173,7 @@ def _layouts(program: ir.Program) -> frozenset[int]:
 
     for op in program.ops:
         out = op.output
-        if isinstance(op, (ir.Add,)):
+        if isinstance(op, (ir.Add, ir.MinMax)):
             tie(op.input1, op.input2, out)
         elif isinstance(op, (ir.Lut, ir.PRelu)):
             tie(op.input, out)
@@ -187,7 +187,7 @@ def _layouts(program: ir.Program) -> frozenset[int]:
                 continue
             if not neutral(si) and not neutral(so) and si[0] == so[0]:
                 tie(op.input, out)  # merges/splits spatial dims: identical channels-last storage
-            elif not neutral(si) and neutral(so) and out != program.outputs[0] and consumers.get(out) \
+            elif not neutral(si) and neutral(so) and out not in program.outputs and consumers.get(out) \
                     and all(isinstance(c, ir.Dense) for c in consumers[out]):
                 continue  # flatten into Dense only: weight columns follow the storage
             else:
@@ -206,7 +206,7 @@ def _fusable_pads(program: ir.Program, plan: MemoryPlan) -> dict[str, ir.Pad]:
     index = {op.name: i for i, op in enumerate(program.ops)}
     fused: dict[str, ir.Pad] = {}
     for i, op in enumerate(program.ops):
-        if not isinstance(op, ir.Pad) or op.output in (program.inputs[0], program.outputs[0]):
+        if not isinstance(op, ir.Pad) or op.interior != (0, 0) or op.output in (*program.inputs, *program.outputs):
             continue
         readers = [c for c in program.ops if op.output in c.inputs]
         if not readers or not all(isinstance(c, ir.Conv2D) and c.input_offset == -op.value for c in readers):

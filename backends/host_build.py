@@ -203,8 +203,8 @@ def run_host_runner(exe: str | os.PathLike, program: ir.Program, xs: np.ndarray,
     _run([str(exe.resolve()), in_path.name, out_path.name], cwd=exe.parent, timeout=timeout,
          what=f"running {exe.name}", env=env)
     raw = np.frombuffer(out_path.read_bytes(), dtype=np.int8)
-    out_shape = program.output.shape
-    expected = n * program.output.size
+    out_shape = program.output_shape
+    expected = n * program.output_size
     if raw.size != expected:
         raise BuildError(f"{exe.name} wrote {raw.size} output bytes, expected {expected}")
     return raw.reshape((n, *out_shape)).copy()
@@ -221,7 +221,7 @@ def run_c_host(program: ir.Program, plan: MemoryPlan | None, xs: np.ndarray, nam
     is used and removed. ``sanitize=True`` adds AddressSanitizer and UBSan.
     """
     xs = np.asarray(xs)
-    in_shape = program.input.shape
+    in_shape = program.input_shape
     single = xs.shape == in_shape
     if single:
         xs = xs[None]

@@ -23,26 +23,33 @@ __all__ = ["interpret", "run_op"]
 def interpret(program: ir.Program, x: np.ndarray, *, keep: bool = False) -> np.ndarray | dict[int, np.ndarray]:
     """Run ``program`` on int8 input ``x`` of shape ``(N, *input.shape)`` (or one sample without N).
 
-    Returns the int8 output batch, or with ``keep=True`` every tensor as ``{tensor_id: int8 array}``.
+    Returns the int8 output batch (several outputs: ``(N, output_size)``, each flattened, in return
+    order, as the C output buffer holds them), or with ``keep=True`` every tensor as ``{tensor_id: int8 array}``.
     """
     x = np.asarray(x)
-    in_t = program.input
-    single = x.shape == in_t.shape
+    in_shape = program.input_shape
+    single = x.shape == in_shape
     if single:
         x = x[None]
-    if x.shape[1:] != in_t.shape:
-        raise IRVerificationError(f"input shape {x.shape[1:]} does not match program input {in_t.shape}")
+    if x.shape[1:] != in_shape:
+        raise IRVerificationError(f"input shape {x.shape[1:]} does not match program input {in_shape}")
     if x.dtype != np.int8:
         raise IRVerificationError(f"input dtype {x.dtype}, expected int8")
-    env: dict[int, np.ndarray] = {in_t.id: x.astype(np.int64)}
+    env: dict[int, np.ndarray] = {}
+    for tid, offset in zip(program.inputs, program.input_offsets()):  # several: segments of the one buffer
+        t = program.tensors[tid]
+        env[tid] = x.reshape(len(x), -1)[:, offset:offset + t.size].reshape(len(x), *t.shape).astype(np.int64)
     for op in program.ops:
         args = [env[i] for i in op.inputs]
         out_shape = (x.shape[0], *program.tensors[op.output].shape)
         result = run_op(op, program, *args)
-        env[op.output] = result.reshape(out_shape)
+        env[op.output] = np.broadcast_to(result, out_shape) if not op.inputs else result.reshape(out_shape)
     if keep:
         return {k: v.astype(np.int8) for k, v in env.items()}
-    y = env[program.outputs[0]].astype(np.int8)
+    if len(program.outputs) == 1:
+        y = env[program.outputs[0]].astype(np.int8)
+    else:  # the C output buffer: every output flattened, in return order
+        y = np.concatenate([env[t].reshape(len(x), -1) for t in program.outputs], axis=1).astype(np.int8)
     return y[0] if single else y
 
 
@@ -155,9 +162,27 @@ def _(op: ir.MaxPool, program, x):
     return _clamp(y, op.act_min, op.act_max)
 
 
+def avgpool_divisors(op: ir.AvgPool, in_h: int, in_w: int, out_h: int, out_w: int) -> np.ndarray:
+    """Divisor of each output position: window positions inside the input extended by ``count_padding``."""
+    ct, cl, cb, cr = op.count_padding
+
+    def counts(n_out, stride, pad, k, lo, hi):
+        start = np.arange(n_out) * stride - pad
+        return np.minimum(start + k, hi) - np.maximum(start, lo)
+
+    rows = counts(out_h, op.stride[0], op.padding[0], op.kernel[0], -ct, in_h + cb)
+    cols = counts(out_w, op.stride[1], op.padding[1], op.kernel[1], -cl, in_w + cr)
+    return np.clip(rows[:, None] * cols[None, :], 0, None)
+
+
 @run_op.register
 def _(op: ir.AvgPool, program, x):
     acc = _pool_windows(op, x + op.input_offset, 0).sum(axis=(-2, -1))
+    if op.count_padding is not None:
+        h, w = _as_nchw(x).shape[2:]
+        d = avgpool_divisors(op, h, w, acc.shape[2], acc.shape[3])
+        y = requantize(_check_acc(op, acc), op.div_multiplier.astype(np.int64)[d], op.div_shift.astype(np.int64)[d])
+        return _clamp(y + op.output_offset, op.act_min, op.act_max)
     y = requantize(_check_acc(op, acc), op.multiplier, op.shift)
     return _clamp(y + op.output_offset, op.act_min, op.act_max)
 
@@ -189,12 +214,54 @@ def _(op: ir.Concat, program, *xs):
         _clamp(requantize(x + off, m, s) + op.output_offset, -128, 127)
         for x, off, m, s in zip(xs, op.input_offsets, op.multipliers, op.shifts)
     ]
-    return np.concatenate(blocks, axis=1)
+    return np.concatenate(blocks, axis=1 + op.axis)
+
+
+@run_op.register
+def _(op: ir.MinMax, program, x1, x2):
+    a, b = (_clamp(requantize(x + off, m, s) + op.output_offset, -128, 127)
+            for x, off, m, s in zip((x1, x2), op.input_offsets, op.multipliers, op.shifts))
+    return np.maximum(a, b) if op.is_max else np.minimum(a, b)
+
+
+@run_op.register
+def _(op: ir.Constant, program):
+    return op.values.astype(np.int64)[None]
+
+
+@run_op.register
+def _(op: ir.Resize, program, x):
+    v = _as_nchw(x) + op.input_offset
+    r, c = op.rows.astype(np.int64), op.cols.astype(np.int64)
+    top = v[:, :, r[:, 0], :] * r[None, None, :, 2, None] + v[:, :, r[:, 1], :] * r[None, None, :, 3, None]
+    acc = top[:, :, :, c[:, 0]] * c[:, 2] + top[:, :, :, c[:, 1]] * c[:, 3]
+    y = requantize(_check_acc(op, acc), op.multiplier, op.shift)
+    return _clamp(y + op.output_offset, -128, 127)
+
+
+@run_op.register
+def _(op: ir.StridedCopy, program, x):
+    out_shape = program.tensors[op.output].shape
+    grid = np.indices(out_shape, dtype=np.int64)
+    index = []
+    for k, s in enumerate(op.start):
+        v = np.full(out_shape, s, dtype=np.int64)
+        for d in range(len(out_shape)):
+            v = v + op.steps[d][k] * grid[d]
+        index.append(v)
+    return x[(slice(None), *index)]
 
 
 @run_op.register
 def _(op: ir.Pad, program, x):
-    return _pad_hw(_as_nchw(x), op.padding, op.value)
+    v = _as_nchw(x)
+    ih, iw = op.interior
+    if ih or iw:
+        n, c, h, w = v.shape
+        spread = np.full((n, c, h + (h - 1) * ih, w + (w - 1) * iw), op.value, dtype=v.dtype)
+        spread[:, :, ::ih + 1, ::iw + 1] = v
+        v = spread
+    return _pad_hw(v, op.padding, op.value)
 
 
 @run_op.register

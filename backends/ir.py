@@ -54,6 +54,10 @@ __all__ = [
     "Concat",
     "Pad",
     "Reshape",
+    "StridedCopy",
+    "Resize",
+    "MinMax",
+    "Constant",
     "Softmax",
     "Op",
     "Program",
@@ -286,11 +290,16 @@ class MaxPool:
 
 @dataclass(frozen=True, eq=False)
 class AvgPool:
-    """Average pooling with a fixed divisor (PyTorch ``count_include_pad=True`` semantics).
+    """Average pooling, with a fixed divisor or one per window.
 
     ``acc = sum over the valid window positions of (x + input_offset)``;
     ``out = clamp(requantize(acc, multiplier, shift) + output_offset)``, where
-    ``multiplier * 2**(shift-31) ~= s_in / (s_out * kh * kw)``.
+    ``multiplier * 2**(shift-31) ~= s_in / (s_out * divisor)``. Fixed divisor (``count_padding`` is
+    ``None``): ``multiplier``/``shift`` hold it (``kh * kw``, PyTorch's ``count_include_pad=True``
+    without ceil mode, or ``divisor_override``). Per window (``ceil_mode``, ``count_include_pad=False``):
+    the divisor ``d`` is the number of window positions inside the input extended by
+    ``count_padding`` (top, left, bottom, right) -- PyTorch's rule, with the torch padding or with
+    zeros -- and the pair is ``(div_multiplier[d], div_shift[d])``, tables of ``kh * kw + 1`` entries.
     """
 
     name: str
@@ -305,6 +314,9 @@ class AvgPool:
     shift: int
     act_min: int = -128
     act_max: int = 127
+    count_padding: tuple[int, int, int, int] | None = None
+    div_multiplier: np.ndarray | None = None
+    div_shift: np.ndarray | None = None
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -370,7 +382,8 @@ class PRelu:
 
 @dataclass(frozen=True, eq=False)
 class Concat:
-    """Concatenate along the first (channel) dim, rescaling each input to the output's quantization.
+    """Concatenate along dim ``axis`` (0, the channels, by default), rescaling each input to the output's
+    quantization.
 
     For input ``k``: ``out_block = clamp(requantize(x + input_offsets[k], multipliers[k], shifts[k]) + output_offset)``.
     """
@@ -382,6 +395,7 @@ class Concat:
     multipliers: tuple[int, ...]
     shifts: tuple[int, ...]
     output_offset: int
+    axis: int = 0
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -393,7 +407,8 @@ class Pad:
     """Constant padding of the two last dims (``(C, H, W)``, or ``(C, L)`` with ``H = 1``) with ``value``.
 
     ``padding`` is ``(top, left, bottom, right)``; input and output share quantization and
-    ``value`` is the zero point (real 0.0).
+    ``value`` is the zero point (real 0.0). ``interior = (ih, iw)`` also puts ``ih``/``iw`` values
+    between neighbouring rows/columns (the zero insertion of a transposed convolution).
     """
 
     name: str
@@ -401,6 +416,7 @@ class Pad:
     output: int
     padding: tuple[int, int, int, int]
     value: int
+    interior: tuple[int, int] = (0, 0)
 
     @property
     def inputs(self) -> tuple[int, ...]:
@@ -418,6 +434,97 @@ class Reshape:
     @property
     def inputs(self) -> tuple[int, ...]:
         return (self.input,)
+
+
+MAX_COPY_DIMS = 6
+
+
+@dataclass(frozen=True, eq=False)
+class StridedCopy:
+    """Data movement: ``out[i] = x[start + sum_d steps[d] * i_d]`` on logical (PyTorch-order) indices.
+
+    ``start`` has one entry per input dim, ``steps`` one row per output dim and one column per input
+    dim. Every view of PyTorch is such a map: permute/transpose (``steps`` a permutation matrix),
+    slicing and split items (``start`` the first element, steps the slice steps), nearest upsampling
+    and broadcasting (a zero step over a new dim). Raw int8 values are copied: input and output
+    share quantization. At most :data:`MAX_COPY_DIMS` dims on either side.
+    """
+
+    name: str
+    input: int
+    output: int
+    start: tuple[int, ...]
+    steps: tuple[tuple[int, ...], ...]
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class Resize:
+    """Bilinear (or, on ``(C, L)``, linear) interpolation in exact integer arithmetic.
+
+    ``rows[y] = (i0, i1, a0, a1)``: output row ``y`` blends input rows ``i0`` and ``i1`` with integer
+    weights ``a0, a1`` of sum ``Dy`` (the same for every row); ``cols[x]`` likewise with sum ``Dx``.
+    ``acc = sum_{r, c} a_r * b_c * (x[i_r, j_c] + input_offset)`` (exact, int32);
+    ``out = clamp(requantize(acc, multiplier, shift) + output_offset)`` with
+    ``multiplier * 2**(shift-31) ~= s_in / (s_out * Dy * Dx)``. The weights are PyTorch's source
+    coordinates written as fractions (``align_corners=False``: ``src = ((2y + 1) * H - Ho) / (2 Ho)``,
+    clamped at 0, so ``Dy = 2 Ho``; ``align_corners=True``: ``src = y (H - 1) / (Ho - 1)``,
+    ``Dy = Ho - 1``), so the only rounding is the one requantization (round half away from zero
+    of the fixed-point product, :func:`qcompile.fixedpoint.requantize`).
+    """
+
+    name: str
+    input: int
+    output: int
+    rows: np.ndarray   # int32 (Ho, 4)
+    cols: np.ndarray   # int32 (Wo, 4)
+    input_offset: int
+    output_offset: int
+    multiplier: int
+    shift: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True, eq=False)
+class MinMax:
+    """Element-wise maximum (``is_max``) or minimum of two same-shape tensors, each first rescaled to
+    the output's quantization like a Concat block:
+    ``y_k = clamp(requantize(x_k + input_offsets[k], multipliers[k], shifts[k]) + output_offset)``,
+    ``out = max(y_1, y_2)`` (or min). Requantization is monotone, so this is the max of the inputs
+    on the output grid."""
+
+    name: str
+    input1: int
+    input2: int
+    output: int
+    is_max: bool
+    input_offsets: tuple[int, int]
+    multipliers: tuple[int, int]
+    shifts: tuple[int, int]
+    output_offset: int
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input1, self.input2)
+
+
+@dataclass(frozen=True, eq=False)
+class Constant:
+    """A constant tensor (a parameter or buffer the model reads in forward()): ``out = values``."""
+
+    name: str
+    output: int
+    values: np.ndarray  # int8, the output's shape
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -441,7 +548,8 @@ class Softmax:
         return (self.input,)
 
 
-Op = Union[Conv2D, Dense, Add, Mul, MaxPool, AvgPool, GlobalAvgPool, Lut, PRelu, Concat, Pad, Reshape, Softmax]
+Op = Union[Conv2D, Dense, Add, Mul, MaxPool, AvgPool, GlobalAvgPool, Lut, PRelu, Concat, Pad, Reshape, StridedCopy,
+           Resize, MinMax, Constant, Softmax]
 
 
 @dataclass
@@ -457,6 +565,7 @@ class Program:
     inputs: list[int]
     outputs: list[int]
     source: dict[int, str] = field(default_factory=dict)
+    output_structure: tuple | None = None  # None: one tensor; ("tuple"|"list", n) or ("dict", keys): forward()'s return
 
     def tensor(self, tid: int) -> Tensor:
         return self.tensors[tid]
@@ -474,6 +583,42 @@ class Program:
     @property
     def output(self) -> Tensor:
         return self.tensors[self.outputs[0]]
+
+    @property
+    def input_size(self) -> int:
+        """int8 elements of the one input buffer: every input, in argument order, back to back."""
+        return sum(self.tensors[t].size for t in self.inputs)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample of the input buffer: the input's shape, or ``(input_size,)`` for several."""
+        return self.input.shape if len(self.inputs) == 1 else (self.input_size,)
+
+    def input_offsets(self) -> list[int]:
+        """Element offset of each input in the input buffer."""
+        offsets, at = [], 0
+        for t in self.inputs:
+            offsets.append(at)
+            at += self.tensors[t].size
+        return offsets
+
+    @property
+    def output_size(self) -> int:
+        """int8 elements of the one output buffer: every output, in return order, back to back."""
+        return sum(self.tensors[t].size for t in self.outputs)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one sample of the output buffer: the output's shape, or ``(output_size,)`` for several."""
+        return self.output.shape if len(self.outputs) == 1 else (self.output_size,)
+
+    def output_offsets(self) -> list[int]:
+        """Element offset of each output in the output buffer."""
+        offsets, at = [], 0
+        for t in self.outputs:
+            offsets.append(at)
+            at += self.tensors[t].size
+        return offsets
 
 
 # ---------------------------------------------------------------------------- verifier
@@ -634,6 +779,12 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         _check((ho, wo) == (eh, ew), op, f"output spatial {(ho, wo)}, expected {(eh, ew)}")
         if isinstance(op, AvgPool):
             _check_requant(op, op.multiplier, op.shift)
+            if op.count_padding is not None:
+                taps = op.kernel[0] * op.kernel[1] + 1
+                _check(op.div_multiplier is not None and op.div_multiplier.shape == (taps,) and
+                       op.div_multiplier.dtype == np.int32, op, f"div_multiplier must be int32 ({taps},)")
+                _check_requant(op, op.div_multiplier, op.div_shift)
+                _check_geometry(op, padding=op.count_padding)
             _check_int8(op, -op.input_offset, op.output_offset)
         else:
             _check(t[op.input].scale == out.scale and t[op.input].zero_point == out.zero_point, op,
@@ -653,8 +804,12 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         _check_int8(op, -op.input_offset, op.output_offset)
     elif isinstance(op, Concat):
         shapes = [t[i].shape for i in op.inputs]
-        _check(all(s[1:] == out.shape[1:] for s in shapes), op, "non-channel dims differ")
-        _check(sum(s[0] for s in shapes) == out.shape[0], op, "channel counts do not add up")
+        a = op.axis
+        _check(0 <= a < len(out.shape) and all(len(s) == len(out.shape) for s in shapes), op, f"axis {a} / ranks")
+        _check(all(s[:a] + s[a + 1:] == out.shape[:a] + out.shape[a + 1:] for s in shapes), op,
+               f"dims other than the concatenation axis {a} differ")
+        _check(sum(s[a] for s in shapes) == out.shape[a], op, f"sizes along axis {a} do not add up")
+        _check(len(out.shape) <= MAX_COPY_DIMS, op, f"rank above {MAX_COPY_DIMS}")
         _check(len(op.input_offsets) == len(op.multipliers) == len(op.shifts) == len(shapes), op, "arity")
         for m, sh in zip(op.multipliers, op.shifts):
             _check_requant(op, m, sh)
@@ -664,10 +819,43 @@ def _verify_op(p: Program, op: Op) -> None:  # noqa: C901 - one readable case pe
         co, ho, wo = _spatial(out.shape)
         pt, pl, pb, pr = op.padding
         _check_geometry(op, padding=op.padding)
-        _check((co, ho, wo) == (c, h + pt + pb, w + pl + pr), op, "padded shape")
+        ih, iw = op.interior
+        _check(ih >= 0 and iw >= 0, op, "interior padding must be >= 0")
+        _check((co, ho, wo) == (c, h + (h - 1) * ih + pt + pb, w + (w - 1) * iw + pl + pr), op, "padded shape")
         _check_int8(op, op.value)
     elif isinstance(op, Reshape):
         _check(t[op.input].size == out.size, op, "reshape changes the element count")
+    elif isinstance(op, StridedCopy):
+        si, so = t[op.input].shape, out.shape
+        _check(len(si) <= MAX_COPY_DIMS and len(so) <= MAX_COPY_DIMS, op, f"rank above {MAX_COPY_DIMS}")
+        _check(len(op.start) == len(si) and len(op.steps) == len(so) and all(len(r) == len(si) for r in op.steps),
+               op, "start/steps do not match the input and output ranks")
+        _check(t[op.input].scale == out.scale and t[op.input].zero_point == out.zero_point, op,
+               "a copy must keep quantization")
+        for k, n in enumerate(si):  # affine: the extremes are at the corners of the output box
+            lo = op.start[k] + sum(min(0, r[k] * (d - 1)) for r, d in zip(op.steps, so))
+            hi = op.start[k] + sum(max(0, r[k] * (d - 1)) for r, d in zip(op.steps, so))
+            _check(out.size == 0 or (0 <= lo and hi < n), op, f"reads outside input dim {k} ({lo}..{hi} of {n})")
+    elif isinstance(op, MinMax):
+        _check(t[op.input1].shape == out.shape == t[op.input2].shape, op, "shapes must match")
+        for m, sh in zip(op.multipliers, op.shifts):
+            _check_requant(op, m, sh)
+        _check_int8(op, op.output_offset, *(-o for o in op.input_offsets))
+    elif isinstance(op, Constant):
+        _check(op.values.dtype == np.int8 and op.values.shape == out.shape, op, f"values must be int8 {out.shape}")
+    elif isinstance(op, Resize):
+        c, h, w = _spatial(t[op.input].shape)
+        co, ho, wo = _spatial(out.shape)
+        _check(c == co and len(t[op.input].shape) == len(out.shape), op, "resize changes channels or rank")
+        for name, tab, n_in, n_out in (("rows", op.rows, h, ho), ("cols", op.cols, w, wo)):
+            _check(tab.dtype == np.int32 and tab.shape == (n_out, 4), op, f"{name} must be int32 ({n_out}, 4)")
+            _check(bool(np.all((tab[:, :2] >= 0) & (tab[:, :2] < n_in))), op, f"{name} index outside the input")
+            _check(bool(np.all(tab[:, 2:] >= 0)) and len(set((tab[:, 2] + tab[:, 3]).tolist())) == 1, op,
+                   f"{name} weights must be >= 0 with one sum")
+        d = int(op.rows[0, 2] + op.rows[0, 3]) * int(op.cols[0, 2] + op.cols[0, 3])
+        _check(d * _max_abs_input(op.input_offset) <= INT32_MAX, op, "int32 accumulator may overflow")
+        _check_requant(op, op.multiplier, op.shift)
+        _check_int8(op, -op.input_offset, op.output_offset)
     elif isinstance(op, Softmax):
         _check(t[op.input].shape[-1] == out.shape[-1] and t[op.input].size == out.size, op, "shape")
         _check(op.exp_table.dtype == np.uint32 and op.exp_table.shape == (256,), op, "exp table")
@@ -705,6 +893,8 @@ def verify(p: Program) -> Program:
     for tid in p.outputs:
         if tid not in defined:
             raise IRVerificationError(f"graph output '{p.tensors[tid].name}' is never computed")
+    if len(set(p.outputs)) != len(p.outputs):
+        raise IRVerificationError("a tensor is returned twice; the output buffer holds each output once")
     return p
 
 

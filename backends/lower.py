@@ -24,15 +24,17 @@ import torch.nn as nn
 from torch.fx import GraphModule, Node
 
 from qcompile.backends import ir
+from qcompile.conv_transpose import zero_insert
 from qcompile.errors import UnsupportedOpError, UnsupportedQuantizationError
 from qcompile.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier
-from qcompile.frontend import source_location
+from qcompile.frontend import output_structure, source_location
 from qcompile.n2uq import N2UQActQuant, N2UQWeights
 from qcompile.qat import LsqActQuant
 from qcompile.nn import QuantizedWeights
 from qcompile.piecewise import PiecewiseQuantizedWeights
 from qcompile.ops import Kind, clamp_range, info, lut_function
 from qcompile.quantization import tensor_qparams
+from qcompile.views import view_map, view_source
 
 __all__ = ["lower", "SOFTMAX_EXP_BITS", "accumulator_thresholds", "quantizer_thresholds", "check_quantizers"]
 
@@ -85,11 +87,15 @@ class _Lowering:
         return max(qlo, rmin), min(qhi, rmax)
 
     # -- building ------------------------------------------------------------------------
-    def new_tensor(self, node: Node, qparams: tuple[float, int], shape: tuple[int, ...] | None = None) -> int:
+    def new_tensor(self, node: Node, qparams: tuple[float, int], shape: tuple[int, ...] | None = None,
+                   suffix: str = "", represents: bool = True) -> int:
+        """A tensor for ``node``'s value, or with ``suffix`` an intermediate of its lowering (not its value).
+        ``represents=False``: not comparable with the float value by shape (a batch-less constant)."""
         tid = len(self.tensors)
         shape = tuple(shape if shape is not None else info(node).shape[1:])
-        self.tensors.append(ir.Tensor(tid, node.name, shape, float(qparams[0]), int(qparams[1])))
-        self.source[tid] = node.name
+        self.tensors.append(ir.Tensor(tid, node.name + suffix, shape, float(qparams[0]), int(qparams[1])))
+        if not suffix and represents:
+            self.source[tid] = node.name
         return tid
 
     def tid(self, node: Node) -> int:
@@ -276,6 +282,35 @@ def _lower_weighted(lw: _Lowering, node: Node) -> None:
                             groups=mod.groups, codebook=codebook, **common))
 
 
+def _batchless(node: Node) -> tuple[int, ...]:
+    """The value's shape without the batch dim; a constant (get_attr) has none, only leading 1s to drop."""
+    shape = tuple(info(node).shape)
+    src = node
+    while info(src).kind is Kind.QUANT:
+        src = src.args[0]
+    if info(src).kind is Kind.CONST:
+        while len(shape) > 1 and shape[0] == 1:
+            shape = shape[1:]
+        return shape
+    return shape[1:]
+
+
+def _broadcast(lw: _Lowering, node: Node, x: Node) -> int:
+    """Tensor id of operand ``x`` of the element-wise ``node``, materialized to the output's shape (a
+    StridedCopy with zero steps over the broadcast dims, PyTorch's right-aligned rule) when smaller."""
+    out_shape = tuple(info(node).shape[1:])
+    shape = _batchless(x)
+    if shape == out_shape:
+        return lw.tid(x)
+    lead = len(out_shape) - len(shape)
+    steps = tuple(tuple(1 if (k == d - lead and shape[k] == n) else 0 for k in range(len(shape)))
+                  for d, n in enumerate(out_shape))
+    k = sum(1 for op in lw.ops if op.name.startswith(f"{node.name}_bcast"))
+    out = lw.new_tensor(node, lw.qparams(x), out_shape, suffix=f"_bcast{k}")
+    lw.ops.append(ir.StridedCopy(f"{node.name}_bcast{k}", lw.tid(x), out, (0,) * len(shape), steps))
+    return out
+
+
 def _lower_add_sub(lw: _Lowering, node: Node) -> None:
     a, b = node.args[:2]
     (s1, z1), (s2, z2) = lw.qparams(a), lw.qparams(b)
@@ -284,25 +319,62 @@ def _lower_add_sub(lw: _Lowering, node: Node) -> None:
     m1, sh1 = _requant1(s1 / twice_max)
     m2, sh2 = _requant1((-1.0 if info(node).kind is Kind.SUB else 1.0) * s2 / twice_max)
     mo, sho = _requant1(twice_max / ((1 << ADD_LEFT_SHIFT) * s_out))
+    ta, tb = _broadcast(lw, node, a), _broadcast(lw, node, b)
     out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), info(node).shape[1:])
     lo, hi = lw.act_bounds(node, s_out, zp_out)
-    lw.ops.append(ir.Add(node.name, lw.tid(a), lw.tid(b), out, -z1, -z2, m1, sh1, m2, sh2, mo, sho, zp_out,
+    lw.ops.append(ir.Add(node.name, ta, tb, out, -z1, -z2, m1, sh1, m2, sh2, mo, sho, zp_out,
                          ADD_LEFT_SHIFT, lo, hi))
+
+
+def _per_channel_operand(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+    return len(shape) >= 1 and shape[0] == out_shape[0] and int(np.prod(shape)) == shape[0] and \
+        len(shape) <= len(out_shape)
 
 
 def _lower_mul(lw: _Lowering, node: Node) -> None:
     a, b = node.args[:2]
-    if info(a).shape != info(node).shape:  # keep the per-channel operand second
+    out_shape = tuple(info(node).shape[1:])
+    if _batchless(a) != out_shape:  # keep the smaller operand second
         a, b = b, a
     (s1, z1), (s2, z2) = lw.qparams(a), lw.qparams(b)
     s_out, zp_out = lw.out_qparams(node)
     m, sh = _requant1(s1 * s2 / s_out)
-    out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), info(node).shape[1:])
+    ta = _broadcast(lw, node, a)
+    sb = _batchless(b)
+    # a (C, 1, ..) operand aligned with the channels is the kernel's native per-channel broadcast
+    tb = lw.tid(b) if sb == out_shape or (len(sb) == len(out_shape) and _per_channel_operand(sb, out_shape)) \
+        else _broadcast(lw, node, b)
+    out = lw.new_tensor(lw.output_node(node), (s_out, zp_out), out_shape)
     lo, hi = lw.act_bounds(node, s_out, zp_out)
-    lw.ops.append(ir.Mul(node.name, lw.tid(a), lw.tid(b), out, -z1, -z2, zp_out, m, sh, lo, hi))
+    lw.ops.append(ir.Mul(node.name, ta, tb, out, -z1, -z2, zp_out, m, sh, lo, hi))
+
+
+def _lower_minmax(lw: _Lowering, node: Node) -> None:
+    a, b = node.args[:2]
+    s_out, zp_out = lw.out_qparams(node)
+    qs = [lw.qparams(a), lw.qparams(b)]
+    reqs = [_requant1(s / s_out) for s, _ in qs]
+    ta, tb = _broadcast(lw, node, a), _broadcast(lw, node, b)
+    out = lw.new_tensor(node, (s_out, zp_out))
+    is_max = node.target in (torch.maximum, torch.max, "maximum")
+    lw.ops.append(ir.MinMax(node.name, ta, tb, out, is_max, (-qs[0][1], -qs[1][1]), (reqs[0][0], reqs[1][0]),
+                            (reqs[0][1], reqs[1][1]), zp_out))
+
+
+def _lower_const(lw: _Lowering, node: Node) -> None:
+    value = lw.gm
+    for part in node.target.split("."):
+        value = getattr(value, part)
+    s, zp = lw.out_qparams(node)
+    shape = _batchless(node)
+    q = np.clip(np.rint(value.detach().double().numpy() / s) + zp, -128, 127).astype(np.int8).reshape(shape)
+    out = lw.new_tensor(node, (s, zp), shape, represents=False)
+    lw.ops.append(ir.Constant(node.name, out, q))
 
 
 def _pool_params(lw: _Lowering, node: Node) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    """Kernel, stride and (top, left, bottom, right) padding of a pool. ``ceil_mode`` windows past the
+    bottom/right edge become extra bottom/right padding, sized from the traced output shape."""
     mod = lw.gm.get_submodule(node.target) if node.op == "call_module" else None
     if mod is not None:
         kernel, stride, padding = mod.kernel_size, mod.stride, mod.padding
@@ -312,10 +384,18 @@ def _pool_params(lw: _Lowering, node: Node) -> tuple[tuple[int, int], tuple[int,
         padding = _arg(node, 3, "padding", 0)
     one_d = len(info(node).shape) == 3
     if one_d:
-        k, s, p = (_pair(kernel)[1], _pair(stride)[1], _pair(padding)[1])
-        return (1, k), (1, s), (0, p, 0, p)
-    k, s, p = _spatial(kernel, 2), _spatial(stride, 2), _spatial(padding, 2)
-    return k, s, (p[0], p[1], p[0], p[1])
+        k, s, p = (1, _pair(kernel)[1]), (1, _pair(stride)[1]), (0, _pair(padding)[1])
+    else:
+        k, s, p = _spatial(kernel, 2), _spatial(stride, 2), _spatial(padding, 2)
+    c_in, h, w = _spatial_shape(info(node.args[0]).shape[1:])
+    _, ho, wo = _spatial_shape(info(node).shape[1:])
+    pb = max(p[0], (ho - 1) * s[0] + k[0] - h - p[0])
+    pr = max(p[1], (wo - 1) * s[1] + k[1] - w - p[1])
+    return k, s, (p[0], p[1], pb, pr)
+
+
+def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    return (shape[0], 1, shape[1]) if len(shape) == 2 else tuple(shape)
 
 
 def _lower_maxpool(lw: _Lowering, node: Node) -> None:
@@ -325,24 +405,80 @@ def _lower_maxpool(lw: _Lowering, node: Node) -> None:
     lw.ops.append(ir.MaxPool(node.name, lw.tid(x), out, kernel, stride, padding))
 
 
+def _avgpool_options(lw: _Lowering, node: Node) -> tuple[bool, int | None]:
+    """``(count_include_pad, divisor_override)`` of an average pool."""
+    mod = lw.gm.get_submodule(node.target) if node.op == "call_module" else None
+    if mod is not None:
+        return bool(mod.count_include_pad), getattr(mod, "divisor_override", None)
+    return bool(node.kwargs.get("count_include_pad", True)), node.kwargs.get("divisor_override")
+
+
 def _lower_avgpool(lw: _Lowering, node: Node) -> None:
+    """Average pooling; the divisor follows PyTorch (``count_include_pad``, ``ceil_mode``,
+    ``divisor_override``): fixed when every window has ``kh * kw`` counted positions, else per window
+    through a table of ``kh * kw + 1`` requantization pairs (:class:`~ir.AvgPool`)."""
     kernel, stride, padding = _pool_params(lw, node)
     x = node.args[0]
     s_in, zp_in = lw.qparams(x)
     s_out, zp_out = lw.out_qparams(node)
-    m, sh = _requant1(s_in / (s_out * kernel[0] * kernel[1]))
+    include_pad, override = _avgpool_options(lw, node)
+    torch_pad = (padding[0], padding[1], padding[0], padding[1])
     out = lw.new_tensor(node, (s_out, zp_out))
-    lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, stride, padding, -zp_in, zp_out, m, sh))
+    if override:
+        m, sh = _requant1(s_in / (s_out * override))
+        lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, stride, padding, -zp_in, zp_out, m, sh))
+        return
+    m, sh = _requant1(s_in / (s_out * kernel[0] * kernel[1]))
+    if include_pad and padding == torch_pad:  # every window lies inside the padded input
+        lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, stride, padding, -zp_in, zp_out, m, sh))
+        return
+    taps = kernel[0] * kernel[1]
+    dm, ds = _requant(np.array([s_in / (s_out * d) for d in range(1, taps + 1)]))
+    dm, ds = np.concatenate([[0], dm]).astype(np.int32), np.concatenate([[0], ds]).astype(np.int32)
+    lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, stride, padding, -zp_in, zp_out, m, sh,
+                             count_padding=torch_pad if include_pad else (0, 0, 0, 0),
+                             div_multiplier=dm, div_shift=ds))
+
+
+def _adaptive_window(node: Node) -> tuple[tuple[int, int], tuple[int, int, int]] | None:
+    """Kernel (= stride) of an adaptive pool or spatial reduction, and the pooled ``(C, H', W')``."""
+    c, h, w = _spatial_shape(info(node.args[0]).shape[1:])
+    shape = info(node).shape[1:]
+    if len(shape) == len(info(node.args[0]).shape[1:]):
+        _, ho, wo = _spatial_shape(shape)
+    else:
+        ho = wo = 1  # x.amax((2, 3)) without keepdim
+    return (h // ho, w // wo), (c, ho, wo) if len(info(node.args[0]).shape) == 4 else (c, wo)
 
 
 def _lower_global_avgpool(lw: _Lowering, node: Node) -> None:
     x = node.args[0]
     s_in, zp_in = lw.qparams(x)
     s_out, zp_out = lw.out_qparams(node)
+    kernel, pooled = _adaptive_window(node)
+    if int(np.prod(pooled[1:])) > 1:  # adaptive pooling to a size dividing the input: kernel = stride
+        m, sh = _requant1(s_in / (s_out * kernel[0] * kernel[1]))
+        out = lw.new_tensor(node, (s_out, zp_out))
+        lw.ops.append(ir.AvgPool(node.name, lw.tid(x), out, kernel, kernel, (0, 0, 0, 0), -zp_in, zp_out, m, sh))
+        return
     count = int(np.prod(info(x).shape[2:]))
     m, sh = _requant1(s_in / (s_out * count))
     out = lw.new_tensor(node, (s_out, zp_out))
     lw.ops.append(ir.GlobalAvgPool(node.name, lw.tid(x), out, -zp_in, zp_out, m, sh))
+
+
+def _lower_global_maxpool(lw: _Lowering, node: Node) -> None:
+    """Adaptive max pooling (to sizes dividing the input) and ``amax`` over the spatial dims as a
+    :class:`~ir.MaxPool` with kernel = stride; a reshape drops the pooled dims ``amax`` removes."""
+    x = node.args[0]
+    qp = lw.qparams(x)
+    kernel, pooled = _adaptive_window(node)
+    shape = tuple(info(node).shape[1:])
+    pooled_t = lw.new_tensor(node, qp, pooled, suffix="" if pooled == shape else "_pooled")
+    lw.ops.append(ir.MaxPool(node.name if pooled == shape else f"{node.name}_pool", lw.tid(x), pooled_t,
+                             kernel, kernel, (0, 0, 0, 0)))
+    if pooled != shape:
+        lw.ops.append(ir.Reshape(node.name, pooled_t, lw.new_tensor(node, qp)))
 
 
 def lut_table(fn: Callable[[torch.Tensor], torch.Tensor], s_in: float, zp_in: int, s_out: float, zp_out: int) -> np.ndarray:
@@ -379,22 +515,91 @@ def _lower_prelu(lw: _Lowering, node: Node) -> None:
 
 
 def _lower_cat(lw: _Lowering, node: Node) -> None:
+    """``torch.cat`` on any non-batch dim; ``torch.stack`` as a cat of inputs re-viewed with a new size-1 dim."""
     xs = list(node.args[0])
+    rank = len(info(node).shape)
+    axis = int(_arg(node, 1, "dim", 0)) % rank - 1
     s_out, zp_out = lw.out_qparams(node)
     qs = [lw.qparams(x) for x in xs]
     reqs = [_requant1(s / s_out) for s, _ in qs]
+    tids = [lw.tid(x) for x in xs]
+    if node.target is torch.stack:
+        for k, x in enumerate(xs):
+            shape = list(info(x).shape[1:])
+            shape.insert(axis, 1)
+            view = lw.new_tensor(node, qs[k], tuple(shape), suffix=f"_in{k}")
+            lw.ops.append(ir.Reshape(f"{node.name}_in{k}", tids[k], view))
+            tids[k] = view
     out = lw.new_tensor(node, (s_out, zp_out))
-    lw.ops.append(ir.Concat(node.name, tuple(lw.tid(x) for x in xs), out, tuple(-z for _, z in qs),
-                            tuple(m for m, _ in reqs), tuple(s for _, s in reqs), zp_out))
+    lw.ops.append(ir.Concat(node.name, tuple(tids), out, tuple(-z for _, z in qs),
+                            tuple(m for m, _ in reqs), tuple(s for _, s in reqs), zp_out, axis))
+
+
+def linear_taps(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+    """``(n_out, 4)`` int32 rows ``(i0, i1, a0, a1)``: output ``y`` is ``(a0 * x[i0] + a1 * x[i1]) / D`` with
+    PyTorch's source coordinate as an exact fraction (see :class:`~ir.Resize`); every row sums to ``D``."""
+    rows = []
+    if align_corners:
+        d = max(n_out - 1, 1)
+        nums = [y * (n_in - 1) if n_out > 1 else 0 for y in range(n_out)]
+    else:
+        d = 2 * n_out
+        nums = [max((2 * y + 1) * n_in - n_out, 0) for y in range(n_out)]
+    for num in nums:
+        i0, r = divmod(num, d)
+        i0 = min(i0, n_in - 1)
+        rows.append((i0, min(i0 + 1, n_in - 1), d - r, r))
+    return np.array(rows, dtype=np.int32)
+
+
+def _lower_resize(lw: _Lowering, node: Node) -> None:
+    """Bilinear/linear interpolation as an integer :class:`~ir.Resize`; the output keeps the input's
+    quantization (a convex combination stays in the input's range)."""
+    from qcompile.ops import interpolation
+
+    x = node.args[0]
+    it = interpolation(node, lw.gm)
+    _, h, w = _spatial_shape(info(x).shape[1:])
+    _, ho, wo = _spatial_shape(info(node).shape[1:])
+    rows = linear_taps(h, ho, it.align_corners) if len(info(node).shape) == 4 else \
+        np.array([[0, 0, 1, 0]], dtype=np.int32)
+    cols = linear_taps(w, wo, it.align_corners)
+    s, zp = lw.qparams(x)
+    m, sh = _requant1(1.0 / (int(rows[0, 2] + rows[0, 3]) * int(cols[0, 2] + cols[0, 3])))
+    out = lw.new_tensor(node, (s, zp))
+    lw.ops.append(ir.Resize(node.name, lw.tid(x), out, rows, cols, -zp, zp, m, sh))
+
+
+def _lower_move(lw: _Lowering, node: Node) -> None:
+    """A strided view (permute, slicing, split item...) as a :class:`~ir.StridedCopy`; one that keeps the
+    row-major element order (a permute of size-1 dims, a full slice) as a free :class:`~ir.Reshape`."""
+    src = view_source(node)
+    m = view_map(node, lw.gm)
+    qp = lw.qparams(src)
+    shape = tuple(info(node).shape[1:])
+    if m.is_reshape(tuple(info(src).shape[1:])):
+        lw.ops.append(ir.Reshape(node.name, lw.tid(src), lw.new_tensor(node, qp)))
+    elif m.out_shape == shape:
+        lw.ops.append(ir.StridedCopy(node.name, lw.tid(src), lw.new_tensor(node, qp), m.start, m.steps))
+    else:  # pixel shuffle, nearest upsampling: a copy to the factored shape, read back row-major
+        factored = lw.new_tensor(node, qp, m.out_shape, suffix="_factored")
+        lw.ops.append(ir.StridedCopy(f"{node.name}_copy", lw.tid(src), factored, m.start, m.steps))
+        lw.ops.append(ir.Reshape(node.name, factored, lw.new_tensor(node, qp)))
 
 
 def _lower_pad(lw: _Lowering, node: Node) -> None:
     x = node.args[0]
+    if node.target is zero_insert:  # a transposed convolution's zero insertion
+        (sh, sw), padding = node.args[1], node.args[2]
+        qp = lw.qparams(x)
+        out = lw.new_tensor(node, qp)
+        lw.ops.append(ir.Pad(node.name, lw.tid(x), out, tuple(padding), qp[1], (sh - 1, sw - 1)))
+        return
     if node.op == "call_module":
         pad = lw.gm.get_submodule(node.target).padding
     else:
         pad = _arg(node, 1, "pad")
-    pad = tuple(int(p) for p in pad)
+    pad = tuple(int(info(p).notes["value"] if isinstance(p, Node) else p) for p in pad)  # sizes from x.size()
     left, right = pad[0], pad[1]
     top, bottom = (pad[2], pad[3]) if len(pad) >= 4 else (0, 0)
     if len(info(node).shape) == 3 and (top or bottom):
@@ -410,14 +615,39 @@ def _lower_reshape(lw: _Lowering, node: Node) -> None:
     lw.ops.append(ir.Reshape(node.name, lw.tid(x), out))
 
 
+def _swap_last(lw: _Lowering, node: Node, tid: int, axis: int, name: str, qp) -> int:
+    """A StridedCopy of ``tid`` with dim ``axis`` and the last dim exchanged."""
+    shape = list(lw.tensors[tid].shape)
+    r = len(shape)
+    perm = list(range(r))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    out = lw.new_tensor(node, qp, tuple(shape[p] for p in perm), suffix=f"_{name}")
+    steps = tuple(tuple(1 if k == perm[d] else 0 for k in range(r)) for d in range(r))
+    lw.ops.append(ir.StridedCopy(f"{node.name}_{name}", tid, out, (0,) * r, steps))
+    return out
+
+
 def _lower_softmax(lw: _Lowering, node: Node) -> None:
+    """Softmax over the last dim; over another dim (MTCNN's ``Softmax(dim=1)`` on a feature map) between
+    two strided copies that move that dim last and back."""
     x = node.args[0]
-    s_in, _ = lw.qparams(x)
+    s_in, zp_in = lw.qparams(x)
     s_out, zp_out = lw.out_qparams(node)
     d = np.arange(256, dtype=np.float64)
     table = np.rint((1 << SOFTMAX_EXP_BITS) * np.exp(-d * s_in)).astype(np.uint32)
-    out = lw.new_tensor(node, (s_out, zp_out))
-    lw.ops.append(ir.Softmax(node.name, lw.tid(x), out, table, zp_out))
+    mod = lw.gm.get_submodule(node.target) if node.op == "call_module" else None
+    dim = mod.dim if mod is not None else _arg(node, 1, "dim")
+    rank = len(info(node).shape)
+    axis = dim % rank - 1
+    if axis == rank - 2:
+        out = lw.new_tensor(node, (s_out, zp_out))
+        lw.ops.append(ir.Softmax(node.name, lw.tid(x), out, table, zp_out))
+        return
+    moved = _swap_last(lw, node, lw.tid(x), axis, "to_last", (s_in, zp_in))
+    soft = lw.new_tensor(node, (s_out, zp_out), lw.tensors[moved].shape, suffix="_last")
+    lw.ops.append(ir.Softmax(f"{node.name}_last", moved, soft, table, zp_out))
+    back = _swap_last(lw, node, soft, axis, "back", (s_out, zp_out))
+    lw.ops.append(ir.Reshape(node.name, back, lw.new_tensor(node, (s_out, zp_out))))
 
 
 _LOWERINGS: dict[Kind, Callable[[_Lowering, Node], None]] = {
@@ -429,11 +659,16 @@ _LOWERINGS: dict[Kind, Callable[[_Lowering, Node], None]] = {
     Kind.MAXPOOL: _lower_maxpool,
     Kind.AVGPOOL: _lower_avgpool,
     Kind.GLOBAL_AVGPOOL: _lower_global_avgpool,
+    Kind.GLOBAL_MAXPOOL: _lower_global_maxpool,
     Kind.LUT: _lower_lut,
     Kind.PRELU: _lower_prelu,
     Kind.CAT: _lower_cat,
     Kind.PAD: _lower_pad,
     Kind.RESHAPE: _lower_reshape,
+    Kind.MOVE: _lower_move,
+    Kind.RESIZE: _lower_resize,
+    Kind.MINMAX: _lower_minmax,
+    Kind.CONST: _lower_const,
     Kind.SOFTMAX: _lower_softmax,
 }
 
@@ -444,6 +679,7 @@ def lower(gm: GraphModule, name: str = "model") -> ir.Program:
     lw = _Lowering(gm, name)
     inputs: list[int] = []
     outputs: list[int] = []
+    structure = None
     for node in gm.graph.nodes:
         qi = info(node)
         kind = qi.kind
@@ -457,17 +693,21 @@ def lower(gm: GraphModule, name: str = "model") -> ir.Program:
         elif kind is Kind.CLAMP:
             _lower_lut(lw, node)
             lw.env[node] = lw.ops[-1].output
-        elif kind is Kind.SHAPE:
-            continue
+        elif kind in (Kind.SHAPE, Kind.SPLIT, Kind.PACKED):
+            continue  # no tensor of its own: shape arithmetic, or the tuple a split item reads through
         elif kind is Kind.OUTPUT:
-            outputs.append(lw.env[node.args[0]])
+            structure, leaves = output_structure(node.args[0])
+            outputs.extend(lw.env[leaf] for leaf in leaves)
         elif kind in _LOWERINGS:
             _LOWERINGS[kind](lw, node)
             lw.env[node] = lw.ops[-1].output
         else:
             raise UnsupportedOpError(f"cannot lower node '{node.name}' of kind {kind} at {source_location(node)}",
                                      nodes=[(node.name, str(node.target), source_location(node))])
-    if outputs and outputs[0] in inputs:
+    if any(t in inputs for t in outputs):
         raise UnsupportedOpError("the model returns its input unchanged; there is nothing to compile")
-    program = ir.Program(name, lw.tensors, lw.ops, inputs, outputs, lw.source)
+    if len(set(outputs)) != len(outputs):
+        raise UnsupportedOpError("the model returns the same tensor twice; return it once (the C output buffer "
+                                 "holds each output once)")
+    program = ir.Program(name, lw.tensors, lw.ops, inputs, outputs, lw.source, structure)
     return ir.verify(program)

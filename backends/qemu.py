@@ -220,7 +220,7 @@ def run_c_qemu(program: ir.Program, plan: MemoryPlan, xs: np.ndarray, *, name: s
         out, counts = run_elf(elf, cpu, xs.tobytes())
         text, data, bss = _size(elf)
     n = len(xs)
-    outputs = np.frombuffer(out, dtype=np.int8).reshape(n, *program.output.shape)
+    outputs = np.frombuffer(out, dtype=np.int8).reshape(n, *program.output_shape)
     if not profile:
         return QemuRun(outputs, counts, text, data, bss)
     regions = profile_regions(program, plan, name)

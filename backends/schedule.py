@@ -111,7 +111,7 @@ def schedule_for_memory(program: ir.Program) -> ir.Program:
     if order == list(range(len(program.ops))):
         return program
     candidate = ir.Program(program.name, program.tensors, [program.ops[i] for i in order], program.inputs,
-                           program.outputs, program.source)
+                           program.outputs, program.source, program.output_structure)
     if plan_memory(candidate).arena_size < plan_memory(program).arena_size:
         return ir.verify(candidate)
     return program

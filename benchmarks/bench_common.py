@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["top1", "cached", "bit_exact_host", "load_model", "print_and_save"]
+__all__ = ["top1", "cached", "bit_exact_host", "load_model", "merge_results", "print_and_save"]
 
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -53,6 +53,19 @@ def load_model(name: str, recipe, samples: int, n_eval: int = 0):
     print(f"{name}: float {float_top1:.2f}", flush=True)
     row = {"model": name, "row": "float", "top1": round(float_top1, 2), "drop": 0.0}
     return model, x_train[:samples], x_test, y_test, float_top1, row
+
+
+def merge_results(json_path: Path | None, results: list[dict], key: tuple[str, ...] = ("model", "row")) -> list[dict]:
+    """``results`` plus the results already in ``json_path`` whose ``key`` fields were not run
+    again (``--merge``: re-run some rows of some models, keep the rest of a committed table). A
+    kept row records the command that produced it (``command``) and its ``date``."""
+    if not json_path or not json_path.is_file():
+        return results
+    ran = {tuple(r.get(k) for k in key) for r in results}
+    blob = json.loads(json_path.read_text())
+    kept = [{**r, "command": r.get("command", blob.get("command")), "date": r.get("date", blob.get("date"))}
+            for r in blob.get("results", []) if tuple(r.get(k) for k in key) not in ran]
+    return kept + results
 
 
 def print_and_save(script: str, argv: list[str] | None, results: list[dict], table: Callable[[list[dict]], str],

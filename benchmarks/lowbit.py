@@ -46,7 +46,7 @@ from qcompile.backends import ir  # noqa: E402
 from qcompile.config import QuantConfig  # noqa: E402
 from qcompile.zoo import predict  # noqa: E402
 
-from bench_common import bit_exact_host, cached, load_model, print_and_save, top1  # noqa: E402
+from bench_common import bit_exact_host, cached, load_model, merge_results, print_and_save, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["ROWS", "main"]
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when other jobs share the cores)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--merge", action="store_true", help="keep the (model, row) results already in --json that were not re-run")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     results, skipped = [], {}
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: skipped, not cached", flush=True)
             continue
         results += bench(name, args.rows, args)
+    if args.merge:
+        results = merge_results(args.json, results)
     print_and_save("lowbit.py", argv, results, table, targets, args.json,
                    samples=args.samples, epochs=args.epochs, lr=args.lr, skipped=skipped)
 

@@ -39,7 +39,8 @@ inputs, no VWW labels offline) as the JSON section ``collapse_case``.
 
 Options: ``--models fashion_mobilenet ...``, ``--settings w8 w4``, ``--peers fx pt2e ort``
 (``none`` for ours only), ``--rows naive all ...``, ``--calib 512``, ``--json PATH``
-(``--merge``: keep the results of other models and settings already in it), ``--agree-n 500``,
+(``--merge``: keep the (model, setting, row) results already in it that were not re-run, each with the command
+that produced it), ``--agree-n 500``,
 ``--threads 2``.
 """
 from __future__ import annotations
@@ -522,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=int, default=512, help="calibration samples (256-1024)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--merge", action="store_true",
-                    help="keep the results of other models (and the collapse section) already in --json")
+                    help="keep the (model, setting, row) results (and the collapse section) already in --json that were not re-run")
     ap.add_argument("--collapse", action="store_true",
                     help="also run the per-tensor MobileNet case on the pretrained MLPerf Tiny MobileNetV1-0.25")
     ap.add_argument("--agree-n", type=int, default=500,
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         command = "python benchmarks/ptq.py " + " ".join(sys.argv[1:] if argv is None else argv)
         old = json.loads(args.json.read_text()) if args.merge and args.json.is_file() else {}
-        ran = {(m, s) for m in args.models for s in args.settings}
+        ran = {(r["model"], r["setting"], r["row"]) for r in results}
         commands = old.get("command", [])
         commands = ([commands] if isinstance(commands, str) else list(commands)) + [command]
         skipped_all = {**old.get("skipped_peers", {}), **skipped}
@@ -561,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
             "command": commands if old else command,
             "torch": torch.__version__, "python": platform.python_version(), "calib": args.calib, "eval": args.eval,
             "seconds": round(old.get("seconds", 0.0) + total, 1), "skipped_peers": skipped_all,
-            "results": [r for r in old.get("results", []) if (r["model"], r["setting"]) not in ran] + results,
+            "results": [{**r, "command": r.get("command", old.get("command")), "date": r.get("date", old.get("date"))}
+                        for r in old.get("results", []) if (r["model"], r["setting"], r["row"]) not in ran] + results,
         }
         blob["targets"] = targets(blob["results"])
         if collapse is not None or "collapse_case" in old:

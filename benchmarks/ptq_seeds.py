@@ -48,7 +48,7 @@ from qcompile.backends import ir  # noqa: E402
 from qcompile.bit_allocation import weight_bytes  # noqa: E402
 from qcompile.config import QuantConfig  # noqa: E402
 
-from bench_common import bit_exact_host, cached, load_model, print_and_save, top1  # noqa: E402
+from bench_common import bit_exact_host, cached, load_model, merge_results, print_and_save, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["ROUNDING_ROWS", "ALLOCATIONS", "BUDGETS", "main"]
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--merge", action="store_true", help="keep the other models' results already in --json")
+    ap.add_argument("--merge", action="store_true", help="keep the (model, row) results already in --json that were not re-run")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     results, skipped = [], {}
@@ -178,11 +178,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         results += bench(name, args)
     if args.json and args.merge and args.json.exists():
-        old = json.loads(args.json.read_text())
-        done = {r["model"] for r in results}
-        results = [r for r in old["results"] if r["model"] not in done] + results
-        skipped = {k: v for k, v in {**old.get("skipped", {}), **skipped}.items()
-                   if k not in {r["model"] for r in results}}
+        old_skipped = json.loads(args.json.read_text()).get("skipped", {})
+        results = merge_results(args.json, results)
+        skipped = {k: v for k, v in {**old_skipped, **skipped}.items() if k not in {r["model"] for r in results}}
     print_and_save("ptq_seeds.py", argv, results, table, targets, args.json,
                    samples=args.samples, iters=args.iters, threads=args.threads, skipped=skipped)
 

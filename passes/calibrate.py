@@ -27,7 +27,8 @@ def calibrate(gm: GraphModule, ctx: PassContext) -> PassResult:
     with torch.no_grad():
         for batch in tqdm(ctx.calib, desc="calibrate", unit="batch", disable=not ctx.progress, leave=False):
             out = gm(batch)
-            if not torch.isfinite(out).all():
+            outs = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else (out,)
+            if not all(torch.isfinite(o).all() for o in outs):
                 raise CalibrationError(f"the model produced NaN/Inf on calibration batch {n}")
             n += 1
     ranges = {}

@@ -21,7 +21,7 @@ from qcompile.pass_manager import PassContext, PassResult, graph_pass
 __all__ = ["insert_observers", "needs_observer"]
 
 SOFTMAX_QPARAMS = (1.0 / 256.0, -128)
-_NO_OBSERVER = SHARES_INPUT_QUANT | {Kind.SHAPE, Kind.OUTPUT, Kind.QUANT}
+_NO_OBSERVER = SHARES_INPUT_QUANT | {Kind.SHAPE, Kind.OUTPUT, Kind.QUANT, Kind.PACKED}
 
 
 def needs_observer(node: Node) -> bool:

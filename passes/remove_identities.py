@@ -1,4 +1,6 @@
-"""Remove nodes that compute the identity at inference: dropout, ``nn.Identity``, ``.contiguous()``.
+"""Remove nodes that compute the identity at inference: dropout, ``nn.Identity``.
+
+(``.contiguous()`` stays: a later ``.view()`` of a permuted tensor needs it; it lowers to a free reshape.)
 
 Preserves: the float function of the model in eval mode, exactly.
 """
@@ -12,7 +14,7 @@ from qcompile.pass_manager import PassContext, PassResult, graph_pass
 __all__ = ["remove_identities"]
 
 
-@graph_pass("dropout / Identity / contiguous compute nothing in eval mode")
+@graph_pass("dropout / Identity compute nothing in eval mode")
 def remove_identities(gm: GraphModule, ctx: PassContext) -> PassResult:
     modified = False
     for node in list(gm.graph.nodes):

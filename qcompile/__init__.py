@@ -3,6 +3,9 @@
     art = qcompile.compile(model, example_inputs, calib=loader, target="cortex-m")
     art.save("build/")
     print(art.report())
+
+    prepared = qcompile.qat.train(model, example_inputs, (x, y), method="constrained", bits=4)
+    art = qcompile.compile(prepared, example_inputs, calib=x)   # lowered exactly as trained
 """
 from qcompile.api import compile
 from qcompile.artifact import Artifact
@@ -21,6 +24,7 @@ from qcompile.errors import (
 )
 from qcompile.pass_manager import PassContext, PassResult, Pipeline, graph_pass
 from qcompile.pipeline import default_pipeline
+from qcompile.qat import PreparedModel, QATConfig
 from qcompile.target import Target
 
 __version__ = "0.1.0"
@@ -29,6 +33,8 @@ __all__ = [
     "compile",
     "Artifact",
     "QuantConfig",
+    "QATConfig",
+    "PreparedModel",
     "Target",
     "default_pipeline",
     "Pipeline",

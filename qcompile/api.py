@@ -15,6 +15,7 @@ from qcompile.backends.memory_plan import plan_memory
 from qcompile.backends.schedule import schedule_for_memory
 from qcompile.config import QuantConfig
 from qcompile.data import calibration_batches
+from qcompile.packing import pack
 from qcompile.errors import ConfigError
 from qcompile.frontend import check_supported, trace
 from qcompile.model_input import resolve_model
@@ -67,8 +68,11 @@ def compile(  # noqa: A001 - the public name the product promises
     else:
         model, example_inputs, leaf_modules = resolve_model(model, example_inputs, leaf_modules)
         gm = check_supported(trace(model, tuple(example_inputs), leaf_modules=leaf_modules))
-    batches = calibration_batches(calib, example_inputs[0], max_samples=config.max_calib_samples,
-                                  batch_size=config.calib_batch_size)
+    several = prepared is None and len(example_inputs) > 1  # packed into one flat input by trace()
+    batches = calibration_batches(calib, tuple(example_inputs) if several else example_inputs[0],
+                                  max_samples=config.max_calib_samples, batch_size=config.calib_batch_size)
+    if several:
+        example_inputs = (pack(example_inputs),)
     ctx = PassContext(config=config, example_inputs=tuple(example_inputs), calib=batches, progress=progress,
                       records=dict(prepared.records) if prepared is not None else {})
     pipeline = pipeline if pipeline is not None else default_pipeline()

@@ -67,6 +67,17 @@ def _check_replaceable(out: Path) -> None:
                       "save() replaces the whole folder, so choose a new or empty folder, or delete this one")
 
 
+def _flatten(value: Any, several: bool) -> tuple[list, Any]:
+    """``(leaves, rebuild)`` of one output value or a tuple/list/dict of them."""
+    if not several:
+        return [value], lambda xs: xs[0]
+    if isinstance(value, dict):
+        keys = list(value)
+        return [value[k] for k in keys], lambda xs: dict(zip(keys, xs))
+    kind = type(value)
+    return list(value), lambda xs: kind(xs)
+
+
 @dataclass
 class Artifact:
     """A compiled model.
@@ -91,32 +102,105 @@ class Artifact:
     budget: dict[str, Any] | None = None  # flash/RAM estimate vs the Target's budget (qcompile.target.check_fits)
 
     # -- quantization of the model boundary -------------------------------------------------
-    def quantize_input(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Float input (batch or single sample) -> int8 numpy, with the input tensor's scale/zero point."""
+    def quantize_input(self, x: Any) -> np.ndarray:
+        """Float input (batch or single sample) -> int8 numpy, with the input tensor's scale/zero point.
+
+        A model with several inputs takes a tuple/list of them (or the packed float buffer) and returns
+        the one int8 input buffer ``(N, input_size)``: each input quantized with its own scale, flattened,
+        back to back in argument order."""
+        if len(self.program.inputs) > 1:
+            return self._quantize_packed(x)
         t = self.program.input
         xf = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
         return np.clip(np.rint(xf / t.scale) + t.zero_point, -128, 127).astype(np.int8)
 
-    def dequantize_output(self, yq: np.ndarray) -> torch.Tensor:
-        t = self.program.output
-        return torch.from_numpy((np.asarray(yq).astype(np.float32) - t.zero_point) * np.float32(t.scale))
+    def _quantize_packed(self, x: Any) -> np.ndarray:
+        tensors = [self.program.tensors[t] for t in self.program.inputs]
+        as_np = (lambda v: v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor)
+                 else np.asarray(v, dtype=np.float64))
+        if isinstance(x, (tuple, list)):
+            parts = [as_np(v) for v in x]
+            if len(parts) != len(tensors):
+                raise ConfigError(f"the model takes {len(tensors)} inputs, got {len(parts)}")
+            single = parts[0].shape == tensors[0].shape
+            parts = [p[None] if single else p for p in parts]
+            flat = [p.reshape(len(p), -1) for p in parts]
+        else:
+            packed = as_np(x)
+            single = packed.ndim == 1
+            packed = packed[None] if single else packed
+            flat = [packed[:, o:o + t.size] for o, t in zip(self.program.input_offsets(), tensors)]
+        q = np.concatenate([np.clip(np.rint(f / t.scale) + t.zero_point, -128, 127) for f, t in zip(flat, tensors)],
+                           axis=1).astype(np.int8)
+        return q[0] if single else q
+
+    def dequantize_output(self, yq: Any) -> Any:
+        """int8 output(s) -> float, keeping the structure: one array, or what :meth:`run_int` returns for a
+        model with several outputs (or the flat ``(N, output_size)`` buffer the C code writes)."""
+        tensors = [self.program.tensors[t] for t in self.program.outputs]
+        if len(tensors) > 1 and isinstance(yq, np.ndarray):
+            yq = self._structure(yq)
+        leaves, rebuild = _flatten(yq, len(tensors) > 1)
+        return rebuild([torch.from_numpy((np.asarray(y).astype(np.float32) - t.zero_point) * np.float32(t.scale))
+                        for y, t in zip(leaves, tensors)])
+
+    def _structure(self, flat: np.ndarray) -> Any:
+        """The flat output buffer ``(N, output_size)`` (or one sample) as forward()'s return structure."""
+        single = flat.ndim == 1
+        flat = flat[None] if single else flat
+        parts = []
+        for tid, offset in zip(self.program.outputs, self.program.output_offsets()):
+            t = self.program.tensors[tid]
+            y = flat[:, offset:offset + t.size].reshape(len(flat), *t.shape)
+            parts.append(y[0] if single else y)
+        kind = self.program.output_structure
+        if kind is None:
+            return parts[0]
+        if kind[0] == "dict":
+            return dict(zip(kind[1], parts))
+        return tuple(parts) if kind[0] == "tuple" else list(parts)
 
     def _int8_batch(self, xs: torch.Tensor | np.ndarray) -> np.ndarray:
         """int8 samples as given, float samples quantized; a single sample gets a batch dim."""
+        if len(self.program.inputs) > 1 and isinstance(xs, (tuple, list)) and \
+                all(isinstance(v, np.ndarray) and v.dtype == np.int8 for v in xs):
+            single = xs[0].shape == self.program.tensors[self.program.inputs[0]].shape
+            xs = np.concatenate([(v[None] if single else v).reshape(1 if single else len(v), -1) for v in xs], axis=1)
         xq = np.asarray(xs) if isinstance(xs, np.ndarray) and xs.dtype == np.int8 else self.quantize_input(xs)
-        return xq[None] if xq.shape == self.program.input.shape else xq
+        return xq[None] if xq.shape == self.program.input_shape else xq
 
     # -- running ----------------------------------------------------------------------------
-    def run_int(self, xq: np.ndarray) -> np.ndarray:
-        """int8 input ``(N, *in_shape)`` or ``in_shape`` -> int8 output, through the reference interpreter."""
-        return interpret(self.program, np.asarray(xq))
+    def run_int(self, xq: Any) -> Any:
+        """int8 input ``(N, *in_shape)`` or ``in_shape`` -> int8 output, through the reference interpreter.
 
-    def run(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Float tensor in -> float tensor out, computed by the integer interpreter."""
-        xs = x if x.dim() == len(self.program.input.shape) + 1 else x.unsqueeze(0)
+        A model returning a tuple, list or dict of tensors gets the same structure of int8 arrays; one
+        taking several inputs takes a tuple of int8 arrays or the packed int8 input buffer."""
+        if len(self.program.inputs) > 1 and isinstance(xq, (tuple, list)):
+            single = np.asarray(xq[0]).shape == self.program.tensors[self.program.inputs[0]].shape
+            xq = self._int8_batch([np.asarray(v, dtype=np.int8) for v in xq])
+            y = interpret(self.program, xq)
+            y = y[0] if single else y
+        else:
+            y = interpret(self.program, np.asarray(xq))
+        return y if len(self.program.outputs) == 1 else self._structure(y)
+
+    def run(self, x: torch.Tensor, batch_size: int = 256) -> Any:
+        """Float tensor in -> float tensor(s) out (the structure forward() returns), computed by the
+        integer interpreter."""
+        if len(self.program.inputs) > 1:  # several inputs: run on their packed float buffer
+            if not isinstance(x, (tuple, list)):
+                raise ConfigError(f"the model takes {len(self.program.inputs)} inputs; pass a tuple of tensors")
+            first = self.program.tensors[self.program.inputs[0]]
+            batched = [v if v.dim() == len(self.program.tensors[t].shape) + 1 else v.unsqueeze(0)
+                       for v, t in zip(x, self.program.inputs)]
+            packed = torch.cat([v.reshape(len(v), -1) for v in batched], dim=1)
+            x = packed if x[0].dim() == len(first.shape) + 1 else packed[0]
+        xs = x if x.dim() == len(self.program.input_shape) + 1 else x.unsqueeze(0)
         outs = [self.dequantize_output(self.run_int(self.quantize_input(b))) for b in xs.split(batch_size)]
-        y = torch.cat(outs)
-        return y if xs is x else y[0]
+        leaves = [_flatten(o, len(self.program.outputs) > 1)[0] for o in outs]
+        _, rebuild = _flatten(outs[0], len(self.program.outputs) > 1)
+        ys = [torch.cat(parts) for parts in zip(*leaves)]
+        return rebuild(ys if xs is x else [y[0] for y in ys])
 
     @property
     def arena_size(self) -> int:
@@ -135,7 +219,7 @@ class Artifact:
         from qcompile.backends.qemu import run_c_qemu
 
         if xs is None:
-            xs = self.sample_input if self.sample_input is not None else np.zeros((1, *self.program.input.shape),
+            xs = self.sample_input if self.sample_input is not None else np.zeros((1, *self.program.input_shape),
                                                                                   np.int8)
         self.verify(xs, on="qemu", cpu=cpu, opt=opt)
         run = self.last_qemu_run
@@ -272,8 +356,9 @@ class Artifact:
 
         (out / CMAKE_FILE).write_text(cmake_snippet(self.name, list(sources)))
 
+        qemu = self.last_qemu_run.instructions if self.last_qemu_run is not None else None
         (out / "report.html").write_text(render_html(self.name, _jsonable(data), memory_timeline(self.program, self.plan),
-                                                     self.report()))
+                                                     self.report(), qemu_instructions=qemu))
         (out / BUILD_MARKER).write_text(_MARKER_TEXT)
 
     def verify(self, xs: torch.Tensor | np.ndarray, on: str = "host", cpu: str = "cortex-m4", **kwargs: Any) -> np.ndarray:
@@ -285,7 +370,7 @@ class Artifact:
         Returns the outputs of the C code; raises :class:`VerificationError` on any mismatch.
         """
         xq = self._int8_batch(xs)
-        expected = self.run_int(xq)
+        expected = interpret(self.program, xq)  # the C output buffer (several outputs: flat, back to back)
         if on == "host":
             from qcompile.backends.host_build import run_c_host
 

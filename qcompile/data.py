@@ -10,6 +10,41 @@ from qcompile.errors import CalibrationError
 __all__ = ["calibration_batches"]
 
 
+def _packed_batches(calib: Any, examples: tuple[torch.Tensor, ...], *, max_samples: int,
+                    batch_size: int) -> list[torch.Tensor]:
+    from qcompile.packing import pack
+
+    k = len(examples)
+    if calib is None:
+        raise CalibrationError(f"calib is required: a tuple of {k} sample tensors or an iterable of {k}-tuples")
+    if isinstance(calib, (tuple, list)) and len(calib) == k and all(isinstance(c, torch.Tensor) for c in calib):
+        items = list(zip(*(c.split(batch_size) for c in calib)))
+    else:
+        items = calib
+    batches, seen = [], 0
+    for i, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) < k:
+            raise CalibrationError(f"calibration batch {i} must hold the model's {k} inputs, got {type(item).__name__}")
+        parts = []
+        for j, (x, ex) in enumerate(zip(item[:k], examples)):
+            if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(ex.shape[1:]):
+                raise CalibrationError(f"calibration batch {i}, input {j}: expected samples of shape "
+                                       f"{tuple(ex.shape[1:])} (batch dim first)")
+            if not torch.isfinite(x).all():
+                raise CalibrationError(f"calibration batch {i}, input {j} contains NaN or Inf")
+            parts.append(x.detach().to(ex.dtype))
+        if len({len(p) for p in parts}) != 1:
+            raise CalibrationError(f"calibration batch {i}: the inputs have different batch sizes")
+        x = pack(parts)[: max_samples - seen]
+        batches.append(x)
+        seen += len(x)
+        if seen >= max_samples:
+            break
+    if seen == 0:
+        raise CalibrationError("calibration data is empty")
+    return batches
+
+
 def _as_tensor(item: Any, index: int) -> torch.Tensor:
     if isinstance(item, (tuple, list)) and item:
         item = item[0]
@@ -20,12 +55,19 @@ def _as_tensor(item: Any, index: int) -> torch.Tensor:
     return item
 
 
-def calibration_batches(calib: Any, example_input: torch.Tensor, *, max_samples: int, batch_size: int) -> list[torch.Tensor]:
+def calibration_batches(calib: Any, example_input: torch.Tensor | tuple[torch.Tensor, ...], *, max_samples: int,
+                        batch_size: int) -> list[torch.Tensor]:
     """``calib`` (a tensor of samples, or an iterable of batches / (input, ...) tuples) as float batches.
+
+    Several inputs (``example_input`` a tuple of k tensors): ``calib`` is a tuple of k sample tensors,
+    or an iterable of batches whose first k elements are the inputs; the batches come back packed
+    (:func:`qcompile.packing.pack`), as the traced graph takes them.
 
     Raises :class:`CalibrationError` for no data, a sample shape that differs from
     ``example_input``'s, or NaN/Inf values.
     """
+    if isinstance(example_input, (tuple, list)):
+        return _packed_batches(calib, tuple(example_input), max_samples=max_samples, batch_size=batch_size)
     if calib is None:
         raise CalibrationError("calib is required: a tensor of samples or an iterable of batches (e.g. a DataLoader)")
     sample_shape = tuple(example_input.shape[1:])

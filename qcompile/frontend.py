@@ -13,14 +13,17 @@ import traceback
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.fx import GraphModule, Interpreter, Node, Tracer
 
+from qcompile.conv_transpose import conv_transpose_problem, rewrite_conv_transposes, zero_insert
 from qcompile.errors import ConfigError, TraceError, UnsupportedOpError
+from qcompile.packing import pack, pack_inputs
 from qcompile.ops import Kind, NodeInfo, classify, info
 
-__all__ = ["trace", "propagate_shapes", "check_supported", "check_invariants", "check_model_tensors",
+__all__ = ["trace", "propagate_shapes", "output_structure", "check_supported", "check_invariants", "check_model_tensors",
            "source_location"]
+
+MAX_DIMS = 6  # tensor rank without batch that the strided-copy kernel walks (QC_COPY_DIMS)
 
 _INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul}
 
@@ -59,9 +62,12 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, (tuple, list)) or not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise ConfigError("example_inputs must be a tuple of tensors, e.g. (torch.randn(1, 3, 32, 32),)")
-    if len(example_inputs) != 1:
-        raise ConfigError(f"qcompile models take exactly one input tensor, got {len(example_inputs)}")
-    check_model_tensors(model, example_inputs[0])
+    if not example_inputs:
+        raise ConfigError("example_inputs must hold at least one tensor")
+    for x in example_inputs:
+        check_model_tensors(model, x)
+    if len({x.shape[0] for x in example_inputs}) != 1:
+        raise ConfigError(f"example_inputs have different batch sizes {[x.shape[0] for x in example_inputs]}")
     model = copy.deepcopy(model).eval()
     for m in model.modules():
         if getattr(m, "inplace", False):
@@ -83,6 +89,10 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
         if "inplace" in node.kwargs:
             node.kwargs = {**node.kwargs, "inplace": False}
     gm.recompile()
+    rewrite_conv_transposes(gm)
+    if len(example_inputs) > 1:
+        pack_inputs(gm, example_inputs)
+        example_inputs = (pack(example_inputs),)
     propagate_shapes(gm, example_inputs)
     return gm
 
@@ -165,10 +175,18 @@ class _ShapeRecorder(Interpreter):
         kind = classify(n, self.module)
         shape = tuple(result.shape) if isinstance(result, torch.Tensor) else None
         if old is None:
-            n.meta["qc"] = NodeInfo(kind=kind, shape=shape)
+            n.meta["qc"] = old = NodeInfo(kind=kind, shape=shape)
         else:
             old.kind, old.shape = kind, shape
+        if _is_constant(result):  # x.size(1), c // 2: the views and reshapes that use them read the value
+            old.notes["value"] = result
         return result
+
+
+def _is_constant(v) -> bool:
+    if isinstance(v, (tuple, list)):
+        return all(_is_constant(x) for x in v)
+    return isinstance(v, (int, float, bool)) or v is None
 
 
 def propagate_shapes(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
@@ -186,9 +204,41 @@ def propagate_shapes(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...]) 
     return gm
 
 
-def _per_channel(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
-    """``small`` is ``(N, C, 1, ..)`` broadcasting over the trailing dims of ``big``."""
-    return len(small) == len(big) and small[:2] == big[:2] and all(d == 1 for d in small[2:])
+def _broadcast_problem(node: Node, operands) -> str | None:
+    """Why the operands of an element-wise ``node`` do not broadcast the way the IR lowers them, or None:
+    PyTorch's right-aligned broadcasting, the batch dim only from activations (a constant has none or 1)."""
+    out = info(node).shape
+    try:
+        full = tuple(torch.broadcast_shapes(*(info(x).shape for x in operands)))
+    except RuntimeError as exc:
+        return f"operands {[info(x).shape for x in operands]} do not broadcast: {exc}"
+    if full != out:
+        return f"broadcast shape {full} differs from the traced {out}"
+    for x in operands:
+        sx = info(x).shape
+        if info(x).kind is Kind.CONST:
+            stripped = list(sx)
+            while len(stripped) > 1 and stripped[0] == 1:
+                stripped.pop(0)
+            if len(stripped) >= len(out):
+                return f"constant operand '{x.name}' {tuple(sx)} spans the batch dim"
+        elif len(sx) != len(out) or sx[0] != out[0]:
+            return f"operand '{x.name}' {tuple(sx)} does not keep the batch dim of {tuple(out)}"
+    if len(out) - 1 > MAX_DIMS:
+        return f"a tensor of rank {len(out) - 1} without batch (at most {MAX_DIMS})"
+    return None
+
+
+def output_structure(out) -> tuple[tuple | None, list[Node]]:
+    """``(structure, tensors)`` of what forward() returns: one tensor (structure ``None``), or a tuple,
+    list or dict of tensors (``("tuple"|"list", n)`` / ``("dict", keys)``) with the tensors in return order."""
+    if isinstance(out, Node):
+        return None, [out]
+    if isinstance(out, (tuple, list)) and out and all(isinstance(x, Node) for x in out):
+        return (type(out).__name__, len(out)), list(out)
+    if isinstance(out, dict) and out and all(isinstance(x, Node) for x in out.values()):
+        return ("dict", tuple(out)), list(out.values())
+    raise ValueError("the model must return a tensor, or a flat tuple, list or dict of tensors")
 
 
 def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 - one case per kind
@@ -196,17 +246,34 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
     qi: NodeInfo = info(node)
     kind, shape = qi.kind, qi.shape
     if kind is None:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+            return conv_transpose_problem(gm.get_submodule(node.target), len(node.args) + len(node.kwargs)) \
+                or "ConvTranspose3d"
         return "no lowering for this operator"
     mod = gm.get_submodule(node.target) if node.op == "call_module" else None
     in_shape = info(node.args[0]).shape if node.args and isinstance(node.args[0], Node) else None
+    if kind is Kind.SPLIT:
+        if in_shape is None:
+            return "split of a non-tensor"
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        if node.target in ("unbind", torch.unbind):
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if not isinstance(dim, int) or dim % len(in_shape) == 0:
+            return f"split along dim {dim}: not along the batch dim (0)"
+        return None
     if kind is Kind.SHAPE:
         return "a tensor-valued indexing/slicing op is not supported" if shape is not None else None
+    if kind is Kind.PACKED:
+        return None
     if kind is Kind.INPUT:
         return None if shape is not None and len(shape) in (2, 3, 4) else f"input of rank {len(shape or ())}"
     if kind is Kind.OUTPUT:
-        out = node.args[0]
-        if not isinstance(out, Node):
-            return "the model must return a single tensor"
+        try:
+            _, leaves = output_structure(node.args[0])
+        except ValueError as exc:
+            return str(exc)
+        if any(info(x).shape is None for x in leaves):
+            return "the model returns a value that is not a tensor"
         return None
     if shape is None:
         return "does not produce a tensor"
@@ -219,54 +286,64 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
     elif kind is Kind.MAXPOOL:
         p = mod if mod is not None else None
         dil = p.dilation if p is not None else node.kwargs.get("dilation", 1)
-        ceil = p.ceil_mode if p is not None else node.kwargs.get("ceil_mode", False)
-        if dil not in (1, (1,), (1, 1)) or ceil or (p is not None and p.return_indices):
-            return "max pooling with dilation, ceil_mode or return_indices"
+        if dil not in (1, (1,), (1, 1)) or (p is not None and p.return_indices) or node.kwargs.get("return_indices"):
+            return "max pooling with dilation or return_indices"
         if p is None and len(node.args) > 3:
             return "max pooling given padding/dilation positionally; use keywords"
     elif kind is Kind.AVGPOOL:
-        p = mod
-        ceil = p.ceil_mode if p is not None else node.kwargs.get("ceil_mode", False)
-        cip = p.count_include_pad if p is not None else node.kwargs.get("count_include_pad", True)
-        div = p.divisor_override if isinstance(p, nn.AvgPool2d) else node.kwargs.get("divisor_override")
-        if ceil or not cip or div is not None:
-            return "average pooling with ceil_mode, count_include_pad=False or divisor_override"
-        if p is None and len(node.args) > 3:
-            return "average pooling given padding positionally; use keywords"
-    elif kind is Kind.GLOBAL_AVGPOOL:
-        if node.op == "call_module" or node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
-            size = mod.output_size if mod is not None else node.args[1]
-            if size not in (1, (1,), (1, 1), [1], [1, 1]):
-                return f"adaptive average pooling to {size} (only to 1)"
+        if mod is None and len(node.args) > 3:
+            return "average pooling given padding/ceil_mode positionally; use keywords"
+    elif kind in (Kind.GLOBAL_AVGPOOL, Kind.GLOBAL_MAXPOOL):
+        adaptive = node.op == "call_module" or node.target not in (torch.mean, "mean", torch.amax, "amax")
+        if adaptive:
+            if (mod is not None and getattr(mod, "return_indices", False)) or node.kwargs.get("return_indices"):
+                return "adaptive max pooling with return_indices"
+            if len(shape) != len(in_shape) or any(i % o for i, o in zip(in_shape[2:], shape[2:])):
+                return f"adaptive pooling from {tuple(in_shape[2:])} to {tuple(shape[2:])}: only to sizes dividing the input"
         else:
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
             rank = len(in_shape)
             if sorted(d % rank for d in dims) != list(range(2, rank)):
-                return f"mean over dims {dims}: only over all spatial dims (2..{rank - 1})"
-    elif kind in (Kind.ADD, Kind.SUB):
-        a, b = node.args[:2]
-        if not (isinstance(a, Node) and isinstance(b, Node)) or info(a).shape != info(b).shape:
-            return "add/sub needs two tensors of the same shape (no broadcasting)"
+                return f"{node.target if isinstance(node.target, str) else node.target.__name__} over dims {dims}: " \
+                       f"only over all spatial dims (2..{rank - 1})"
+    elif kind in (Kind.ADD, Kind.SUB, Kind.MUL, Kind.MINMAX):
+        a, b = (list(node.args) + [node.kwargs.get("other")])[:2]
+        if not (isinstance(a, Node) and isinstance(b, Node)) or info(a).shape is None or info(b).shape is None:
+            what = {Kind.MINMAX: "max/min over a dim (only of two tensors)"}.get(
+                kind, "an operand computed at run time that is not a tensor (e.g. .item()); use a constant")
+            return what
         if "alpha" in node.kwargs:
             return "add/sub with alpha="
-    elif kind is Kind.MUL:
-        a, b = node.args[:2]
-        if not (isinstance(a, Node) and isinstance(b, Node)) or info(a).shape is None or info(b).shape is None:
-            return "mul by a value computed at run time that is not a tensor (e.g. .item()); use a constant"
-        sa, sb = info(a).shape, info(b).shape
-        if sa != sb and not (_per_channel(sa, sb) or _per_channel(sb, sa)):
-            return f"mul broadcasting {sa} x {sb}: only equal shapes or per-channel (N, C, 1, 1)"
+        return _broadcast_problem(node, (a, b))
+    elif kind is Kind.CONST:
+        users = {info(u).kind for u in node.users}
+        if shape is None:
+            return "an attribute that is not a tensor"
+        if not users <= {Kind.ADD, Kind.SUB, Kind.MUL, Kind.MINMAX}:
+            return "a parameter/buffer used directly by an op other than add/sub/mul/maximum/minimum"
     elif kind is Kind.CAT:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if dim % len(shape) != 1:
-            return f"cat along dim {dim}: only along channels (dim 1)"
+        if not isinstance(dim, int) or dim % len(shape) == 0:
+            return f"{getattr(node.target, '__name__', node.target)} along dim {dim}: not along the batch dim (0)"
+        if not all(isinstance(x, Node) and info(x).shape is not None for x in node.args[0]):
+            return "cat/stack of values that are not tensors"
+        if len(shape) - 1 > MAX_DIMS:
+            return f"a tensor of rank {len(shape) - 1} without batch (at most {MAX_DIMS})"
+    elif kind is Kind.MOVE:
+        from qcompile.views import view_map  # views evaluates nodes through this module's records
+
+        try:
+            m = view_map(node, gm)
+        except Exception as exc:  # noqa: BLE001 - the reason is the message
+            return f"not a strided view of its input: {exc}"
+        if len(m.out_shape) > MAX_DIMS or len(info(node.args[0]).shape or ()) - 1 > MAX_DIMS:
+            return f"a view of rank above {MAX_DIMS} (without batch)"
     elif kind is Kind.RESHAPE:
-        if node.target in ("permute", torch.permute, "transpose", torch.transpose) and \
-                [d for d in in_shape if d != 1] != [d for d in shape if d != 1]:
-            return "a permute/transpose that moves data (only re-views are supported)"
         if shape[0] != in_shape[0]:
             return "reshape that changes the batch dimension"
+    elif kind is Kind.PAD and node.target is zero_insert:
+        pass  # a rewritten transposed convolution's zero insertion
     elif kind is Kind.PAD:
         if mod is not None:
             value = getattr(mod, "value", 0.0)
@@ -275,12 +352,28 @@ def _why_unsupported(node: Node, gm: GraphModule) -> str | None:  # noqa: C901 -
             mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
             if mode != "constant":
                 return f"padding mode {mode!r}"
+            pad = node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else ())
+            pad = [info(p).notes.get("value") if isinstance(p, Node) else p for p in pad]
+            if len(pad) > 4 or not all(isinstance(p, int) and p >= 0 for p in pad):
+                return f"F.pad with {pad}: only non-negative padding of the two last dims"
         if value != 0.0 or len(shape) not in (3, 4):
             return "only zero padding of the spatial dims"
+    elif kind is Kind.RESIZE:
+        from qcompile.ops import interpolation
+
+        it = interpolation(node, gm)
+        linear = {4: "bilinear", 3: "linear"}.get(len(shape))
+        if it.mode != linear or it.antialias:
+            return f"interpolation mode {it.mode!r}{' with antialias' if it.antialias else ''} on a rank-{len(shape)} " \
+                   f"tensor (nearest, or {linear or 'bilinear'} without antialias)"
+        if it.size is None:
+            factors = it.scale_factor if isinstance(it.scale_factor, (tuple, list)) else [it.scale_factor]
+            if any(float(f) != int(f) for f in factors):
+                return f"{it.mode} interpolation by scale_factor={it.scale_factor}: only integer factors (or size=)"
     elif kind is Kind.SOFTMAX:
         dim = mod.dim if mod is not None else node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        if dim is None or dim % len(shape) != len(shape) - 1:
-            return "softmax must be over the last dim"
+        if not isinstance(dim, int) or dim % len(shape) == 0:
+            return "softmax needs dim= (not the batch dim 0)"
     elif kind is Kind.CLAMP:
         if node.op != "call_module":
             extra = list(node.args[1:]) + [v for k, v in node.kwargs.items() if k != "inplace"]
@@ -313,7 +406,8 @@ def check_supported(gm: GraphModule) -> GraphModule:
                 target = f"{target} ({type(gm.get_submodule(node.target)).__name__})"
             bad.append((node.name, str(target), source_location(node), reason))
     if len(inputs) != 1:
-        bad.append(("<graph>", "placeholder", "<forward signature>", f"{len(inputs)} inputs (exactly one supported)"))
+        bad.append(("<graph>", "placeholder", "<forward signature>",
+                    f"{len(inputs)} placeholders (several inputs are packed into one by trace())"))
     if bad:
         lines = [f"  - node '{n}' ({t}) at {loc}: {why}" for n, t, loc, why in bad]
         raise UnsupportedOpError(
@@ -331,5 +425,5 @@ def check_invariants(gm: GraphModule) -> None:
             raise AssertionError(f"node '{node.name}' has no qc analysis record")
         if qi.kind is None:
             raise AssertionError(f"node '{node.name}' ({node.target}) has no supported kind")
-        if qi.kind not in (Kind.SHAPE, Kind.OUTPUT) and qi.shape is None:
+        if qi.kind not in (Kind.SHAPE, Kind.OUTPUT, Kind.SPLIT) and qi.shape is None:
             raise AssertionError(f"node '{node.name}' produces no tensor")

@@ -79,6 +79,20 @@ def main_c(name: str) -> str:
 static int8_t input[{up}_INPUT_SIZE];
 static int8_t output[{up}_OUTPUT_SIZE];
 
+/* The output read below: the only one, or the first of several (forward() returned a tuple, list
+ * or dict; the outputs then sit one after another in output[], in return order). */
+#if defined({up}_OUTPUT_COUNT)
+#define QC_OUT_OFFSET {up}_OUTPUT0_OFFSET
+#define QC_OUT_SIZE {up}_OUTPUT0_SIZE
+#define QC_OUT_SCALE {up}_OUTPUT0_SCALE
+#define QC_OUT_ZERO_POINT {up}_OUTPUT0_ZERO_POINT
+#else
+#define QC_OUT_OFFSET 0
+#define QC_OUT_SIZE {up}_OUTPUT_SIZE
+#define QC_OUT_SCALE {up}_OUTPUT_SCALE
+#define QC_OUT_ZERO_POINT {up}_OUTPUT_ZERO_POINT
+#endif
+
 /* Results a debugger (or the rest of the firmware) can read. */
 volatile int32_t qc_status;
 volatile int32_t qc_top_class;
@@ -101,7 +115,7 @@ static int8_t quantize_input(float x)
 
 static float dequantize_output(int8_t q)
 {{
-    return {up}_OUTPUT_SCALE * (float)((int32_t)q - {up}_OUTPUT_ZERO_POINT);
+    return QC_OUT_SCALE * (float)((int32_t)q - QC_OUT_ZERO_POINT);
 }}
 
 int main(void)
@@ -122,13 +136,13 @@ int main(void)
 
     /* 3. Read the output: the int8 values are monotonic in the real ones, so argmax needs no
      *    dequantization; dequantize for the score. */
-    for (i = 1; i < {up}_OUTPUT_SIZE; i++) {{
-        if (output[i] > output[best]) {{
+    for (i = 1; i < QC_OUT_SIZE; i++) {{
+        if (output[QC_OUT_OFFSET + i] > output[QC_OUT_OFFSET + best]) {{
             best = i;
         }}
     }}
     qc_top_class = best;
-    qc_top_score = dequantize_output(output[best]);
+    qc_top_score = dequantize_output(output[QC_OUT_OFFSET + best]);
     for (i = 0; i < {up}_OUTPUT_SIZE; i++) {{
         mismatches += output[i] != qc_example_output[i];
     }}
@@ -287,6 +301,15 @@ def demo_model():
     return model, (calib[:1],), calib
 
 
+def _leaves(y) -> list[np.ndarray]:
+    """Output arrays in return order (``run_int`` gives forward()'s tuple/list/dict structure)."""
+    if isinstance(y, dict):
+        return [a for v in y.values() for a in _leaves(v)]
+    if isinstance(y, (tuple, list)):
+        return [a for v in y for a in _leaves(v)]
+    return [np.asarray(y)]
+
+
 def write_example(art: "Artifact", directory: str | Path, cpu: str = "cortex-m4") -> Path:
     """Write the example folder for ``art`` into ``directory`` (new, empty, or a previous example)."""
     if cpu not in _CPU_FLAGS:
@@ -302,7 +325,7 @@ def write_example(art: "Artifact", directory: str | Path, cpu: str = "cortex-m4"
     out.mkdir(parents=True)
     art.save(out / "model")
     xq = art.sample_input[0] if art.sample_input is not None else np.zeros(art.program.input.shape, np.int8)
-    yq = art.run_int(xq[None])[0]
+    yq = np.concatenate([leaf.reshape(-1) for leaf in _leaves(art.run_int(xq[None]))])  # the C output buffer
     (out / "example_data.h").write_text(_example_data_h(art, xq, yq))
     (out / "main.c").write_text(main_c(art.name))
     (out / "Makefile").write_text(_makefile(art.name, cpu))

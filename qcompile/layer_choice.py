@@ -9,12 +9,12 @@ levels. :func:`choose_by_network_output` is the one arbiter that the weight pass
 
 Protocol (greedy in graph order, earlier layers keep their choice while later ones are tried):
 
-* the first ``256`` calibration samples are split in half; candidates are *fitted* on the
+* the first ``samples`` calibration samples (256 by default) are split in half; candidates are *fitted* on the
   first half (their per-channel choices, and the mean output shift that empirical bias
   correction will remove when ``centered``) and *compared* on the second half, so a
   candidate that only fits the samples it was tuned on does not win;
-* the reference is the float network (every activation quantizer in float mode) on the
-  held-out half; the score is the mean squared difference of the flattened outputs;
+* the reference is the float network (activation quantizers pass through, weight-quantized
+  layers use their float weights) on the held-out half; the score is the mean squared difference of the flattened outputs;
 * ties keep the earlier candidate, so list the plainer one first.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule, Node
 
-from qcompile.nn import ActQuant, QuantMode
+from qcompile.analysis import float_mode
 from qcompile.pass_manager import PassContext
 
 __all__ = ["choose_by_network_output", "set_module", "Candidates", "CHOICE_SAMPLES"]
@@ -62,28 +62,23 @@ def _outputs(gm: GraphModule, x: torch.Tensor) -> torch.Tensor:
 
 
 def _float_reference(gm: GraphModule, x: torch.Tensor) -> torch.Tensor:
-    aqs = [m for m in gm.modules() if isinstance(m, ActQuant)]
-    modes = [m.mode for m in aqs]
-    try:
-        for m in aqs:
-            m.mode = QuantMode.FLOAT
+    """The float network's outputs: activation quantizers pass through and weight-quantized
+    layers compute with their float weights (:func:`qcompile.analysis.float_mode`)."""
+    with float_mode(gm):
         return _outputs(gm, x)
-    finally:
-        for m, mode in zip(aqs, modes):
-            m.mode = mode
 
 
 def choose_by_network_output(gm: GraphModule, ctx: PassContext, layers: list[Node],
                              inputs: Mapping[str, torch.Tensor], candidates: Candidates,
-                             centered: bool) -> dict[str, tuple[str, nn.Module]]:
+                             centered: bool, samples: int = CHOICE_SAMPLES) -> dict[str, tuple[str, nn.Module]]:
     """For each layer of ``layers`` (graph order), the candidate of ``candidates(node, fit)``
     with the lowest network-output MSE on the held-out calibration half; returns
     ``{target: (name, module)}`` and leaves each chosen module (without the comparison-only
     bias shift) installed in ``gm``. ``inputs[target]`` are the layer's inputs on the first
-    :data:`CHOICE_SAMPLES` calibration samples (:func:`qcompile.passes.quantize_weights.layer_inputs`).
+    ``samples`` calibration samples (:func:`qcompile.passes.quantize_weights.layer_inputs`).
     ``centered``: empirical bias correction follows, so each candidate is compared with its
     mean output shift (fitted on the first half) removed."""
-    data = torch.cat(ctx.calib)[:CHOICE_SAMPLES]
+    data = torch.cat(ctx.calib)[:samples]
     n = len(data)
     fit_n = n // 2 if n >= 2 else n
     held = data[fit_n:] if n >= 2 else data

@@ -19,6 +19,7 @@ import operator
 import re
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -115,7 +116,8 @@ class _Recorder(Interpreter):
 def _record(gm: GraphModule, x: torch.Tensor, source: str) -> dict[Node, Any]:
     rec = _Recorder(gm)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # onnx2torch's own deprecation warnings, not the user's business
             rec.run(x)
     except Exception as exc:  # noqa: BLE001
         raise TraceError(f"{source}: the converted model fails on an input of shape {tuple(x.shape)}: "
@@ -289,7 +291,10 @@ def normalize_onnx_graph(gm: GraphModule, x: torch.Tensor, source: str = "<onnx>
     out = _Rewriter(gm, v1, v2).run()
     with torch.no_grad():
         for inp in (x, x2):
-            want, got = gm(inp), out(inp)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                want = gm(inp)
+            got = out(inp)
             if not (isinstance(got, torch.Tensor) and got.shape == want.shape
                     and torch.allclose(got, want, rtol=1e-4, atol=1e-5)):
                 raise TraceError(f"{source}: normalizing the converted ONNX graph changed its output "

@@ -17,8 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
+from qcompile.conv_transpose import zero_insert
+from qcompile.packing import unpack_input
+
 __all__ = [
-    "Kind", "NodeInfo", "classify", "info", "lut_function", "clamp_range", "module_of", "SHARES_INPUT_QUANT",
+    "Kind", "NodeInfo", "Interpolation", "interpolation", "pixel_shuffle_factor", "classify", "info", "lut_function", "clamp_range", "module_of", "SHARES_INPUT_QUANT",
 ]
 
 
@@ -33,21 +36,28 @@ class Kind(enum.Enum):
     PRELU = "prelu"
     MAXPOOL = "maxpool"
     AVGPOOL = "avgpool"
-    GLOBAL_AVGPOOL = "global_avgpool"  # adaptive avg pool to 1, x.mean(spatial dims)
+    GLOBAL_AVGPOOL = "global_avgpool"  # adaptive avg pool (to 1 or sizes dividing the input), x.mean(spatial dims)
+    GLOBAL_MAXPOOL = "global_maxpool"  # adaptive max pool (likewise), x.amax(spatial dims)
     ADD = "add"
     SUB = "sub"
     MUL = "mul"
     CAT = "cat"
-    RESHAPE = "reshape"      # flatten / view / reshape / squeeze / unsqueeze / permute that only re-views
+    MINMAX = "minmax"        # torch.maximum / torch.minimum of two tensors
+    PACKED = "packed"        # the one placeholder several inputs are packed into (trace); not lowered
+    CONST = "const"          # a parameter or buffer read in forward() (self.scale): a constant tensor
+    RESHAPE = "reshape"      # flatten / view / reshape / squeeze / unsqueeze / unflatten (row-major re-views)
+    MOVE = "move"            # permute / transpose / slicing / narrow / select / items of a split: a strided copy
+    SPLIT = "split"          # chunk / split / unbind: a tuple of views, each read through getitem (a MOVE)
     PAD = "pad"
-    IDENTITY = "identity"    # dropout, nn.Identity, contiguous: removed by a pass
+    RESIZE = "resize"        # bilinear / linear interpolation (nearest is a MOVE)
+    IDENTITY = "identity"    # dropout, nn.Identity: removed by a pass
     SOFTMAX = "softmax"
     SHAPE = "shape"          # x.size(), x.shape, getitem / arithmetic on them: no tensor value
     QUANT = "quant"          # an inserted ActQuant observer / fake-quantizer
 
 
 # Kinds whose output has exactly its input's quantization (no observer of their own).
-SHARES_INPUT_QUANT = frozenset({Kind.MAXPOOL, Kind.RESHAPE, Kind.PAD, Kind.IDENTITY})
+SHARES_INPUT_QUANT = frozenset({Kind.MAXPOOL, Kind.GLOBAL_MAXPOOL, Kind.RESIZE, Kind.RESHAPE, Kind.PAD, Kind.IDENTITY, Kind.MOVE, Kind.SPLIT})
 
 
 @dataclass
@@ -88,6 +98,7 @@ _LUT_MODULES: dict[type, Callable[[nn.Module], Callable[[torch.Tensor], torch.Te
 LUT_FUNCTIONS: dict[Any, Callable[..., torch.Tensor]] = {
     torch.sigmoid: torch.sigmoid, F.sigmoid: torch.sigmoid, "sigmoid": torch.sigmoid,
     torch.tanh: torch.tanh, F.tanh: torch.tanh, "tanh": torch.tanh,
+    torch.abs: torch.abs, "abs": torch.abs,
     F.hardswish: F.hardswish, F.hardsigmoid: F.hardsigmoid,
     F.gelu: F.gelu, F.silu: F.silu, F.leaky_relu: F.leaky_relu,
 }
@@ -104,10 +115,12 @@ _MODULE_KINDS: list[tuple[type | tuple[type, ...], Kind]] = [
     ((nn.MaxPool1d, nn.MaxPool2d), Kind.MAXPOOL),
     ((nn.AvgPool1d, nn.AvgPool2d), Kind.AVGPOOL),
     ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d), Kind.GLOBAL_AVGPOOL),
+    ((nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d), Kind.GLOBAL_MAXPOOL),
     ((nn.Flatten, nn.Unflatten), Kind.RESHAPE),
     ((nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d), Kind.PAD),
     ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity), Kind.IDENTITY),
     (nn.Softmax, Kind.SOFTMAX),
+    ((nn.PixelShuffle, nn.PixelUnshuffle), Kind.MOVE),
 ]
 
 _FUNCTION_KINDS: dict[Any, Kind] = {
@@ -118,13 +131,20 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
     F.avg_pool1d: Kind.AVGPOOL, F.avg_pool2d: Kind.AVGPOOL,
     F.adaptive_avg_pool1d: Kind.GLOBAL_AVGPOOL, F.adaptive_avg_pool2d: Kind.GLOBAL_AVGPOOL,
     torch.mean: Kind.GLOBAL_AVGPOOL,
+    F.adaptive_max_pool1d: Kind.GLOBAL_MAXPOOL, F.adaptive_max_pool2d: Kind.GLOBAL_MAXPOOL, torch.amax: Kind.GLOBAL_MAXPOOL,
     operator.add: Kind.ADD, torch.add: Kind.ADD, operator.iadd: Kind.ADD,
     operator.sub: Kind.SUB, torch.sub: Kind.SUB, operator.isub: Kind.SUB,
     operator.mul: Kind.MUL, torch.mul: Kind.MUL, operator.imul: Kind.MUL,
-    torch.cat: Kind.CAT, torch.concat: Kind.CAT,
+    torch.cat: Kind.CAT, torch.concat: Kind.CAT, torch.stack: Kind.CAT,
+    torch.maximum: Kind.MINMAX, torch.minimum: Kind.MINMAX, torch.max: Kind.MINMAX, torch.min: Kind.MINMAX,
     torch.flatten: Kind.RESHAPE, torch.reshape: Kind.RESHAPE, torch.squeeze: Kind.RESHAPE,
-    torch.unsqueeze: Kind.RESHAPE, torch.permute: Kind.RESHAPE, torch.transpose: Kind.RESHAPE,
-    F.pad: Kind.PAD,
+    torch.unsqueeze: Kind.RESHAPE, torch.permute: Kind.MOVE, torch.transpose: Kind.MOVE,
+    torch.swapaxes: Kind.MOVE, torch.movedim: Kind.MOVE, torch.narrow: Kind.MOVE, torch.select: Kind.MOVE,
+    torch.flip: Kind.MOVE,
+    torch.chunk: Kind.SPLIT, torch.split: Kind.SPLIT, torch.tensor_split: Kind.SPLIT, torch.unbind: Kind.SPLIT,
+    F.pad: Kind.PAD, zero_insert: Kind.PAD, unpack_input: Kind.INPUT,
+    F.pixel_shuffle: Kind.MOVE, F.pixel_unshuffle: Kind.MOVE, torch.pixel_shuffle: Kind.MOVE,
+    torch.pixel_unshuffle: Kind.MOVE,
     F.dropout: Kind.IDENTITY, F.dropout1d: Kind.IDENTITY, F.dropout2d: Kind.IDENTITY,
     F.softmax: Kind.SOFTMAX, torch.softmax: Kind.SOFTMAX,
     getattr: Kind.SHAPE, operator.getitem: Kind.SHAPE, operator.floordiv: Kind.SHAPE,
@@ -132,19 +152,22 @@ _FUNCTION_KINDS: dict[Any, Kind] = {
 
 _METHOD_KINDS: dict[str, Kind] = {
     "view": Kind.RESHAPE, "reshape": Kind.RESHAPE, "flatten": Kind.RESHAPE, "squeeze": Kind.RESHAPE,
-    "unsqueeze": Kind.RESHAPE, "permute": Kind.RESHAPE, "transpose": Kind.RESHAPE,
-    "contiguous": Kind.IDENTITY,
+    "unsqueeze": Kind.RESHAPE, "permute": Kind.MOVE, "transpose": Kind.MOVE, "swapaxes": Kind.MOVE,
+    "movedim": Kind.MOVE, "narrow": Kind.MOVE, "select": Kind.MOVE, "flip": Kind.MOVE, "expand": Kind.MOVE,
+    "expand_as": Kind.MOVE,
+    "chunk": Kind.SPLIT, "split": Kind.SPLIT, "tensor_split": Kind.SPLIT, "unbind": Kind.SPLIT,
+    "contiguous": Kind.MOVE,  # kept: a later .view() of a permuted tensor needs it; lowers to a free Reshape
     "relu": Kind.CLAMP, "clamp": Kind.CLAMP, "sigmoid": Kind.LUT, "tanh": Kind.LUT,
-    "mean": Kind.GLOBAL_AVGPOOL, "softmax": Kind.SOFTMAX,
+    "mean": Kind.GLOBAL_AVGPOOL, "amax": Kind.GLOBAL_MAXPOOL, "softmax": Kind.SOFTMAX,
     "add": Kind.ADD, "sub": Kind.SUB, "mul": Kind.MUL,
-    "size": Kind.SHAPE, "dim": Kind.SHAPE,
+    "size": Kind.SHAPE, "dim": Kind.SHAPE, "maximum": Kind.MINMAX, "minimum": Kind.MINMAX, "abs": Kind.LUT,
 }
 
 
 def classify(node: Node, gm: GraphModule) -> Kind | None:
     """The :class:`Kind` of ``node``, or ``None`` if qcompile does not support it."""
     if node.op == "placeholder":
-        return Kind.INPUT
+        return Kind.PACKED if node.meta.get("qc_packed") else Kind.INPUT
     if node.op == "output":
         return Kind.OUTPUT
     if node.op == "call_module":
@@ -155,6 +178,8 @@ def classify(node: Node, gm: GraphModule) -> Kind | None:
             return Kind.QUANT
         if isinstance(mod, QuantizedWeights):
             mod = mod.module
+        if isinstance(mod, _INTERP_MODULES):
+            return Kind.MOVE if interpolation(node, gm).mode == "nearest" else Kind.RESIZE
         for types, kind in _MODULE_KINDS:
             if isinstance(mod, types):
                 return kind
@@ -163,11 +188,83 @@ def classify(node: Node, gm: GraphModule) -> Kind | None:
         kind = _FUNCTION_KINDS.get(node.target)
     elif node.op == "call_method":
         kind = _METHOD_KINDS.get(node.target)
+    elif node.op == "get_attr":
+        return Kind.CONST
     else:
-        return None  # get_attr (free parameters) and anything else
+        return None
+    if node.op == "call_function" and node.target in _INTERP_FUNCTIONS:
+        return Kind.MOVE if interpolation(node, gm).mode == "nearest" else Kind.RESIZE
+    if node.target is operator.getitem and _indexes_tensor(node):
+        return Kind.MOVE  # x[:, :3], x[..., ::2], torch.chunk(x, 2, 1)[0]: a strided view, copied
+    if kind in (*_BINARY, Kind.MINMAX) and not any(_is_tensor(a) for a in (*node.args, *node.kwargs.values())):
+        return Kind.SHAPE  # x2.size(2) - x1.size(2): arithmetic on sizes
     if kind in _BINARY and _scalar_operand(node) is not None:
         return Kind.LUT  # x * 0.5, 1 - x, ...: an element-wise function of one tensor
     return kind
+
+
+_INTERP_MODULES = (nn.Upsample,)  # UpsamplingNearest2d / UpsamplingBilinear2d are subclasses
+_INTERP_FUNCTIONS = {F.interpolate: "nearest", F.upsample: "nearest", F.upsample_nearest: "nearest",
+                     F.upsample_bilinear: "bilinear"}
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    """An interpolation's arguments: ``size`` or ``scale_factor`` (as given), mode, align_corners."""
+
+    mode: str
+    align_corners: bool
+    size: Any
+    scale_factor: Any
+    antialias: bool = False
+
+
+def interpolation(node: Node, gm: GraphModule | None) -> Interpolation | None:
+    """The arguments of an upsampling node (``nn.Upsample``, ``F.interpolate``...), else ``None``."""
+    if node.op == "call_module" and gm is not None:
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, _INTERP_MODULES):
+            return Interpolation(mod.mode, bool(mod.align_corners), mod.size, mod.scale_factor)
+        return None
+    if node.op != "call_function" or node.target not in _INTERP_FUNCTIONS:
+        return None
+    names = ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
+    a = dict(zip(names, node.args))
+    a.update(node.kwargs)
+    if node.target is F.upsample_bilinear:
+        return Interpolation("bilinear", True, a.get("size"), a.get("scale_factor"))
+    if node.target is F.upsample_nearest:
+        return Interpolation("nearest", False, a.get("size"), a.get("scale_factor"))
+    return Interpolation(a.get("mode", "nearest"), bool(a.get("align_corners") or False), a.get("size"),
+                         a.get("scale_factor"), bool(a.get("antialias", False)))
+
+
+def pixel_shuffle_factor(node: Node, gm: GraphModule | None) -> tuple[int, bool] | None:
+    """``(r, is_unshuffle)`` of a pixel (un)shuffle node, else ``None``."""
+    if node.op == "call_module" and gm is not None:
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, nn.PixelShuffle):
+            return int(mod.upscale_factor), False
+        if isinstance(mod, nn.PixelUnshuffle):
+            return int(mod.downscale_factor), True
+        return None
+    if node.op == "call_function" and node.target in (F.pixel_shuffle, torch.pixel_shuffle):
+        return int(node.args[1] if len(node.args) > 1 else node.kwargs["upscale_factor"]), False
+    if node.op == "call_function" and node.target in (F.pixel_unshuffle, torch.pixel_unshuffle):
+        return int(node.args[1] if len(node.args) > 1 else node.kwargs["downscale_factor"]), True
+    return None
+
+
+def _is_tensor(a: Any) -> bool:
+    qi = a.meta.get("qc") if isinstance(a, Node) else None
+    return qi is not None and qi.shape is not None
+
+
+def _indexes_tensor(node: Node) -> bool:
+    """Whether a getitem reads a tensor (slicing) or one tensor of a split, not a shape tuple."""
+    src = node.args[0]
+    qi = src.meta.get("qc") if isinstance(src, Node) else None
+    return qi is not None and (qi.kind is Kind.SPLIT or qi.shape is not None)
 
 
 _BINARY = (Kind.ADD, Kind.SUB, Kind.MUL)

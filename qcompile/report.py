@@ -78,7 +78,14 @@ def layer_rows(program: ir.Program, plan: MemoryPlan, sqnr: dict[int, float]) ->
 
 
 def summary(program: ir.Program, plan: MemoryPlan) -> dict[str, Any]:
-    return {
+    """Totals and the model boundary; ``outputs`` (every output, in return order) only when there
+    are several (``output`` is then the first)."""
+    extra: dict[str, Any] = {}
+    if len(program.outputs) > 1:
+        extra["outputs"] = [{"name": program.tensors[t].name, "shape": list(program.tensors[t].shape),
+                             "scale": program.tensors[t].scale, "zero_point": program.tensors[t].zero_point}
+                            for t in program.outputs]
+    return extra | {
         "name": program.name,
         "ops": len(program.ops),
         "macs": sum(op_macs(program, op) for op in program.ops),
@@ -113,6 +120,9 @@ def format_report(rows: list[dict[str, Any]], totals: dict[str, Any], fmt: str =
         f"input {totals['input']['shape']} scale={totals['input']['scale']:.6g} zp={totals['input']['zero_point']}; "
         f"output {totals['output']['shape']} scale={totals['output']['scale']:.6g} zp={totals['output']['zero_point']}",
     ]
+    if "outputs" in totals:
+        lines.append(f"{len(totals['outputs'])} outputs, in return order: " + "; ".join(
+            f"{o['name']} {o['shape']} scale={o['scale']:.6g} zp={o['zero_point']}" for o in totals["outputs"]))
     if mcu is not None:
         per_mac = mcu["instructions_per_inference"] / max(totals["macs"], 1)
         lines.append(

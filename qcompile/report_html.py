@@ -129,8 +129,11 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
 
 
-def render_html(name: str, data: dict[str, Any], timeline: dict[str, Any], text_report: str) -> str:
-    """The page for ``report.json``-style ``data`` (``Artifact.report_data()``) and the memory timeline."""
+def render_html(name: str, data: dict[str, Any], timeline: dict[str, Any], text_report: str,
+                qemu_instructions: list[int] | None = None) -> str:
+    """The page for ``report.json``-style ``data`` (``Artifact.report_data()``) and the memory timeline.
+    ``qemu_instructions``: per-inference counts of the last ``verify(on="qemu")``, shown when no
+    ``measure()`` result (with per-layer counts) is in ``data``."""
     try:
         figs = _figures(data, timeline)
         missing = ""
@@ -146,6 +149,10 @@ def render_html(name: str, data: dict[str, Any], timeline: dict[str, Any], text_
              f"arena {s['arena_bytes']:,} B (lower bound {s['arena_lower_bound']:,} B). Input {s['input']['shape']} "
              f"scale {s['input']['scale']:.6g} zero point {s['input']['zero_point']}; output {s['output']['shape']} "
              f"scale {s['output']['scale']:.6g} zero point {s['output']['zero_point']}.</p>"]
+    if s.get("outputs"):
+        parts.append(f"<p>{len(s['outputs'])} outputs, one after another in the output buffer: " + "; ".join(
+            f"<code>{html.escape(o['name'])}</code> {o['shape']} scale {o['scale']:.6g} zero point {o['zero_point']}"
+            for o in s["outputs"]) + ".</p>")
     if data.get("budget"):
         b = data["budget"]
         t = b["target"]
@@ -157,6 +164,10 @@ def render_html(name: str, data: dict[str, Any], timeline: dict[str, Any], text_
         parts.append(f"<p>{html.escape(m['cpu'])} {html.escape(m['opt'])} on QEMU: "
                      f"{m['instructions_per_inference']:,} instructions per inference, flash {m['flash_bytes']:,} B, "
                      f"static RAM {m['static_ram_bytes']:,} B (harness included). {html.escape(m['note'])}.</p>")
+    elif qemu_instructions:
+        parts.append(f"<p>Last <code>verify(on=\"qemu\")</code>: {max(qemu_instructions):,} instructions per "
+                     f"inference (max over {len(qemu_instructions)} inputs). Per-layer counts need "
+                     "<code>art.measure(cpu=...)</code> before <code>save()</code>.</p>")
     else:
         parts.append('<p class="note">No on-target run recorded: <code>art.measure(cpu="cortex-m4")</code> '
                      "before <code>save()</code> adds instructions by layer.</p>")

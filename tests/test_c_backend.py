@@ -248,6 +248,37 @@ class Builder:
         out = self.same_quant(x, shape)
         return self.add_op(ir.Reshape(self.name("reshape"), x, out))
 
+    def transpose(self, x: int) -> int:
+        """Swap the two last dims of a (C, H, W) tensor: a StridedCopy."""
+        shape = self.shape(x)
+        out = self.same_quant(x, (shape[0], shape[2], shape[1]))
+        return self.add_op(ir.StridedCopy(self.name("transpose"), x, out, (0, 0, 0), ((1, 0, 0), (0, 0, 1), (0, 1, 0))))
+
+    def resize(self, x: int) -> int:
+        """Bilinear x2 (or linear x2 on (C, L)): an ir.Resize."""
+        from qcompile.backends.lower import linear_taps
+
+        shape = self.shape(x)
+        c, h, w = _spatial(shape)
+        rows = linear_taps(h, 2 * h, False) if len(shape) == 3 else np.array([[0, 0, 1, 0]], dtype=np.int32)
+        out = self.same_quant(x, (c, 2 * h, 2 * w) if len(shape) == 3 else (c, 2 * w))
+        m, sh = _q(1.0 / (int(rows[0, 2] + rows[0, 3]) * 4 * w))
+        return self.add_op(ir.Resize(self.name("resize"), x, out, rows, linear_taps(w, 2 * w, False), -self.zp(x),
+                                     self.zp(x), m, sh))
+
+    def minmax_const(self, x: int) -> int:
+        """max(x, constant) then min with x again: ir.Constant and ir.MinMax."""
+        const = self.tensor(self.shape(x))
+        self.add_op(ir.Constant(self.name("const"), const, self.rng.integers(-128, 128, self.shape(x)).astype(np.int8)))
+        out = self.tensor(self.shape(x))
+        pairs = [_q(r) for r in self.spread(2)]
+        y = self.add_op(ir.MinMax(self.name("max"), x, const, out, True, (-self.zp(x), -self.zp(const)),
+                                  tuple(m for m, _ in pairs), tuple(s for _, s in pairs), self.zp(out)))
+        out2 = self.tensor(self.shape(x))
+        pairs = [_q(r) for r in self.spread(2)]
+        return self.add_op(ir.MinMax(self.name("min"), y, x, out2, False, (-self.zp(y), -self.zp(x)),
+                                     tuple(m for m, _ in pairs), tuple(s for _, s in pairs), self.zp(out2)))
+
     def softmax(self, x: int) -> int:
         out = self.tensor(self.shape(x), scale=1.0 / 256.0, zp=-128)
         exp_bits = int(self.rng.integers(16, 32))
@@ -703,6 +734,14 @@ def build_chain(seed: int, one_d: bool, channels: int, length: int, ops: Sequenc
         elif kind == "concat":
             if c < 24:
                 x = b.concat([x, b.random_conv(x, "pointwise")], identity_first=bool(b.rng.integers(2)))
+        elif kind == "transpose":
+            if len(b.shape(x)) == 3:
+                x = b.transpose(x)
+        elif kind == "resize":
+            if b.size(x) <= 4096:
+                x = b.resize(x)
+        elif kind == "minmax":
+            x = b.minmax_const(x)
         elif kind == "to_1d":
             if len(b.shape(x)) == 3:
                 x = b.reshape(x, (c, b.size(x) // c))
@@ -795,7 +834,8 @@ def test_memory_plan_linear_chain_is_optimal():
 
 def _all_ops_program(seed: int = 60) -> ir.Program:
     return build_chain(seed, False, 5, 9, ["conv", "depthwise", "maxpool", "pad", "add", "sub", "mul", "se",
-                                           "concat", "avgpool", "prelu", "softmax", "to_1d", "conv"],
+                                           "concat", "transpose", "resize", "minmax", "avgpool", "prelu", "softmax", "to_1d",
+                                           "conv"],
                        "flatten_dense_softmax", 0)
 
 
@@ -836,26 +876,31 @@ def test_emitted_code_shape():
     assert float(scale) == program.input.scale
     assert "malloc" not in source and "printf" not in source and "float" not in source
     assert "int64_t align;" in source
-    # one commented kernel call per non-reshape op (Concat: one call per input block)
+    # one commented kernel call per op but reshapes and constants (Concat: one call per input block)
     n_calls = len(re.findall(r"^    qc_\w+_s8\(&", source, re.M))
     expected = sum(len(op.inputs) if isinstance(op, ir.Concat) else 1
-                   for op in program.ops if not isinstance(op, ir.Reshape))
+                   for op in program.ops if not isinstance(op, (ir.Reshape, ir.Constant)))  # Constant: a memcpy
     assert n_calls == expected
     # large arrays are compact: no line holds more than 16 numbers, weight lines hold 16
     rows = re.findall(r"^ +(-?\d+u?,(?: +-?\d+u?,)*)$", source, re.M)
     assert rows and max(r.count(",") for r in rows) <= 16
 
 
-def test_emit_rejects_bad_names_and_multi_output():
+def test_emit_rejects_bad_names_and_multi_input():
     program = _prog_reshape_chain_aliases()
     plan = plan_memory(program)
     for bad in ("my-model", "1net", "qc_kernels", ""):
         with pytest.raises(ConfigError):
             emit_c(program, plan, bad)
+    two_in = ir.Program("two", program.tensors, program.ops, [*program.inputs, program.ops[0].output],
+                        program.outputs)
+    with pytest.raises(IRVerificationError):
+        emit_c(two_in, plan_memory(two_in), "net")
+    # two outputs: one buffer, in order, bit-exact with the interpreter
     two_out = ir.Program("two", program.tensors, program.ops, program.inputs, [program.ops[0].output,
                                                                               program.ops[-1].output])
-    with pytest.raises(IRVerificationError):
-        emit_c(two_out, plan_memory(two_out), "net")
+    xs = random_input(two_out, 3)
+    np.testing.assert_array_equal(run_c_host(two_out, None, xs), interpret(two_out, xs))
 
 
 def test_build_error_carries_compiler_stderr():

@@ -138,7 +138,7 @@ def test_per_layer_weight_bits_by_name_and_pattern():
         with pytest.raises(ConfigError, match="weight_bits"):
             QuantConfig(weight_bits=bad)
     with pytest.raises(ConfigError, match="per layer"):
-        QuantConfig(weight_bits={"*": 4}, activation_quantizer="lsq", activation_bits=4)
+        QuantConfig(weight_bits={"*": 4}, activation_quantizer="n2uq", activation_bits=4)  # LSQ takes per-layer widths
     m, shape = build("residual")
     torch.manual_seed(2)
     x = torch.randn(32, *shape)
@@ -185,6 +185,15 @@ def test_network_output_chooser_keeps_the_candidate_closer_to_float():
     chosen = choose_by_network_output(net, ctx, layers, inputs, candidates, centered=False)
     assert {t: name for t, (name, _) in chosen.items()} == {"0": "exact", "2": "exact"}
     assert all(type(net.get_submodule(t)) is torch.nn.Linear for t in ("0", "2"))
+
+    # the reference is the *float* network even when weight-quantized layers are installed
+    from qcompile.nn import QuantizedWeights
+
+    coarse = QuantizedWeights(net.get_submodule("2"), 2)
+    net.add_submodule("2", coarse)
+    chosen = choose_by_network_output(net, ctx, layers[1:], inputs,
+                                      lambda node, fit: {"coarse": coarse, "float": coarse.module}, centered=False)
+    assert chosen["2"][0] == "float"
 
 
 def test_pwlq_auto_keeps_pwlq_only_where_it_helps_and_lowers_both_kinds(tmp_path):

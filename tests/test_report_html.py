@@ -14,7 +14,7 @@ import torch
 
 import qcompile
 from qcompile.backends.qemu import toolchain_available
-from qcompile.report_html import memory_timeline
+from qcompile.report_html import memory_timeline, render_html
 from zoo_models import build
 
 torch.set_num_threads(1)
@@ -50,6 +50,36 @@ def test_report_html_is_self_contained_with_the_figures(art, tmp_path):
     assert page == (art.save(tmp_path / "again") / "report.html").read_text()
 
 
+def test_without_matplotlib_the_page_says_why(art, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    page = render_html(art.name, art.report_data(), memory_timeline(art.program, art.plan), "text")
+    assert "<svg" not in page and page.count("figures not drawn: matplotlib could not be imported") == 3
+    assert "<td>conv0</td>" in page  # the layer table is still there
+
+
+def test_several_outputs_are_listed(tmp_path):
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.a, self.b = torch.nn.Linear(4 * 6 * 6, 3), torch.nn.Linear(4 * 6 * 6, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x)).flatten(1)
+            return self.a(h), self.b(h)
+
+    calib = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    art = qcompile.compile(TwoHeads().eval(), calib[:1], calib=calib, progress=False)
+    outs = art.report_data()["summary"]["outputs"]
+    assert [o["shape"] for o in outs] == [[3], [2]]
+    page = (art.save(tmp_path / "b") / "report.html").read_text()
+    assert "2 outputs, one after another in the output buffer" in page
+    assert "2 outputs, in return order" in art.report()
+
+
 def test_memory_timeline_matches_the_plan(art):
     tl = memory_timeline(art.program, art.plan)
     assert len(tl["live_bytes"]) == len(art.program.ops)
@@ -69,6 +99,12 @@ def test_instructions_by_layer_after_measure(tmp_path):
     page = (art.save(tmp_path / "b") / "report.html").read_text()
     assert re.search(r'id="fig-instructions"><svg', page)
     assert f"{mcu['instructions_per_inference']:,} instructions per inference" in page
+    # only verify(on="qemu") ran (no per-layer counts): its total is shown with how to get per-layer ones
+    data = {**art.report_data(), "mcu": None}
+    totals = art.last_qemu_run.instructions
+    page = render_html(art.name, data, memory_timeline(art.program, art.plan), "", qemu_instructions=totals)
+    assert f"{max(totals):,} instructions per inference (max over {len(totals)} inputs)" in page
+    assert 'id="fig-instructions"' not in page and "art.measure(cpu=...)" in page
 
 
 def _browser() -> str | None:

@@ -147,6 +147,26 @@ void qc_maxpool_s8(const qc_maxpool_params *p, const int8_t *input, int8_t *outp
     }
 }
 
+/* The (multiplier, shift) of the window starting at (iy0, ix0): fixed, or by its divisor (see qc_avgpool_params). */
+static void qc_avgpool_rq(const qc_avgpool_params *p, int32_t iy0, int32_t ix0, int32_t *m, int32_t *s)
+{
+    if (p->div_multiplier == NULL) {
+        *m = p->multiplier;
+        *s = p->shift;
+    } else {
+        const int32_t top = -p->count_top, bottom = p->in_h + p->count_bottom;
+        const int32_t left = -p->count_left, right = p->in_w + p->count_right;
+        const int32_t y_lo = iy0 > top ? iy0 : top;
+        const int32_t y_hi = iy0 + p->kernel_h < bottom ? iy0 + p->kernel_h : bottom;
+        const int32_t x_lo = ix0 > left ? ix0 : left;
+        const int32_t x_hi = ix0 + p->kernel_w < right ? ix0 + p->kernel_w : right;
+        const int32_t rows = y_hi > y_lo ? y_hi - y_lo : 0;
+        const int32_t cols = x_hi > x_lo ? x_hi - x_lo : 0;
+        *m = p->div_multiplier[rows * cols];
+        *s = p->div_shift[rows * cols];
+    }
+}
+
 #if defined(__ARM_FEATURE_DSP)
 /*
  * AvgPool on a channels-last input with windows of at most 256 taps: the raw int8 values of 4
@@ -165,9 +185,10 @@ static void qc_avgpool_hwc_s8(const qc_avgpool_params *p, const int8_t *input, i
         for (ox = 0; ox < p->out_w; ++ox) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
             int8_t *out = output + (oy * p->out_w + ox) * p->out_ps;
-            int32_t kx_lo, kx_hi, count, c;
+            int32_t kx_lo, kx_hi, count, c, rq_m, rq_s;
             qc_window(ix0, 1, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
             count = (ky_hi - ky_lo) * (kx_hi - kx_lo);
+            qc_avgpool_rq(p, iy0, ix0, &rq_m, &rq_s);
             for (c = 0; c < p->channels; c += 4) {
                 int32_t sums[4];
                 int32_t j, ky;
@@ -202,7 +223,7 @@ static void qc_avgpool_hwc_s8(const qc_avgpool_params *p, const int8_t *input, i
                 }
                 for (j = 0; j < 4 && c + j < p->channels; ++j) {
                     const int32_t acc = sums[j] + count * p->input_offset;
-                    out[(c + j) * p->out_cs] = qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset,
+                    out[(c + j) * p->out_cs] = qc_to_int8(qc_requantize(acc, rq_m, rq_s) + p->output_offset,
                                                           p->act_min, p->act_max);
                 }
             }
@@ -233,9 +254,10 @@ void qc_avgpool_s8(const qc_avgpool_params *p, const int8_t *input, int8_t *outp
             qc_window(iy0, 1, p->kernel_h, p->in_h, &ky_lo, &ky_hi);
             for (ox = 0; ox < p->out_w; ++ox) {
                 const int32_t ix0 = ox * p->stride_w - p->pad_left;
-                int32_t kx_lo, kx_hi, ky;
+                int32_t kx_lo, kx_hi, ky, rq_m, rq_s;
                 int32_t acc = 0;
                 qc_window(ix0, 1, p->kernel_w, p->in_w, &kx_lo, &kx_hi);
+                qc_avgpool_rq(p, iy0, ix0, &rq_m, &rq_s);
                 for (ky = ky_lo; ky < ky_hi; ++ky) {
                     const int8_t *in_row = in_ch + (iy0 + ky) * p->in_w * ps;
                     int32_t kx;
@@ -244,7 +266,7 @@ void qc_avgpool_s8(const qc_avgpool_params *p, const int8_t *input, int8_t *outp
                     }
                 }
                 acc += (ky_hi - ky_lo) * (kx_hi - kx_lo) * p->input_offset;
-                out_ch[(oy * p->out_w + ox) * p->out_ps] = qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset,
+                out_ch[(oy * p->out_w + ox) * p->out_ps] = qc_to_int8(qc_requantize(acc, rq_m, rq_s) + p->output_offset,
                                        p->act_min, p->act_max);
             }
         }
@@ -321,11 +343,28 @@ void qc_concat_s8(const qc_concat_params *p, const int8_t *input, int8_t *output
 
 void qc_pad_s8(const qc_pad_params *p, const int8_t *input, int8_t *output)
 {
-    const int32_t out_w = p->pad_left + p->in_w + p->pad_right;
-    const int32_t out_h = p->pad_top + p->in_h + p->pad_bottom;
+    const int32_t sh = p->stride_h, sw = p->stride_w;
+    const int32_t out_w = p->pad_left + (p->in_w - 1) * sw + 1 + p->pad_right;
+    const int32_t out_h = p->pad_top + (p->in_h - 1) * sh + 1 + p->pad_bottom;
     const int8_t value = (int8_t)p->value;
     int32_t c, y, x;
 
+    if (sh != 1 || sw != 1) { /* zero insertion: fill, then place the input samples */
+        for (c = 0; c < p->channels; ++c) {
+            const int8_t *in_ch = input + c * p->in_cs;
+            int8_t *out_ch = output + c * p->out_cs;
+            for (y = 0; y < out_h * out_w; ++y) {
+                out_ch[y * p->out_ps] = value;
+            }
+            for (y = 0; y < p->in_h; ++y) {
+                const int32_t oy = p->pad_top + y * sh;
+                for (x = 0; x < p->in_w; ++x) {
+                    out_ch[(oy * out_w + p->pad_left + x * sw) * p->out_ps] = in_ch[(y * p->in_w + x) * p->in_ps];
+                }
+            }
+        }
+        return;
+    }
     for (c = 0; c < p->channels; ++c) {
         const int8_t *in_ch = input + c * p->in_cs;
         int8_t *out_ch = output + c * p->out_cs;
@@ -338,6 +377,87 @@ void qc_pad_s8(const qc_pad_params *p, const int8_t *input, int8_t *output)
                     row_ok && ix >= 0 && ix < p->in_w ? in_ch[(iy * p->in_w + ix) * p->in_ps] : value;
             }
         }
+    }
+}
+
+void qc_copy_s8(const qc_copy_params *p, const int8_t *input, int8_t *output)
+{
+    const int32_t n = p->dims[QC_COPY_DIMS - 1];
+    const int32_t is = p->in_strides[QC_COPY_DIMS - 1], os = p->out_strides[QC_COPY_DIMS - 1];
+    int32_t idx[QC_COPY_DIMS - 1] = {0, 0, 0, 0, 0};
+    int32_t d;
+
+    for (d = 0; d < QC_COPY_DIMS; ++d) {
+        if (p->dims[d] <= 0) {
+            return;
+        }
+    }
+    for (;;) {
+        const int8_t *x = input;
+        int8_t *y = output;
+        int32_t i;
+        for (d = 0; d < QC_COPY_DIMS - 1; ++d) {
+            x += idx[d] * p->in_strides[d];
+            y += idx[d] * p->out_strides[d];
+        }
+        if (p->requant) {
+            for (i = 0; i < n; ++i) {
+                y[i * os] = qc_to_int8(qc_requantize(x[i * is] + p->input_offset, p->multiplier, p->shift)
+                                       + p->output_offset, -128, 127);
+            }
+        } else if (is == 1 && os == 1) {
+            memcpy(y, x, (size_t)n);
+        } else {
+            for (i = 0; i < n; ++i) {
+                y[i * os] = x[i * is];
+            }
+        }
+        for (d = QC_COPY_DIMS - 2; d >= 0; --d) {  /* odometer over the outer dims */
+            if (++idx[d] < p->dims[d]) {
+                break;
+            }
+            idx[d] = 0;
+        }
+        if (d < 0) {
+            return;
+        }
+    }
+}
+
+void qc_resize_s8(const qc_resize_params *p, const int8_t *input, int8_t *output)
+{
+    const int32_t ps = p->in_ps, off = p->input_offset;
+    int32_t c, oy, ox;
+
+    for (c = 0; c < p->channels; ++c) {
+        const int8_t *in_ch = input + c * p->in_cs;
+        int8_t *out_ch = output + c * p->out_cs;
+        for (oy = 0; oy < p->out_h; ++oy) {
+            const int32_t *r = p->rows + 4 * oy;
+            const int8_t *row0 = in_ch + r[0] * p->in_w * ps;
+            const int8_t *row1 = in_ch + r[1] * p->in_w * ps;
+            for (ox = 0; ox < p->out_w; ++ox) {
+                const int32_t *k = p->cols + 4 * ox;
+                const int32_t top = r[2] * (row0[k[0] * ps] + off) + r[3] * (row1[k[0] * ps] + off);
+                const int32_t bottom = r[2] * (row0[k[1] * ps] + off) + r[3] * (row1[k[1] * ps] + off);
+                const int32_t acc = top * k[2] + bottom * k[3];
+                out_ch[(oy * p->out_w + ox) * p->out_ps] =
+                    qc_to_int8(qc_requantize(acc, p->multiplier, p->shift) + p->output_offset, -128, 127);
+            }
+        }
+    }
+}
+
+void qc_minmax_s8(const qc_minmax_params *p, const int8_t *input1, const int8_t *input2, int8_t *output)
+{
+    int32_t i;
+
+    for (i = 0; i < p->size; ++i) {
+        const int32_t a = qc_clamp(qc_requantize(input1[i] + p->input1_offset, p->input1_multiplier, p->input1_shift)
+                                   + p->output_offset, -128, 127);
+        const int32_t b = qc_clamp(qc_requantize(input2[i] + p->input2_offset, p->input2_multiplier, p->input2_shift)
+                                   + p->output_offset, -128, 127);
+        output[i] = (int8_t)(p->is_max ? (a > b ? a : b) : (a < b ? a : b));
     }
 }
 

@@ -330,7 +330,11 @@ typedef struct {
     int32_t act_min, act_max;
 } qc_maxpool_params;
 
-/** AvgPool with a fixed divisor folded into (multiplier, shift); padded positions add 0. */
+/**
+ * AvgPool; padded positions add 0. The divisor is fixed and folded into (multiplier, shift), or,
+ * with div_multiplier != NULL, counted per window: the window positions inside the input extended
+ * by count_top/left/bottom/right, d = rows * cols, requantized with (div_multiplier[d], div_shift[d]).
+ */
 typedef struct {
     int32_t channels, in_h, in_w, out_h, out_w;
     int32_t in_cs, in_ps, out_cs, out_ps;
@@ -340,6 +344,9 @@ typedef struct {
     int32_t input_offset, output_offset;
     int32_t multiplier, shift;
     int32_t act_min, act_max;
+    const int32_t *div_multiplier;  /* NULL: fixed divisor; else kernel_h * kernel_w + 1 entries */
+    const int32_t *div_shift;
+    int32_t count_top, count_left, count_bottom, count_right;
 } qc_avgpool_params;
 
 /** GlobalAvgPool: (channels, inner) -> (channels,); element (c, i) at c * c_stride + i * i_stride. */
@@ -375,13 +382,54 @@ typedef struct {
     int32_t multiplier, shift;
 } qc_concat_params;
 
-/** Pad: constant padding of the two last dims of (channels, in_h, in_w). */
+/**
+ * Pad: constant padding of the two last dims of (channels, in_h, in_w); input row y and column x
+ * land at (pad_top + y * stride_h, pad_left + x * stride_w) (stride > 1: zero insertion).
+ */
 typedef struct {
     int32_t channels, in_h, in_w;
     int32_t in_cs, in_ps, out_cs, out_ps;
     int32_t pad_top, pad_left, pad_bottom, pad_right;
     int32_t value;
+    int32_t stride_h, stride_w;
 } qc_pad_params;
+
+/**
+ * Strided copy (data movement: permute, slices, split items, nearest upsampling, concat blocks):
+ * for every output index (i0..i5), out[sum i_d * out_strides[d]] = in[sum i_d * in_strides[d]],
+ * strides in elements of the tensors' storage; unused leading dims have extent 1. With
+ * requant = 1 each value is rescaled like a Concat block (TFLite requantization).
+ */
+#define QC_COPY_DIMS 6
+typedef struct {
+    int32_t dims[QC_COPY_DIMS];
+    int32_t in_strides[QC_COPY_DIMS];
+    int32_t out_strides[QC_COPY_DIMS];
+    int32_t requant;
+    int32_t input_offset, output_offset;
+    int32_t multiplier, shift;
+} qc_copy_params;
+
+/**
+ * Resize (bilinear): rows[4 * y .. 4 * y + 3] = (i0, i1, a0, a1), cols likewise; acc =
+ * sum a_r * b_c * (x[i_r, j_c] + input_offset), out = requantize(acc) + output_offset.
+ */
+typedef struct {
+    int32_t channels, in_h, in_w, out_h, out_w;
+    int32_t in_cs, in_ps, out_cs, out_ps;
+    const int32_t *rows;  /* out_h x 4 */
+    const int32_t *cols;  /* out_w x 4 */
+    int32_t input_offset, output_offset;
+    int32_t multiplier, shift;
+} qc_resize_params;
+
+/** MinMax: element-wise max (is_max) or min of two inputs, each rescaled to the output quantization. */
+typedef struct {
+    int32_t size, is_max;
+    int32_t input1_offset, input1_multiplier, input1_shift;
+    int32_t input2_offset, input2_multiplier, input2_shift;
+    int32_t output_offset;
+} qc_minmax_params;
 
 /** Softmax over rows of row_size elements (PyTorch order); output scale 1/256. */
 typedef struct {
@@ -476,6 +524,10 @@ void qc_prelu_s8(const qc_prelu_params *p, const int8_t *input, int8_t *output);
 /* Writes one block; the caller passes the output pointer advanced to the block's start. */
 void qc_concat_s8(const qc_concat_params *p, const int8_t *input, int8_t *output);
 void qc_pad_s8(const qc_pad_params *p, const int8_t *input, int8_t *output);
+/* The caller passes both pointers advanced to the first element read / written. */
+void qc_copy_s8(const qc_copy_params *p, const int8_t *input, int8_t *output);
+void qc_resize_s8(const qc_resize_params *p, const int8_t *input, int8_t *output);
+void qc_minmax_s8(const qc_minmax_params *p, const int8_t *input1, const int8_t *input2, int8_t *output);
 void qc_softmax_s8(const qc_softmax_params *p, const int8_t *input, int8_t *output);
 
 #ifdef __cplusplus

@@ -20,8 +20,9 @@ sensitivity result (sec. 4) ``lambda_l`` is the rate at which the optimal loss g
 Our readings where the paper leaves room:
 
 * ``d_l`` is the *relative* squared distance ``mean((z_fp - z_q)^2) / mean(z_fp^2)`` so one
-  tolerance fits layers of any scale; ``eps_l = epsilon_rel * d_l`` measured at initialization
-  (each layer must reach a fixed fraction of its initial distortion); the output bound is
+  tolerance fits layers of any scale. As in their code, every layer gets the same bound:
+  ``eps = epsilon_rel * mean_l d_l`` measured at initialization (their absolute ``1/255`` on an
+  unnormalized distance has no meaning across our layers' scales); the output bound is
   ``epsilon_out`` (their default 0.1); ``lambda_out`` starts at 1, ``lambda_l`` at 0 as in their code.
 * The duals are updated after every step from the mini-batch slacks (stochastic dual ascent;
   their code does one update per epoch from the epoch's mean slack, too few updates for the
@@ -60,7 +61,7 @@ class ConstrainedMethod(LsqMethod):
         self.lambda_out = torch.ones((), dtype=torch.float64)
         with torch.no_grad():
             d0 = self._distances(x_init[:INIT_SAMPLES])[1].double()
-        self.eps = torch.clamp(cfg.epsilon_rel * d0, min=EPS_FLOOR)
+        self.eps = torch.full_like(d0, max(cfg.epsilon_rel * float(d0.mean()), EPS_FLOOR))
 
     def _hook(self, name):
         def hook(mod, args, out):

@@ -9,6 +9,8 @@ resource regularizer so the learned mixed precision meets a memory target. Our q
 * a learnable dynamic range ``alpha_c`` (relative to its initial value, LSQ gradient scale);
 * a learnable continuous precision ``b`` whose forward value is the nearest candidate width
   ``b_q`` (straight-through, as DDQ's gates are binarized with an STE);
+* ``b_q`` is projected onto the flash budget at every step (below), so training only ever runs
+  at widths the budget allows;
 * the step follows from both: ``s_c = alpha_c / (2**(b_q - 1) - 1)``, and
   ``w_hat = s * round(clip(w / s, -Q_P, Q_P))`` with ``Q_P = 2**(b_q - 1) - 1`` (STE on round).
   ``dL/db`` flows through ``s`` (finer steps when ``b`` grows), ``dL/dalpha`` through ``s`` and
@@ -19,11 +21,12 @@ Regularizer (the paper's memory constraint as a penalty): ``ddq_reg * relu(S / B
 bits (``QATConfig.flash_budget``, default the flash of the uniform model ``lsq`` produces at
 the same ``bits``): free below the budget, a pull towards it above.
 
-Where the paper is silent for a microcontroller target: after ``ddq_fix_at`` of the steps the
-widths are projected onto the budget *as the backend stores them* (3-bit codes in 4-bit slots,
-5..7 bits in bytes; :func:`qcompile.bit_allocation.weight_bytes`) by the allocator's greedy with
-the score ``max(0, b_l - b)**2`` (each layer as close above its learned width as the budget
-allows), fixed, and the remaining steps fine-tune weights and ranges at those widths. The fixed
+Where the paper is silent for a microcontroller target: before every step the learned widths
+are projected onto the budget *as the backend stores them* (3-bit codes in 4-bit slots, 5..7
+bits in bytes; :func:`qcompile.bit_allocation.weight_bytes`) by the allocator's greedy with the
+score ``max(0, b_l - b)**2`` (each layer as close above its learned width as the budget allows);
+after ``ddq_fix_at`` of the steps the projection is fixed and the remaining steps fine-tune
+weights and ranges at those widths. The fixed
 widths are the per-layer ``weight_bits`` of the compiled program.
 """
 from __future__ import annotations
@@ -52,19 +55,25 @@ class DdqWeights(LsqWeights):
 
     def __init__(self, q: LsqWeights, candidates: tuple[int, ...]):
         super().__init__(q)
+        self.input_scale = q.input_scale  # keeps training with the program's bias rounding
         self.candidates = tuple(sorted(candidates))
         self.register_buffer("cands", torch.tensor(self.candidates, dtype=torch.float32))
         qp0 = (1 << (q.bits - 1)) - 1
         self.register_buffer("range0", q.step0 * qp0)  # alpha at initialization
         self.bits_param = nn.Parameter(torch.tensor(float(q.bits)))
         self.fixed_bits: int | None = None
+        self.projected: int | None = None  # the width the budget projection gives the current b
 
     def width(self) -> torch.Tensor:
-        """The forward width: the fixed one, or the candidate nearest the learned ``b`` (STE)."""
+        """The forward width: the fixed one, else the budget-projected one (or, without a
+        projection, the candidate nearest the learned ``b``), with ``b``'s gradient (STE)."""
         if self.fixed_bits is not None:
             return torch.tensor(float(self.fixed_bits))
         b = torch.clamp(self.bits_param, self.candidates[0], self.candidates[-1])
-        near = self.cands[torch.argmin((self.cands - b.detach()).abs())]
+        if self.projected is not None:
+            near = torch.tensor(float(self.projected))
+        else:
+            near = self.cands[torch.argmin((self.cands - b.detach()).abs())]
         return (near - b).detach() + b
 
     def fix(self, bits: int) -> None:
@@ -117,7 +126,16 @@ class DdqMethod(LsqMethod):
     def _mods(self):
         return [self.gm.get_submodule(n) for n in self.layers]
 
+    def project(self) -> dict[str, int]:
+        """The widths within the flash budget (exact storage) closest above the learned ones."""
+        learned = {n: float(m.bits_param.detach()) for n, m in zip(self.layers, self._mods())}
+        return allocate_greedy(self.costs, self.budget, lambda n, b: max(0.0, learned[n] - b) ** 2)
+
     def loss(self, x, y):
+        if self.fixed is None:  # train at widths the budget allows
+            for m, (n, b) in zip(self._mods(), self.project().items()):
+                m.projected = b
+                m.bits = b
         logits = self.gm(x)
         task = self.task_loss(logits, y)
         if self.fixed is not None:
@@ -130,8 +148,7 @@ class DdqMethod(LsqMethod):
     def fix_widths(self) -> None:
         """Project the learned widths onto the flash budget (exact storage) and fix them."""
         learned = {n: float(m.bits_param.detach()) for n, m in zip(self.layers, self._mods())}
-        bits = allocate_greedy(self.costs, self.budget, lambda n, b: max(0.0, learned[n] - b) ** 2)
-        self._apply(learned, bits)
+        self._apply(learned, self.project())
 
     def _apply(self, learned, bits) -> None:
         for n, m in zip(self.layers, self._mods()):

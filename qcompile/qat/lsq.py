@@ -32,6 +32,7 @@ lowering reads exactly those values.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -125,10 +126,14 @@ class LsqWeights(TrainableWeights):
         per_step = self.module.weight[0].numel() if self.per_channel else self.module.weight.numel()
         self.grad_g = 1.0 / math.sqrt(per_step * qp)
         self.reference: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.input_scale: Callable[[], torch.Tensor] | None = None
 
     @property
     def qmax(self) -> int:
         return (1 << (self.bits - 1)) - 1
+
+    # ``input_scale``: set by qcompile.qat.train so training sees the bias rounding the integer
+    # program applies (at 2-3 bits ``s_in * s_w`` is a sizeable fraction of the output step)
 
     def keep_reference(self) -> None:
         """Snapshot the current float weight and bias as the *reference* (full-precision
@@ -137,13 +142,25 @@ class LsqWeights(TrainableWeights):
         m = self.module
         self.reference = (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
 
+    def fake_bias(self) -> torch.Tensor | None:
+        """The float bias on the int32 grid ``s_in * s_w[c]`` the integer program adds (STE), when
+        ``input_scale`` (a callable giving the input quantizer's current step) is set; else the bias."""
+        b = self.module.bias
+        if b is None or self.input_scale is None:
+            return b
+        unit = self.input_scale() * self.step()
+        return round_ste(b / unit) * unit
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reference is not None and not self.frozen and not self.simulate:
-            w, b = self.reference
-            if isinstance(self.module, nn.Linear):
-                return F.linear(x, w, b)
-            return self.module._conv_forward(x, w, b)
-        return super().forward(x)
+        if self.frozen:
+            return super().forward(x)
+        if not self.simulate:
+            w, b = self.reference if self.reference is not None else (self.module.weight, self.module.bias)
+        else:
+            w, b = self.fake_weight(), self.fake_bias()
+        if isinstance(self.module, nn.Linear):
+            return F.linear(x, w, b)
+        return self.module._conv_forward(x, w, b)
 
     def step(self) -> torch.Tensor:
         s = grad_scale(self.step_rel, self.grad_g)

@@ -38,8 +38,8 @@ class QATConfig:
       steps before training.
     * ``checkpoint``: a file; written after every epoch (atomically) and, when it exists at the
       start, training resumes from it.
-    * ``constrained``: ``epsilon_rel`` (each layer's bound, a fraction of its distortion at
-      initialization), ``epsilon_out`` (bound on the cross-entropy between quantized and float
+    * ``constrained``: ``epsilon_rel`` (the layers' common bound on their relative output
+      distortion, a fraction of the mean distortion at initialization), ``epsilon_out`` (bound on the cross-entropy between quantized and float
       outputs), ``dual_lr``.
     * ``ddq``: ``flash_budget`` (bytes of conv/linear weights as stored; default: the flash of the
       uniform ``bits``-bit model with the ends at 8 bits, what ``lsq`` produces), ``ddq_bits``
@@ -89,11 +89,13 @@ class QATConfig:
 
     def quant_config(self, **overrides: Any) -> QuantConfig:
         """The :class:`~qcompile.QuantConfig` of the graph this training prepares: LSQ quantizers
-        at ``bits`` (weights per ``weight_bits`` when given), ``calib_samples`` for the 8-bit ranges."""
+        at ``bits`` (weights per ``weight_bits`` when given), ``calib_samples`` for the 8-bit ranges.
+        No bias correction: training learns the biases, and the float weights the graph starts
+        from stay the float model's function (block replacement's full-precision counterpart)."""
         kw = dict(weight_bits=dict(self.weight_bits) if self.weight_bits is not None else self.bits,
                   activation_bits=self.bits, activation_quantizer="lsq", qat_epochs=self.epochs, qat_lr=self.lr,
                   qat_batch_size=self.batch_size, qat_seed=self.seed, qat_keep_ends_8bit=self.keep_ends_8bit,
-                  max_calib_samples=self.calib_samples)
+                  max_calib_samples=self.calib_samples, bias_correction="none")
         kw.update(overrides)
         return QuantConfig(**kw)
 

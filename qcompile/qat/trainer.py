@@ -53,7 +53,9 @@ from qcompile.passes.train_quantization_aware import (
     train_quantization_aware,
 )
 from qcompile.pipeline import default_pipeline
+from qcompile.qat.lsq import LsqActQuant, LsqWeights
 from qcompile.qat.prepared import PreparedModel, QATConfig
+from qcompile.quantization import quantizer_node
 
 __all__ = ["train", "labelled_tensors", "weight_layers"]
 
@@ -99,8 +101,23 @@ def _prepare(model: nn.Module, example_inputs, x: torch.Tensor, cfg: QATConfig) 
     gm = default_pipeline().remove(train_quantization_aware).run(gm, ctx)
     ctx.records.pop(QAT_TEACHER_RECORD, None)
     kinds, weights = prepare_quantizers(gm, ctx.config, torch.cat(batches))
+    _attach_bias_grids(gm)
     ctx.records["qat_quantizers"] = {"activations": kinds, "weights": weights}
     return gm, ctx.records
+
+
+def _attach_bias_grids(gm: GraphModule) -> None:
+    """Give every LSQ layer its input quantizer's step, so it trains with the bias rounded onto the
+    grid the lowering uses (:meth:`LsqWeights.fake_bias`) and the final snap changes nothing."""
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), LsqWeights):
+            continue
+        aq = gm.get_submodule(quantizer_node(node.args[0]).target)
+        if isinstance(aq, LsqActQuant):
+            gm.get_submodule(node.target).input_scale = aq.step
+        else:
+            fixed = torch.tensor(float(aq.qparams[0]))
+            gm.get_submodule(node.target).input_scale = lambda fixed=fixed: fixed
 
 
 class _Objective(nn.Module):
@@ -155,6 +172,9 @@ def train(model: nn.Module, example_inputs, train_data, method: str | None = Non
         example_inputs = (example_inputs,)
     x, y = labelled_tensors(train_data)
     val = labelled_tensors(val_data, "val_data") if val_data is not None else None
+    if loss is None and (y.dim() != 1 or y.is_floating_point()):
+        raise CalibrationError(f"train_data labels have shape {tuple(y.shape)} and dtype {y.dtype}: the default "
+                               "cross-entropy needs integer class indices of shape (N,); pass loss= for other targets")
     task_loss = loss or F.cross_entropy
     rank, world = _distributed()
     if cfg.batch_size % world:
@@ -236,6 +256,9 @@ def train(model: nn.Module, example_inputs, train_data, method: str | None = Non
         bar.close()
     extras = meth.finish()
     freeze_quantizers(gm)
+    for m in gm.modules():
+        if isinstance(m, LsqWeights):
+            m.input_scale = None
     bits = {name: int(gm.get_submodule(name).bits) for name in weight_layers(gm)}
     qcfg = cfg.quant_config(weight_bits=bits)
     records["qat_train"] = {"method": cfg.method, "bits": cfg.bits, "epochs": cfg.epochs, "steps": total,
