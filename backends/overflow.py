@@ -199,6 +199,14 @@ def _bound(program: ir.Program, op) -> LayerBound:  # noqa: C901 - one case per 
         lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
         notes = [n for r, s in zip(ranges, op.shifts) for n in _saturation_note(r[0], r[1], s)]
         return LayerBound(name, kind, min(lo, 0), max(hi, 0), "inputs rescaled block by block", notes[:1])
+    if isinstance(op, ir.Resize):
+        lo, hi = _in_range(op.input_offset)
+        wr = np.abs(op.rows[:, 2:].astype(np.int64)).sum(axis=1).max(initial=0)
+        wc = np.abs(op.cols[:, 2:].astype(np.int64)).sum(axis=1).max(initial=0)
+        a_lo, a_hi = min(int(wr * wc) * lo, 0), max(int(wr * wc) * hi, 0)
+        return LayerBound(name, kind, a_lo, a_hi,
+                          f"blend of 4 inputs in [{lo}, {hi}] with integer weights of sum <= {int(wr * wc)}",
+                          _saturation_note(a_lo, a_hi, op.shift))
     if isinstance(op, ir.Softmax):
         return LayerBound(name, kind, -128, 127, f"row sums of uint32 table entries in 64 bits "
                           f"(row length {program.tensors[op.input].shape[-1]})")

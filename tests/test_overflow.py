@@ -148,3 +148,20 @@ def test_report_states_overflow_free_per_layer(cfg, tmp_path):
     data = json.loads((art.save(tmp_path / "b") / "report.json").read_text())
     assert set(data["overflow"]) == {op.name for op in art.program.ops}
     assert all(v["proven"] and v["status"] == "overflow-free: proven" for v in data["overflow"].values())
+
+
+def test_resize_bound_is_the_blend_of_its_taps():
+    """Bilinear resize sums 4 taps with integer weights of total Dy * Dx (align_corners=False:
+    Dy = 2 * out_h); the proof bounds that sum, not just int8 movement."""
+    import torch.nn.functional as F
+
+    class Up(nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+    x = torch.rand(8, 2, 4, 4)
+    art = qcompile.compile(Up(), (x[:1],), calib=x, progress=False)
+    (op,) = [o for o in art.program.ops if isinstance(o, ir.Resize)]
+    bound = {b.name: b for b in prove_no_overflow(art.program)}[op.name]
+    d = (2 * 8) * (2 * 8)
+    assert bound.proven and f"sum <= {d}" in bound.detail and bound.acc_max == d * (127 + op.input_offset)
