@@ -596,11 +596,12 @@ class Program:
 
     def input_offsets(self) -> list[int]:
         """Element offset of each input in the input buffer."""
-        offsets, at = [], 0
-        for t in self.inputs:
-            offsets.append(at)
-            at += self.tensors[t].size
-        return offsets
+        return self._buffer_offsets(self.inputs)
+
+    def _buffer_offsets(self, tids: list[int]) -> list[int]:
+        """Element offsets of tensors ``tids`` laid out back to back in one buffer."""
+        sizes = [self.tensors[t].size for t in tids]
+        return [sum(sizes[:k]) for k in range(len(sizes))]
 
     @property
     def output_size(self) -> int:
@@ -614,11 +615,7 @@ class Program:
 
     def output_offsets(self) -> list[int]:
         """Element offset of each output in the output buffer."""
-        offsets, at = [], 0
-        for t in self.outputs:
-            offsets.append(at)
-            at += self.tensors[t].size
-        return offsets
+        return self._buffer_offsets(self.outputs)
 
 
 # ---------------------------------------------------------------------------- verifier
