@@ -12,12 +12,19 @@ as the backend stores it (:func:`qcompile.bit_allocation.weight_bytes`, the sum 
 * ``"sqnr_greedy"``: the same greedy on the measured noise-to-signal ratio of the network output
   (float activations, every other layer float) with only that layer quantized at that width
   (nearest rounding, weight-MSE clipping), on up to 256 calibration samples;
+* ``"dual_variables"``: the same greedy on ``lambda_l * 4**-bits``
+  (:func:`qcompile.bit_allocation.dual_variable_score`) with ``lambda_l`` from
+  ``QuantConfig.dual_variables``, e.g. the dual variables of a ``method="constrained"``
+  :func:`qcompile.qat.train` run (Hounie et al. 2022: a layer's dual is the rate at which the loss
+  grows per unit of distortion allowed there), so the layers with the largest duals keep the
+  wider widths; the names must be exactly the graph's conv/linear layers (a ``ConfigError``
+  names the unknown and the missing ones);
 * ``"uniform"``: the largest single width that fits.
 
 The pass resolves ``"auto"`` into an explicit ``{layer: bits}`` mapping in ``ctx.config``, which
 the later passes (``quantize_weights`` first) read as usual. It runs after ``calibrate`` so the
 measured score sees the final graph. Records: method, budget, bytes allocated, the bits per layer,
-the per-layer scores (coding lengths in bits, or noise-to-signal per width).
+the per-layer scores (coding lengths in bits, noise-to-signal per width, or the dual variables).
 
 Preserves: the graph (decision only).
 """
@@ -30,7 +37,8 @@ import torch
 from torch.fx import GraphModule
 
 from qcompile.analysis import float_mode
-from qcompile.bit_allocation import allocate_bits, coding_length_score, layer_cost, total_bytes
+from qcompile.bit_allocation import allocate_bits, coding_length_score, dual_variable_score, layer_cost, total_bytes
+from qcompile.errors import ConfigError
 from qcompile.nn import QuantizedWeights, mse_clip_factors
 from qcompile.ops import Kind, info
 from qcompile.pass_manager import PassContext, PassResult, graph_pass
@@ -72,6 +80,17 @@ def measured_noise_score(gm: GraphModule, ctx: PassContext, names: list[str], ca
     return (lambda name, bits: table[name][bits]), table
 
 
+def checked_duals(duals: dict[str, float], names: list[str]) -> dict[str, float]:
+    """``duals`` in graph order, after checking its names are exactly the conv/linear ``names``."""
+    unknown = [n for n in duals if n not in names]
+    missing = [n for n in names if n not in duals]
+    if unknown or missing:
+        parts = ([f"unknown layers {unknown}"] if unknown else []) + ([f"missing layers {missing}"] if missing else [])
+        raise ConfigError(f"QuantConfig.dual_variables: {'; '.join(parts)}: give one dual variable per conv/linear "
+                          f"of this model, by module path: {names}")
+    return {n: duals[n] for n in names}
+
+
 @graph_pass("weight_bits='auto': per-layer widths that fit flash_budget, by the chosen allocation method")
 def allocate_weight_bits(gm: GraphModule, ctx: PassContext) -> PassResult:
     cfg = ctx.config
@@ -93,6 +112,10 @@ def allocate_weight_bits(gm: GraphModule, ctx: PassContext) -> PassResult:
     elif cfg.bit_allocation == "sqnr_greedy":
         score, table = measured_noise_score(gm, ctx, names, candidates)
         scores = {n: {b: float(f"{v:.4g}") for b, v in t.items()} for n, t in table.items()}
+    elif cfg.bit_allocation == "dual_variables":
+        duals = checked_duals(dict(cfg.dual_variables), names)
+        score = dual_variable_score(duals)
+        scores = duals
     else:
         score = None
     bits = allocate_bits(costs, cfg.flash_budget, score)
@@ -100,5 +123,5 @@ def allocate_weight_bits(gm: GraphModule, ctx: PassContext) -> PassResult:
         "method": cfg.bit_allocation, "flash_budget": cfg.flash_budget, "allocated_bytes": total_bytes(costs, bits),
         "candidates": candidates, "bits": bits, "scores": scores,
         "seconds": round(time.perf_counter() - start, 2)}
-    ctx.config = dataclasses.replace(cfg, weight_bits=bits, flash_budget=None)
+    ctx.config = dataclasses.replace(cfg, weight_bits=bits, flash_budget=None, dual_variables=None)
     return PassResult(gm, False)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import fnmatch
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,7 +20,7 @@ WEIGHT_QUANTIZERS = ("uniform", "pwlq")
 ACTIVATION_QUANTIZERS = ("uniform", "lsq", "n2uq")  # uniform: PTQ observers; lsq/n2uq: QAT
 TARGETS = ("cortex-m", "generic")
 ROUNDINGS = ("nearest", "adaround", "attention_round")
-BIT_ALLOCATIONS = ("lossy_coding_length", "uniform", "sqnr_greedy")
+BIT_ALLOCATIONS = ("lossy_coding_length", "uniform", "sqnr_greedy", "dual_variables")
 
 
 def per_layer_value(setting, layer: str, default):
@@ -122,7 +124,12 @@ class QuantConfig:
       ``bits_candidates`` chosen by ``bit_allocation``: ``"lossy_coding_length"`` (Ma et al.
       2007 coding length of each layer's weights, the seed paper's measure), ``"uniform"`` (the
       largest single width that fits) or ``"sqnr_greedy"`` (greedy on the measured network
-      output error of each layer alone). See :mod:`qcompile.bit_allocation`.
+      output error of each layer alone) or ``"dual_variables"`` (greedy on
+      ``lambda_l * 4**-bits`` from ``dual_variables``, one finite ``lambda_l >= 0`` per conv/linear
+      by module path, e.g. ``prepared.dual_variables`` of a ``method="constrained"``
+      :func:`qcompile.qat.train` run, see :meth:`qcompile.qat.PreparedModel.allocation_config`:
+      the layers with the largest duals keep the wider widths). The allocation pass checks that
+      the names are exactly the model's conv/linear layers. See :mod:`qcompile.bit_allocation`.
     """
 
     weight_bits: int | str | Mapping[str, int] = 8
@@ -155,6 +162,7 @@ class QuantConfig:
     flash_budget: int | None = None
     bits_candidates: tuple[int, ...] = (2, 3, 4, 6, 8)
     bit_allocation: str = "lossy_coding_length"
+    dual_variables: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         self._check_weight_bits()
@@ -189,6 +197,10 @@ class QuantConfig:
             raise ConfigError("QuantConfig.max_calib_samples and calib_batch_size must be positive")
 
     def _check_weight_bits(self) -> None:
+        if self.dual_variables is not None and (self.weight_bits != "auto" or self.bit_allocation != "dual_variables"):
+            raise ConfigError(f"QuantConfig.dual_variables is read only by weight_bits='auto' with "
+                              f"bit_allocation='dual_variables' (got weight_bits={self.weight_bits!r}, "
+                              f"bit_allocation={self.bit_allocation!r})")
         if self.weight_bits == "auto":
             self._check_allocation()
             return
@@ -216,6 +228,26 @@ class QuantConfig:
                               f"choose one of {', '.join(BIT_ALLOCATIONS)}")
         if self.weight_quantizer == "pwlq" and not any(b >= 3 for b in cands):
             raise ConfigError("QuantConfig(weight_quantizer='pwlq') needs a bits_candidates entry >= 3")
+        if self.bit_allocation == "dual_variables":
+            self._check_dual_variables()
+
+    def _check_dual_variables(self) -> None:
+        """``dual_variables``: a non-empty mapping from layer names to finite reals >= 0, stored as
+        a plain ``{str: float}`` dict. Whether the names are the model's conv/linear layers is
+        checked by :func:`qcompile.passes.allocate_weight_bits`, which sees the graph."""
+        duals = self.dual_variables
+        if not isinstance(duals, Mapping) or not duals:
+            raise ConfigError("QuantConfig(bit_allocation='dual_variables') needs dual_variables={layer: lambda, ...} "
+                              "with one dual per conv/linear (e.g. prepared.dual_variables from "
+                              f"qcompile.qat.train(method='constrained')); got dual_variables={duals!r}")
+        bad_names = [k for k in duals if not isinstance(k, str)]
+        if bad_names:
+            raise ConfigError(f"QuantConfig.dual_variables: keys {bad_names!r} must be conv/linear module paths (str)")
+        bad = {k: v for k, v in duals.items()
+               if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or float(v) < 0}
+        if bad:
+            raise ConfigError(f"QuantConfig.dual_variables: {bad!r}: dual variables must be finite real numbers >= 0")
+        object.__setattr__(self, "dual_variables", {k: float(v) for k, v in duals.items()})
 
     def _check_rounding(self) -> None:
         rules = self.rounding.items() if isinstance(self.rounding, Mapping) else [("*", self.rounding)]
