@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,19 @@ class QATConfig:
         kw.update(overrides)
         return QuantConfig(**kw)
 
+    def conflicts(self, config: QuantConfig) -> dict[str, tuple[Any, Any]]:
+        """The fields ``config`` sets away from their :class:`~qcompile.QuantConfig` defaults to a
+        value other than :meth:`quant_config` gives: ``{field: (config's value, QAT's value)}``.
+        :func:`qcompile.compile` with ``qat=`` rejects a ``config`` with any (QAT owns its
+        quantization settings; ``bits``/``weight_bits``/``calib_samples``/... set them)."""
+        default, ours = QuantConfig(), self.quant_config()
+        out = {}
+        for f in fields(QuantConfig):
+            given = getattr(config, f.name)
+            if given != getattr(default, f.name) and given != getattr(ours, f.name):
+                out[f.name] = (given, getattr(ours, f.name))
+        return out
+
 
 @dataclass
 class PreparedModel:
@@ -124,6 +137,20 @@ class PreparedModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.graph(x)
+
+    def allocation_config(self, flash_budget: int, **options: Any) -> QuantConfig:
+        """The :class:`~qcompile.QuantConfig` that spends ``flash_budget`` bytes of conv/linear
+        weights by these dual variables (``method="constrained"`` only): ``weight_bits="auto"``,
+        ``bit_allocation="dual_variables"``, ``dual_variables=self.dual_variables``; ``options``
+        are further ``QuantConfig`` fields (e.g. ``bits_candidates=(2, 4, 8)``). Compile the float
+        model with it: ``qcompile.compile(model, example_inputs, calib, config=...)``; the chosen
+        widths (``art.records["allocate_weight_bits"]["bits"]``) can also seed a second QAT run
+        (``QATConfig(weight_bits=..., keep_ends_8bit=False)``)."""
+        if self.dual_variables is None:
+            raise ConfigError(f"PreparedModel.allocation_config: method {self.method!r} has no dual variables; "
+                              "train with method='constrained'")
+        return QuantConfig(weight_bits="auto", flash_budget=flash_budget, bit_allocation="dual_variables",
+                           dual_variables=dict(self.dual_variables), **options)
 
     def state_dict(self) -> dict[str, Any]:
         """The graph's state (for :func:`qcompile.provenance.build_info`'s input digest)."""

@@ -92,9 +92,10 @@ def weight_layers(gm: GraphModule) -> list[str]:
     return out
 
 
-def _prepare(model: nn.Module, example_inputs, x: torch.Tensor, cfg: QATConfig) -> tuple[GraphModule, dict]:
+def _prepare(model: nn.Module, example_inputs, x: torch.Tensor, cfg: QATConfig,
+             leaf_modules: tuple = ()) -> tuple[GraphModule, dict]:
     qcfg = cfg.quant_config()
-    gm = check_supported(trace(model, tuple(example_inputs)))
+    gm = check_supported(trace(model, tuple(example_inputs), leaf_modules=leaf_modules))
     batches = calibration_batches(x[:cfg.calib_samples], example_inputs[0], max_samples=cfg.calib_samples,
                                   batch_size=qcfg.calib_batch_size)
     ctx = PassContext(config=qcfg, example_inputs=tuple(example_inputs), calib=batches, progress=False)
@@ -152,14 +153,17 @@ def _save(path: Path, state: dict) -> None:
 
 def train(model: nn.Module, example_inputs, train_data, method: str | None = None, bits: int | None = None,
           epochs: int | None = None, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-          val_data: Any = None, config: QATConfig | None = None, **options: Any) -> PreparedModel:
+          val_data: Any = None, config: QATConfig | None = None, leaf_modules: tuple[type | str, ...] = (),
+          **options: Any) -> PreparedModel:
     """Train ``model`` quantization-aware on ``train_data`` and return the frozen, prepared model.
 
     ``method``/``bits``/``epochs`` and any other :class:`QATConfig` field given as a keyword
     override ``config``. ``loss(logits, labels)`` is the task loss (default cross-entropy);
     ``val_data`` (``(x, y)`` or batches) is evaluated after every epoch (fake-quant graph) and
-    shown in the progress bar and ``history``. ``qcompile.compile(result, example_inputs, calib)``
-    lowers the result exactly as trained."""
+    shown in the progress bar and ``history``. ``leaf_modules``: as in :func:`qcompile.compile`.
+    ``qcompile.compile(result, example_inputs, calib)`` lowers the result exactly as trained;
+    ``qcompile.compile(model, example_inputs, qat=config, train_data=train_data)`` does both steps.
+    Single-input models only."""
     from qcompile.qat.methods import make_method
 
     over = {k: v for k, v in (("method", method), ("bits", bits), ("epochs", epochs)) if v is not None}
@@ -170,6 +174,10 @@ def train(model: nn.Module, example_inputs, train_data, method: str | None = Non
         raise ConfigError(f"qcompile.qat.train: {exc}; see qcompile.qat.QATConfig for the options") from exc
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    if example_inputs is None or len(example_inputs) != 1:
+        n_in = "no" if example_inputs is None else len(example_inputs)
+        raise ConfigError(f"qcompile.qat.train: {n_in} example inputs; QAT supports single-input models "
+                          "(give example_inputs=(x,) with one tensor)")
     x, y = labelled_tensors(train_data)
     val = labelled_tensors(val_data, "val_data") if val_data is not None else None
     if loss is None and (y.dim() != 1 or y.is_floating_point()):
@@ -183,7 +191,7 @@ def train(model: nn.Module, example_inputs, train_data, method: str | None = Non
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         float_model = copy.deepcopy(model).eval()
-        gm, records = _prepare(float_model, example_inputs, x, cfg)
+        gm, records = _prepare(float_model, example_inputs, x, cfg, tuple(leaf_modules or ()))
         n = len(x)
         bs = min(cfg.batch_size, n - n % world or n)
         steps_per_epoch = n // bs if n >= bs else 1
