@@ -28,12 +28,20 @@ from torch.fx import GraphModule, Node
 from qcompile.analysis import float_mode
 from qcompile.pass_manager import PassContext
 
-__all__ = ["choose_by_network_output", "set_module", "Candidates", "CHOICE_SAMPLES"]
+__all__ = ["choose_by_network_output", "compared_samples", "set_module", "Candidates", "CHOICE_SAMPLES"]
 
 CHOICE_SAMPLES = 256
 
 # (layer node, layer inputs on the fitting half) -> {candidate name: module computing the layer}
 Candidates = Callable[[Node, torch.Tensor], Mapping[str, nn.Module]]
+
+
+def compared_samples(n: int, samples: int = CHOICE_SAMPLES) -> slice:
+    """The calibration samples (indices into the first ``n``) that :func:`choose_by_network_output`
+    compares candidates on: the second half of its first ``samples``. A pass that *optimizes*
+    on calibration data leaves these out, so the choice is a held-out test of the optimization."""
+    m = min(n, samples)
+    return slice(m // 2, m) if m >= 2 else slice(0, m)
 
 
 def set_module(gm: GraphModule, target: str, mod: nn.Module) -> None:
@@ -79,9 +87,9 @@ def choose_by_network_output(gm: GraphModule, ctx: PassContext, layers: list[Nod
     ``centered``: empirical bias correction follows, so each candidate is compared with its
     mean output shift (fitted on the first half) removed."""
     data = torch.cat(ctx.calib)[:samples]
-    n = len(data)
-    fit_n = n // 2 if n >= 2 else n
-    held = data[fit_n:] if n >= 2 else data
+    compared = compared_samples(len(data), samples)
+    fit_n = compared.start if compared.start > 0 else len(data)
+    held = data[compared]
     chosen: dict[str, tuple[str, nn.Module]] = {}
     with torch.no_grad():
         ref = _float_reference(gm, held)

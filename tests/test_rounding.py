@@ -95,7 +95,8 @@ def test_compiled_levels_stay_on_the_nearest_grid_and_are_bit_exact(method, tmp_
     near = _compile(m, x, weight_bits=3)
     opt = _compile(m, x, weight_bits=3, rounding=method, rounding_iters=40)
     rec = opt.records["optimize_weight_rounding"]
-    assert set(rec["layers"]) == set(_weights(near)) and rec["samples"] == 64
+    # 64 calibration samples: the 32 the network-output choice compares on are left out
+    assert set(rec["layers"]) == set(_weights(near)) and rec["samples"] == 32
     changed = 0
     for name, q in _weights(opt).items():
         ref = _weights(near)[name]
@@ -106,6 +107,17 @@ def test_compiled_levels_stay_on_the_nearest_grid_and_are_bit_exact(method, tmp_
     xq = opt.quantize_input(x[:4])
     np.testing.assert_array_equal(run_c_host(opt.program, opt.plan, xq, workdir=tmp_path), opt.run_int(xq))
     assert "optimize_weight_rounding" in opt.report()
+
+
+def test_reconstruction_leaves_out_the_samples_the_choice_compares_on():
+    from qcompile.layer_choice import compared_samples
+    from qcompile.passes.optimize_weight_rounding import reconstruction_samples
+
+    assert compared_samples(1024) == slice(128, 256) and compared_samples(100) == slice(50, 100)
+    keep = reconstruction_samples(1024).tolist()
+    assert keep == list(range(128)) + list(range(256, 1024))
+    assert reconstruction_samples(64).tolist() == list(range(32))
+    assert reconstruction_samples(1).tolist() == [0]  # too few to hold any out: all are used
 
 
 def test_rounding_per_layer_and_deterministic():
