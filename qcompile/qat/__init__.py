@@ -3,7 +3,11 @@
 * :func:`train` (``qcompile.qat.train(model, example_inputs, train_data, method=..., bits=...,
   epochs=..., loss=None, val_data=None)``) returns a :class:`PreparedModel` that
   :func:`qcompile.compile` lowers as trained; methods ``lsq``, ``constrained``, ``ddq``,
-  ``block_replace`` (:class:`QATConfig`).
+  ``block_replace`` (:class:`QATConfig`). ``qcompile.compile(model, example_inputs, calib,
+  qat=QATConfig(...), train_data=(x, y))`` trains and lowers in one call (same program).
+* ``method="constrained"``: ``PreparedModel.dual_variables`` feed
+  ``QuantConfig(weight_bits="auto", flash_budget=..., bit_allocation="dual_variables",
+  dual_variables=...)`` (:meth:`PreparedModel.allocation_config`): layer-selective precision.
 * The LSQ quantizers (:mod:`qcompile.qat.lsq`) keep their old import path
   (``from qcompile.qat import LsqWeights, ...``).
 """
