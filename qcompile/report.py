@@ -176,6 +176,8 @@ def format_passes(records: dict[str, Any], weight_bytes: int | None = None) -> s
         widths = ", ".join(f"{k}: {v}" for k, v in r["bits"].items())
         achieved = f"{weight_bytes:,} B weight flash" if weight_bytes is not None else f"{r['allocated_bytes']:,} B"
         lines.append(f"  allocate_weight_bits: {r['method']}, budget {r['flash_budget']:,} B, {achieved}; bits {widths}")
+        if r["method"] == "dual_variables" and r.get("scores"):
+            lines.append("    dual variables: " + ", ".join(f"{k}: {v:.4g}" for k, v in r["scores"].items()))
     if "quantize_weights" in p and isinstance(p["quantize_weights"], dict) and "bits" in p["quantize_weights"]:
         r = p["quantize_weights"]
         lines.append(f"  quantize_weights: {len(r['layers'])} layers, {_bits(r['bits'])} "

@@ -149,6 +149,7 @@ def test_dual_variables_decide_the_wider_layers():
     assert widths == {"a": 2, "b": 4, "c": 4}
     assert sum(ir.weight_storage_bytes(op) for op in art.program.ops) == budget
     assert "allocate_weight_bits: dual_variables" in art.report()
+    assert "dual variables: " + ", ".join(f"{k}: {v:.4g}" for k, v in duals.items()) in art.report()
     assert art.report_data()["passes"]["allocate_weight_bits"]["scores"] == duals
     # 128 B more (448 B): after b, c -> 4 at
     # 320 B, the next step per byte is b 4 -> 8: 3.0 * (1/256 - 1/65536) / 128 = 9.1e-5 vs a 2 -> 4:
