@@ -38,6 +38,20 @@ def bit_exact_host(art, xs: torch.Tensor) -> str:
         return f"error: {type(exc).__name__}"
 
 
+def bit_exact_qemu(art, xs: torch.Tensor) -> str:
+    """``art.verify(xs, on="qemu")`` (generated C cross-compiled for Cortex-M4 and run on QEMU
+    against the integer interpreter) as a table cell: yes, NO, or the error a broken toolchain raised."""
+    import qcompile
+
+    try:
+        art.verify(xs, on="qemu")
+        return "yes"
+    except qcompile.VerificationError:
+        return "NO"
+    except Exception as exc:  # noqa: BLE001 - a broken toolchain is reported, not hidden
+        return f"error: {type(exc).__name__}: {str(exc)[:120]}"
+
+
 def load_model(name: str, recipe, samples: int, n_eval: int = 0):
     """``(model, calib, x_test, y_test, float_top1, float_row)`` of a PTQ-benchmark recipe: the cached model, the
     first ``samples`` training inputs, the test split (its first ``n_eval`` samples when given) and

@@ -79,6 +79,19 @@ def test_optimized_rounding_beats_nearest_on_a_random_layer(method):
     assert len(history) == 11
 
 
+def test_attention_round_prior_anchors_the_levels_at_the_float_weights(monkeypatch):
+    """The Gaussian prior term pulls ``u`` towards ``W/s``: overwhelmingly weighted, every weight
+    ends at its nearest level; unweighted, the reconstruction moves some of them."""
+    import qcompile.attention_round as ar
+
+    data = _random_layer()
+    nearest = torch.clamp(torch.round(data.w_grid), -data.qmax, data.qmax)
+    monkeypatch.setattr(ar, "PRIOR_WEIGHT", 1e4)
+    assert torch.equal(ar.attention_round(data, 100, seed=0)[0], nearest)
+    monkeypatch.setattr(ar, "PRIOR_WEIGHT", 0.0)
+    assert int((ar.attention_round(data, 100, seed=0)[0] != nearest).sum()) > 0
+
+
 def _compile(model, x, **cfg):
     return qcompile.compile(model, (x[:1],), calib=x, config=QuantConfig(**cfg), progress=False)
 
