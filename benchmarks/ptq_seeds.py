@@ -82,6 +82,8 @@ def _rows(model: nn.Module, args) -> dict[str, dict]:
                 rows[f"{label} {method}"] = dict(weight_bits="auto", flash_budget=budget, bit_allocation=method)
         rows["budget 3.0b lcl+attention_round"] = dict(weight_bits="auto", flash_budget=budgets(model)["budget 3.0b"],
                                                        bit_allocation="lossy_coding_length", rounding="attention_round")
+    if args.rows:
+        rows = {k: v for k, v in rows.items() if k in args.rows}
     return rows
 
 
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(RECIPES_PTQ))
     ap.add_argument("--parts", nargs="+", default=["rounding", "mixed"], choices=["rounding", "mixed"])
+    ap.add_argument("--rows", nargs="+", help="run only these rows (names as printed, e.g. 'W3A8 adaround')")
     ap.add_argument("--samples", type=int, default=1024, help="training samples for calibration and rounding")
     ap.add_argument("--iters", type=int, default=1000, help="rounding optimization steps per layer")
     ap.add_argument("--eval", type=int, default=0, help="test samples (0: all)")
