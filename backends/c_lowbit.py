@@ -31,7 +31,7 @@ import numpy as np
 
 from qcompile.backends import ir
 from qcompile.backends.c_context import EmitContext, Emitted
-from qcompile.backends.c_format import c_array, c_params, rq_array, spatial, words_array
+from qcompile.backends.c_format import c_array, c_params, rq_array, words_array
 from qcompile.backends.c_weights import INT32_MAX, pack_gemm, pack_gemm_w8, pad_channels, requant_plan, w8_plan
 
 __all__ = ["DECODE_BUDGET", "GemmPlan", "decode_scratch", "dw_plan", "emit_dwconv_lb", "emitted_param_bytes", "emit_gemm_lb", "gemm_plan",

@@ -25,31 +25,27 @@ def cached(recipe) -> bool:
     return any(cache_dir().glob(f"{recipe.name}-v*.pt"))
 
 
-def bit_exact_host(art, xs: torch.Tensor) -> str:
-    """``art.verify(xs, on="host")`` as a table cell: yes, NO, or the error a broken toolchain raised."""
+def bit_exact(art, xs: torch.Tensor, on: str = "host") -> str:
+    """``art.verify(xs, on=on)`` as a table cell: yes, NO, or the error a broken toolchain raised.
+    ``on="qemu"``: the generated C cross-compiled for Cortex-M4 and run on QEMU against the
+    integer interpreter."""
     import qcompile
 
     try:
-        art.verify(xs, on="host")
-        return "yes"
-    except qcompile.VerificationError:
-        return "NO"
-    except Exception as exc:  # noqa: BLE001 - a broken toolchain is reported, not hidden
-        return f"error: {type(exc).__name__}"
-
-
-def bit_exact_qemu(art, xs: torch.Tensor) -> str:
-    """``art.verify(xs, on="qemu")`` (generated C cross-compiled for Cortex-M4 and run on QEMU
-    against the integer interpreter) as a table cell: yes, NO, or the error a broken toolchain raised."""
-    import qcompile
-
-    try:
-        art.verify(xs, on="qemu")
+        art.verify(xs, on=on)
         return "yes"
     except qcompile.VerificationError:
         return "NO"
     except Exception as exc:  # noqa: BLE001 - a broken toolchain is reported, not hidden
         return f"error: {type(exc).__name__}: {str(exc)[:120]}"
+
+
+def bit_exact_host(art, xs: torch.Tensor) -> str:
+    return bit_exact(art, xs, "host")
+
+
+def bit_exact_qemu(art, xs: torch.Tensor) -> str:
+    return bit_exact(art, xs, "qemu")
 
 
 def load_model(name: str, recipe, samples: int, n_eval: int = 0):

@@ -47,25 +47,12 @@ from qcompile.backends import ir  # noqa: E402
 from qcompile.bit_allocation import allocate_greedy, dual_variable_score, layer_cost, total_bytes  # noqa: E402
 from qcompile.qat import layer_sensitivity, spearman, train  # noqa: E402
 
-from bench_common import cached, print_and_save, top1  # noqa: E402
+from bench_common import bit_exact, cached, print_and_save, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["METHODS", "main"]
 
 METHODS = ("lsq", "constrained", "ddq", "block_replace")
-
-
-def _check_c(art, xs, qemu: bool) -> str:
-    try:
-        if qemu:
-            art.verify(xs, on="qemu", cpu="cortex-m4")
-        else:
-            art.verify(xs, on="host")
-        return "yes"
-    except qcompile.VerificationError:
-        return "NO"
-    except Exception as exc:  # noqa: BLE001 - a broken toolchain is reported, not hidden
-        return f"error: {type(exc).__name__}: {str(exc)[:100]}"
 
 
 def _compile_row(model_name, row, prepared, x_test, y_test, float_top1, args, secs) -> tuple[dict, object]:
@@ -75,7 +62,7 @@ def _compile_row(model_name, row, prepared, x_test, y_test, float_top1, args, se
            "weight_flash_bytes": sum(ir.weight_storage_bytes(op) for op in art.program.ops),
            "weight_bits": prepared.weight_bits, "train_seconds": round(secs, 1),
            "history": prepared.history,
-           ("bit_exact_qemu_m4" if args.qemu else "bit_exact_c_host"): _check_c(art, x_test[:args.verify], args.qemu)}
+           ("bit_exact_qemu_m4" if args.qemu else "bit_exact_c_host"): bit_exact(art, x_test[:args.verify], "qemu" if args.qemu else "host")}
     extra = prepared.records.get("qat_train", {})
     for k in ("ddq_learned_bits", "flash_budget", "dual_output"):
         if k in extra:

@@ -129,6 +129,17 @@ class Tiny(nn.Module):
         return self.fc(torch.relu(x).flatten(1))
 
 
+def tiny_task(n: int) -> tuple[Tiny, torch.Tensor, torch.Tensor]:
+    """A seeded :class:`Tiny` and ``n`` random 8x8 inputs labelled by its own predictions."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
 @pytest.fixture(scope="module")
 def data():
     g = torch.Generator().manual_seed(0)

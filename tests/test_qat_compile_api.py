@@ -19,20 +19,14 @@ from qcompile.config import QuantConfig
 from qcompile.errors import ConfigError, QCompileError
 from qcompile.qat import QATConfig, train
 
-from test_qat import Tiny
+from test_qat import tiny_task
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(320, 1, 8, 8, generator=g)
-    torch.manual_seed(0)
-    model = Tiny().eval()
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
+    return tiny_task(320)
 
 
 def _assert_same_program(a, b):

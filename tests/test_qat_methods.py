@@ -16,20 +16,14 @@ from qcompile.qat import LsqActQuant, PreparedModel, QATConfig, spearman, train
 from qcompile.qat.block_replace import BlockReplaceMethod
 from qcompile.qat.ddq import DdqWeights
 
-from test_qat import Tiny
+from test_qat import tiny_task
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(384, 1, 8, 8, generator=g)
-    torch.manual_seed(0)
-    model = Tiny().eval()
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
+    return tiny_task(384)
 
 
 def _train(data, **kw):
