@@ -1,7 +1,7 @@
 """Normalize user calibration data into a list of float batches, validated against example_inputs."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -21,7 +21,12 @@ def _packed_batches(calib: Any, examples: tuple[torch.Tensor, ...], *, max_sampl
         items = list(zip(*(c.split(batch_size) for c in calib)))
     else:
         items = calib
-    batches, seen = [], 0
+    return _first_samples(_packed_items(items, examples, pack), max_samples)
+
+
+def _packed_items(items: Iterable[Any], examples: tuple[torch.Tensor, ...], pack) -> Iterator[torch.Tensor]:
+    """Each batch of ``k``-input tuples, validated and packed."""
+    k = len(examples)
     for i, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) < k:
             raise CalibrationError(f"calibration batch {i} must hold the model's {k} inputs, got {type(item).__name__}")
@@ -35,14 +40,22 @@ def _packed_batches(calib: Any, examples: tuple[torch.Tensor, ...], *, max_sampl
             parts.append(x.detach().to(ex.dtype))
         if len({len(p) for p in parts}) != 1:
             raise CalibrationError(f"calibration batch {i}: the inputs have different batch sizes")
-        x = pack(parts)[: max_samples - seen]
-        batches.append(x)
+        yield pack(parts)
+
+
+def _first_samples(batches: Iterable[torch.Tensor], max_samples: int) -> list[torch.Tensor]:
+    """The batches up to ``max_samples`` samples in all (the last one cut), reading no further."""
+    out: list[torch.Tensor] = []
+    seen = 0
+    for x in batches:
+        x = x[: max_samples - seen]
+        out.append(x)
         seen += len(x)
         if seen >= max_samples:
             break
     if seen == 0:
         raise CalibrationError("calibration data is empty")
-    return batches
+    return out
 
 
 def _as_tensor(item: Any, index: int) -> torch.Tensor:
@@ -77,8 +90,12 @@ def calibration_batches(calib: Any, example_input: torch.Tensor | tuple[torch.Te
         items: Iterable[Any] = calib.split(batch_size)
     else:
         items = calib
-    batches: list[torch.Tensor] = []
-    seen = 0
+    return _first_samples(_checked_items(items, example_input), max_samples)
+
+
+def _checked_items(items: Iterable[Any], example_input: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Each batch as a tensor of ``example_input``'s dtype, validated."""
+    sample_shape = tuple(example_input.shape[1:])
     for i, item in enumerate(items):
         x = _as_tensor(item, i)
         if tuple(x.shape[1:]) != sample_shape:
@@ -89,11 +106,4 @@ def calibration_batches(calib: Any, example_input: torch.Tensor | tuple[torch.Te
         x = x.detach().to(example_input.dtype)
         if not torch.isfinite(x).all():
             raise CalibrationError(f"calibration batch {i} contains NaN or Inf")
-        x = x[: max_samples - seen]
-        batches.append(x)
-        seen += len(x)
-        if seen >= max_samples:
-            break
-    if seen == 0:
-        raise CalibrationError("calibration data is empty")
-    return batches
+        yield x
