@@ -16,34 +16,21 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import bit_exact_host, print_and_save  # noqa: E402
 
 import qcompile  # noqa: E402
 from qcompile.analysis import sqnr_db  # noqa: E402
-from qcompile.zoo.public_style import ARCHITECTURES  # noqa: E402
+from qcompile.zoo.public_style import ARCHITECTURES, randomize_batchnorm  # noqa: E402
 
 MOVEMENT = ("StridedCopy", "Concat", "Resize", "Reshape", "Pad")
-
-
-def _randomize_batchnorm(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
-    return model.eval()
 
 
 def run(name: str, calib_n: int, seed: int) -> dict:
     cls, shape = ARCHITECTURES[name]
     torch.manual_seed(seed)
-    model = _randomize_batchnorm(cls(), seed)
+    model = randomize_batchnorm(cls(), seed)
     calib = torch.rand(calib_n, *shape) * 2 - 1
     held_out = torch.rand(16, *shape) * 2 - 1
     art = qcompile.compile(model, (calib[:1],), calib=calib, name=name, progress=False)

@@ -9,20 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from qcompile.zoo.public_style import randomize_batchnorm
+
 __all__ = ["ZOO", "build", "randomize_batchnorm"]
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
-    return model.eval()
 
 
 class PlainCNN(nn.Module):

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["PNet", "RNet", "InvertedResidual", "channel_shuffle", "ShuffleStage", "DoubleConv", "Down", "Up",
-           "SmallUNet", "ARCHITECTURES"]
+           "SmallUNet", "ARCHITECTURES", "randomize_batchnorm"]
 
 
 class PNet(nn.Module):
@@ -217,5 +217,16 @@ ARCHITECTURES = {"pnet": (PNet, (3, 12, 12)), "rnet": (RNet, (3, 24, 24)), "shuf
                  "unet": (SmallUNet, (3, 18, 18))}
 
 
-ARCHITECTURES = {"pnet": (PNet, (3, 12, 12)), "rnet": (RNet, (3, 24, 24)), "shufflenet": (ShuffleStage, (3, 32, 32)),
-                 "unet": (SmallUNet, (3, 18, 18))}
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` in eval mode with seeded random BatchNorm statistics (and affine parameters), so
+    an untrained architecture's BN folding moves real values instead of the identity."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
+    return model.eval()
