@@ -30,6 +30,7 @@ score provider: :func:`dual_variable_score` (``dual_variables``).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -39,7 +40,7 @@ from qcompile.backends.ir import storage_bits
 from qcompile.errors import ConfigError
 
 __all__ = ["FlashBudgetError", "LayerCost", "Score", "weight_bytes", "layer_cost", "coding_length",
-           "coding_length_score", "dual_variable_score", "allocate_uniform", "allocate_greedy", "allocate_bits", "total_bytes", "EPS_REL"]
+           "coding_length_score", "checked_dual_values", "dual_variable_score", "allocate_uniform", "allocate_greedy", "allocate_bits", "total_bytes", "EPS_REL"]
 
 EPS_REL = 0.1
 
@@ -114,6 +115,16 @@ def coding_length_score(weights: Mapping[str, np.ndarray], eps_rel: float = EPS_
     return (lambda name, bits: lengths[name] * 4.0 ** -bits), lengths
 
 
+def checked_dual_values(duals: Mapping[str, float], what: str = "dual_variables") -> dict[str, float]:
+    """``duals`` as a plain ``{str: float}`` dict, after checking every value is a finite real
+    number >= 0 (bools rejected); ``what`` names the setting in the error."""
+    bad = {k: v for k, v in duals.items()
+           if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or float(v) < 0}
+    if bad:
+        raise ConfigError(f"{what}: {bad!r}: dual variables must be finite real numbers >= 0")
+    return {k: float(v) for k, v in duals.items()}
+
+
 def dual_variable_score(duals: Mapping[str, float]) -> Score:
     """Score provider from the constrained method's dual variables (``method="constrained"`` of
     :func:`qcompile.qat.train`, ``result.dual_variables``): ``lambda_l * 4**-bits``. By the
@@ -121,9 +132,7 @@ def dual_variable_score(duals: Mapping[str, float]) -> Score:
     optimal loss grows per unit of distortion allowed in layer ``l``; a ``bits``-bit quantizer's
     distortion scales as ``4**-bits``, so the product estimates the loss a width costs and the
     greedy keeps the layers with the largest duals at the higher widths."""
-    missing = [n for n, v in duals.items() if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v))]
-    if missing:
-        raise ConfigError(f"dual_variables: {missing}: dual variables must be finite and >= 0")
+    duals = checked_dual_values(duals)
     return lambda name, bits: float(duals[name]) * 4.0 ** -bits
 
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import fnmatch
-import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -243,11 +241,9 @@ class QuantConfig:
         bad_names = [k for k in duals if not isinstance(k, str)]
         if bad_names:
             raise ConfigError(f"QuantConfig.dual_variables: keys {bad_names!r} must be conv/linear module paths (str)")
-        bad = {k: v for k, v in duals.items()
-               if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)) or float(v) < 0}
-        if bad:
-            raise ConfigError(f"QuantConfig.dual_variables: {bad!r}: dual variables must be finite real numbers >= 0")
-        object.__setattr__(self, "dual_variables", {k: float(v) for k, v in duals.items()})
+        from qcompile.bit_allocation import checked_dual_values
+
+        object.__setattr__(self, "dual_variables", checked_dual_values(duals, "QuantConfig.dual_variables"))
 
     def _check_rounding(self) -> None:
         rules = self.rounding.items() if isinstance(self.rounding, Mapping) else [("*", self.rounding)]
