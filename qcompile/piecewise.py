@@ -91,8 +91,11 @@ def search_breakpoints(w: np.ndarray, bits: int, per_channel: bool = True) -> tu
 
 
 def quantize_piecewise(weight: torch.Tensor, bits: int, min_scale: torch.Tensor | None = None,
-                       per_channel: bool = True) -> dict[str, np.ndarray]:
+                       per_channel: bool = True, ratios: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """PWLQ of a conv/linear weight, realized on each channel's int8 grid.
+
+    The breakpoints are searched (:func:`search_breakpoints`) unless ``ratios`` gives ``p / m``
+    per output channel (a ``(C,)`` array, or a scalar for every channel).
 
     Returns ``codes`` (uint8, the weight's shape), ``levels`` (int8 ``(C, 2**bits)``),
     ``weight_int`` (int8, ``levels[c, codes]``), ``scale`` (float64 ``(C,)``, the int8 grid
@@ -101,6 +104,8 @@ def quantize_piecewise(weight: torch.Tensor, bits: int, min_scale: torch.Tensor 
     shape = tuple(weight.shape)
     w = weight.detach().to(torch.float64).reshape(shape[0], -1).numpy()
     m, p = search_breakpoints(w, bits, per_channel)
+    if ratios is not None:
+        p = np.broadcast_to(np.asarray(ratios, dtype=np.float64), m.shape) * m
     scale = np.where(m > 0, m / INT8_LEVEL, 1.0)
     if min_scale is not None:
         scale = np.maximum(scale, min_scale.detach().to(torch.float64).numpy())
@@ -131,13 +136,13 @@ class PiecewiseQuantizedWeights(QuantizedWeights):
     carries the ``bits``-bit codes and per-channel level tables the flash stores."""
 
     def __init__(self, module: nn.Module, bits: int, min_scale: torch.Tensor | None = None,
-                 per_channel: bool = True):
+                 per_channel: bool = True, ratios: np.ndarray | None = None):
         nn.Module.__init__(self)
         self.module = module
         self.bits = bits
         self.per_channel = per_channel
         self.min_scale = min_scale
-        q = quantize_piecewise(module.weight, bits, min_scale, per_channel)
+        q = quantize_piecewise(module.weight, bits, min_scale, per_channel, ratios)
         self.register_buffer("weight_int", torch.from_numpy(q["weight_int"]))
         self.register_buffer("weight_scale", torch.from_numpy(q["scale"]))
         self.register_buffer("codes", torch.from_numpy(q["codes"]))

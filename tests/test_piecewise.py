@@ -214,3 +214,27 @@ def test_pwlq_auto_keeps_pwlq_only_where_it_helps_and_lowers_both_kinds(tmp_path
         QuantConfig(weight_bits=4, weight_quantizer="pwlq", pwlq_layers="some")
     xq = art.quantize_input(x[:4])
     np.testing.assert_array_equal(run_c_host(art.program, art.plan, xq, workdir=tmp_path), art.run_int(xq))
+
+
+def test_levels_per_channel_take_the_lowest_layer_output_error_of_the_candidates():
+    """``choose_levels_per_channel``: each output channel ends with the smallest output MSE of
+    uniform, the weight-error breakpoint and every ratio of ``OUTPUT_BREAKPOINTS`` (its own
+    levels, not a neighbour's), and the inputs' energy moves the choice: with one input channel
+    100x louder than the rest, the chosen levels differ from the weight-error breakpoint's."""
+    from qcompile.nn import QuantizedWeights
+    from qcompile.passes.quantize_weights_piecewise import OUTPUT_BREAKPOINTS, _output_errors, choose_levels_per_channel
+    from qcompile.piecewise import PiecewiseQuantizedWeights
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 8, 3, bias=True).double()
+    x = torch.randn(32, 6, 9, 9, dtype=torch.float64)
+    x[:, 2] *= 100.0
+    uniform = QuantizedWeights(conv, 4)
+    chosen = choose_levels_per_channel(uniform, x, centered=True)
+    tried = [uniform, PiecewiseQuantizedWeights(conv, 4)] + [PiecewiseQuantizedWeights(conv, 4, ratios=r)
+                                                              for r in OUTPUT_BREAKPOINTS]
+    errs = _output_errors(conv, tried + [chosen], x, centered=True)
+    torch.testing.assert_close(errs[-1], errs[:-1].min(dim=0).values)
+    searched = tried[1]
+    assert not torch.equal(chosen.weight_int, searched.weight_int)
+    assert float(errs[-1].sum()) < float(errs[1].sum())
