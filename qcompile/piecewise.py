@@ -15,7 +15,8 @@ symmetric uniform ``b``-bit quantization has. The center gets ``2 * Lc + 1`` lev
 ``j * p / Lc`` (``Lc = 2**(b-2) - 1``), the tail ``Lt = 2**(b-2)`` levels per side
 ``p + k (m - p) / Lt``. At ``p = m * Lc / (Lc + Lt)`` both steps equal ``m / (2**(b-1) - 1)``
 and PWLQ *is* uniform quantization; that breakpoint is always in the search, so PWLQ never has
-a larger weight error than uniform.
+a larger weight error than uniform. ``center`` moves levels between the regions (``Lc + Lt``
+stays ``2**(b-1) - 1``); :func:`center_splits` are the splits the calibrated pass also tries.
 
 Integer realization: every level is rounded to the channel's int8 grid ``u = m / 127``, and
 weights are quantized to the nearest *realized* level. The layer then runs as an ordinary
@@ -32,29 +33,42 @@ import torch.nn as nn
 
 from qcompile.nn import QuantizedWeights
 
-__all__ = ["pwlq_levels", "search_breakpoints", "quantize_piecewise", "uniform_codebook", "PiecewiseQuantizedWeights",
+__all__ = ["pwlq_levels", "center_splits", "search_breakpoints", "quantize_piecewise", "uniform_codebook", "PiecewiseQuantizedWeights",
            "BREAKPOINT_GRID", "INT8_LEVEL"]
 
 INT8_LEVEL = 127
 BREAKPOINT_GRID = np.linspace(0.02, 0.98, 97)
 
 
-def _region_sizes(bits: int) -> tuple[int, int]:
-    """``(Lc, Lt)``: center levels per side and tail levels per side of a ``bits``-bit code."""
+def _region_sizes(bits: int, center: int | None = None) -> tuple[int, int]:
+    """``(Lc, Lt)``: center levels per side and tail levels per side of a ``bits``-bit code;
+    ``Lc + Lt = 2**(bits-1) - 1`` always, ``center`` overrides the default ``Lc = 2**(bits-2) - 1``."""
     if not 3 <= bits <= 8:
         raise ValueError(f"piecewise-linear quantization needs 3..8 bits, got {bits}")
-    return (1 << (bits - 2)) - 1, 1 << (bits - 2)
+    per_side = (1 << (bits - 1)) - 1
+    lc = (1 << (bits - 2)) - 1 if center is None else int(center)
+    if not 1 <= lc < per_side:
+        raise ValueError(f"piecewise-linear quantization at {bits} bits needs 1 <= center < {per_side}, got {center}")
+    return lc, per_side - lc
 
 
-def uniform_ratio(bits: int) -> float:
-    """The breakpoint ``p / m`` at which PWLQ's levels coincide with uniform quantization's."""
+def center_splits(bits: int) -> tuple[int, ...]:
+    """The center sizes ``Lc`` tried per channel besides the default: one level per side moved
+    from the tail to the center and back (``Lc - 1``, ``Lc + 1``), where both regions keep one."""
     lc, lt = _region_sizes(bits)
+    return tuple(c for c in (lc - 1, lc + 1) if 1 <= c < lc + lt)
+
+
+def uniform_ratio(bits: int, center: int | None = None) -> float:
+    """The breakpoint ``p / m`` at which PWLQ's levels coincide with uniform quantization's."""
+    lc, lt = _region_sizes(bits, center)
     return lc / (lc + lt)
 
 
-def pwlq_levels(m: np.ndarray, p: np.ndarray, bits: int) -> np.ndarray:
-    """Sorted real levels ``(C, 2**bits)`` per channel (the unused last code repeats level 0)."""
-    lc, lt = _region_sizes(bits)
+def pwlq_levels(m: np.ndarray, p: np.ndarray, bits: int, center: int | None = None) -> np.ndarray:
+    """Sorted real levels ``(C, 2**bits)`` per channel (the unused last code repeats level 0);
+    ``center``: ``Lc`` center levels per side instead of the default (see :func:`_region_sizes`)."""
+    lc, lt = _region_sizes(bits, center)
     m = np.asarray(m, dtype=np.float64).reshape(-1, 1)
     p = np.asarray(p, dtype=np.float64).reshape(-1, 1)
     center = p * np.arange(-lc, lc + 1) / max(lc, 1)
@@ -91,11 +105,13 @@ def search_breakpoints(w: np.ndarray, bits: int, per_channel: bool = True) -> tu
 
 
 def quantize_piecewise(weight: torch.Tensor, bits: int, min_scale: torch.Tensor | None = None,
-                       per_channel: bool = True, ratios: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                       per_channel: bool = True, ratios: np.ndarray | None = None,
+                       center: int | None = None) -> dict[str, np.ndarray]:
     """PWLQ of a conv/linear weight, realized on each channel's int8 grid.
 
-    The breakpoints are searched (:func:`search_breakpoints`) unless ``ratios`` gives ``p / m``
-    per output channel (a ``(C,)`` array, or a scalar for every channel).
+    The breakpoints are searched (:func:`search_breakpoints`, default level split) unless
+    ``ratios`` gives ``p / m`` per output channel (a ``(C,)`` array, or a scalar for every
+    channel); ``center`` sets the level split (:func:`pwlq_levels`).
 
     Returns ``codes`` (uint8, the weight's shape), ``levels`` (int8 ``(C, 2**bits)``),
     ``weight_int`` (int8, ``levels[c, codes]``), ``scale`` (float64 ``(C,)``, the int8 grid
@@ -109,7 +125,7 @@ def quantize_piecewise(weight: torch.Tensor, bits: int, min_scale: torch.Tensor 
     scale = np.where(m > 0, m / INT8_LEVEL, 1.0)
     if min_scale is not None:
         scale = np.maximum(scale, min_scale.detach().to(torch.float64).numpy())
-    real = pwlq_levels(m, p, bits)
+    real = pwlq_levels(m, p, bits, center)
     levels = np.clip(np.rint(real / scale[:, None]), -INT8_LEVEL, INT8_LEVEL)
     order = np.argsort(levels[:, :-1], axis=1, kind="stable")  # rounding keeps order; be explicit
     sorted_levels = np.take_along_axis(levels[:, :-1], order, axis=1)
@@ -136,13 +152,13 @@ class PiecewiseQuantizedWeights(QuantizedWeights):
     carries the ``bits``-bit codes and per-channel level tables the flash stores."""
 
     def __init__(self, module: nn.Module, bits: int, min_scale: torch.Tensor | None = None,
-                 per_channel: bool = True, ratios: np.ndarray | None = None):
+                 per_channel: bool = True, ratios: np.ndarray | None = None, center: int | None = None):
         nn.Module.__init__(self)
         self.module = module
         self.bits = bits
         self.per_channel = per_channel
         self.min_scale = min_scale
-        q = quantize_piecewise(module.weight, bits, min_scale, per_channel, ratios)
+        q = quantize_piecewise(module.weight, bits, min_scale, per_channel, ratios, center)
         self.register_buffer("weight_int", torch.from_numpy(q["weight_int"]))
         self.register_buffer("weight_scale", torch.from_numpy(q["scale"]))
         self.register_buffer("codes", torch.from_numpy(q["codes"]))
@@ -150,19 +166,25 @@ class PiecewiseQuantizedWeights(QuantizedWeights):
         self.breakpoint = q["breakpoint"]
         self.simulate = True
 
-    def take_uniform_channels(self, uniform: QuantizedWeights, channels: torch.Tensor) -> None:
-        """Replace the selected output channels by ``uniform``'s levels and scales (same bits),
-        expressed in the codebook as the table ``-qmax .. qmax``; ``breakpoint`` becomes NaN there."""
+    def take_channels(self, other: QuantizedWeights, channels: torch.Tensor) -> None:
+        """Replace the selected output channels by ``other``'s (same layer and bits): its codes,
+        level tables, int8 weights, scales and breakpoints when ``other`` is piecewise too; the
+        uniform table ``-qmax .. qmax`` and a NaN breakpoint when it is a plain
+        :class:`~qcompile.nn.QuantizedWeights`."""
         if not bool(channels.any()):
             return
-        codes, levels = uniform_codebook(uniform.weight_int.numpy(), self.bits)
+        if isinstance(other, PiecewiseQuantizedWeights):
+            codes, levels, breakpoint = other.codes.numpy(), other.levels.numpy(), other.breakpoint
+        else:
+            codes, levels = uniform_codebook(other.weight_int.numpy(), self.bits)
+            breakpoint = np.full(self.breakpoint.shape, np.nan)
         sel = channels.numpy()
-        for name, new in (("weight_int", uniform.weight_int.numpy()), ("weight_scale", uniform.weight_scale.numpy()),
+        for name, new in (("weight_int", other.weight_int.numpy()), ("weight_scale", other.weight_scale.numpy()),
                           ("codes", codes), ("levels", levels)):
             buf = getattr(self, name).numpy().copy()
             buf[sel] = new[sel]
             setattr(self, name, torch.from_numpy(buf))
-        self.breakpoint = np.where(sel, np.nan, self.breakpoint)
+        self.breakpoint = np.where(sel, breakpoint, self.breakpoint)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits} (piecewise-linear), per_channel={self.per_channel}"

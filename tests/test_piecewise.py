@@ -218,12 +218,12 @@ def test_pwlq_auto_keeps_pwlq_only_where_it_helps_and_lowers_both_kinds(tmp_path
 
 def test_levels_per_channel_take_the_lowest_layer_output_error_of_the_candidates():
     """``choose_levels_per_channel``: each output channel ends with the smallest output MSE of
-    uniform, the weight-error breakpoint and every ratio of ``OUTPUT_BREAKPOINTS`` (its own
-    levels, not a neighbour's), and the inputs' energy moves the choice: with one input channel
-    100x louder than the rest, the chosen levels differ from the weight-error breakpoint's."""
+    uniform, the weight-error breakpoint and every (ratio of ``OUTPUT_BREAKPOINTS``, level split)
+    (its own levels, not a neighbour's), and the inputs' energy moves the choice: with one input
+    channel 100x louder than the rest, the chosen levels differ from the weight-error breakpoint's."""
     from qcompile.nn import QuantizedWeights
     from qcompile.passes.quantize_weights_piecewise import OUTPUT_BREAKPOINTS, _output_errors, choose_levels_per_channel
-    from qcompile.piecewise import PiecewiseQuantizedWeights
+    from qcompile.piecewise import PiecewiseQuantizedWeights, center_splits
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 8, 3, bias=True).double()
@@ -231,10 +231,33 @@ def test_levels_per_channel_take_the_lowest_layer_output_error_of_the_candidates
     x[:, 2] *= 100.0
     uniform = QuantizedWeights(conv, 4)
     chosen = choose_levels_per_channel(uniform, x, centered=True)
-    tried = [uniform, PiecewiseQuantizedWeights(conv, 4)] + [PiecewiseQuantizedWeights(conv, 4, ratios=r)
-                                                              for r in OUTPUT_BREAKPOINTS]
+    assert center_splits(4) == (2, 4)  # default 3 center + 4 tail levels per side; one moved either way
+    tried = [uniform, PiecewiseQuantizedWeights(conv, 4)] + [
+        PiecewiseQuantizedWeights(conv, 4, ratios=r, center=c) for c in (None, 2, 4) for r in OUTPUT_BREAKPOINTS]
     errs = _output_errors(conv, tried + [chosen], x, centered=True)
     torch.testing.assert_close(errs[-1], errs[:-1].min(dim=0).values)
     searched = tried[1]
     assert not torch.equal(chosen.weight_int, searched.weight_int)
     assert float(errs[-1].sum()) < float(errs[1].sum())
+
+
+def test_level_splits_by_hand():
+    # 4 bits, center=4: 4 center levels per side (step p/4), 3 tail levels per side (step (m-p)/3)
+    levels = pwlq_levels(np.array([1.0]), np.array([0.4]), 4, center=4)[0]
+    np.testing.assert_allclose(levels[:-1], [-1.0, -0.8, -0.6, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4,
+                                             0.6, 0.8, 1.0])
+    assert uniform_ratio(4, center=4) == 4 / 7
+    with pytest.raises(ValueError, match="center"):
+        pwlq_levels(np.array([1.0]), np.array([0.4]), 4, center=7)
+
+
+def test_quantize_piecewise_realizes_the_given_breakpoint_and_level_split():
+    """``ratios`` and ``center`` reach the levels: every channel's table is its real PWLQ levels
+    at ``p = 0.4 m`` with 4 center levels per side, rounded to the int8 grid ``m / 127``."""
+    torch.manual_seed(1)
+    w = torch.randn(5, 3, 3, 3, dtype=torch.float64)
+    q = quantize_piecewise(w, 4, ratios=0.4, center=4)
+    m = w.reshape(5, -1).abs().max(dim=1).values.numpy()
+    expect = np.clip(np.rint(pwlq_levels(m, 0.4 * m, 4, center=4) / (m / 127)[:, None]), -127, 127)
+    np.testing.assert_array_equal(q["levels"], expect.astype(np.int8))
+    np.testing.assert_allclose(q["breakpoint"], 0.4)
