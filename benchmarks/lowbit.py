@@ -18,7 +18,10 @@ from the cache (``--models``; a model that is not cached is skipped, never train
 Data: PTQ calibration and QAT both use the first ``--samples`` training images (no labels: QAT
 distills the float model); top-1 is measured on the test split (``--eval`` samples, default
 all) **through the integer interpreter** (``Artifact.run``), never used to choose anything.
-Columns: top-1 and its drop vs float, weight flash bytes (``ir.weight_storage_bytes`` summed:
+Columns: top-1 and its drop vs float, the mean squared difference of the interpreter's logits
+from the float model's on the test split (``logit_mse_vs_float``: the error top-1 only sees where
+it flips a decision; when PWLQ and uniform run in the same invocation the PWLQ row also counts
+the test samples only one of the two gets right), weight flash bytes (``ir.weight_storage_bytes`` summed:
 packed codes or values plus codebook tables), threshold table bytes (int32, N2UQ/low-bit
 output stages), agreement of the interpreter with the fake-quant graph ``art.graph``,
 bit-exact interpreter vs C on the host (``art.verify(on="host")`` on ``--verify`` samples) and
@@ -95,6 +98,9 @@ def bench(model_name: str, rows: list[str], args) -> list[dict]:
     model, calib, x_test, y_test, float_top1, float_row = load_model(model_name, RECIPES_PTQ[model_name],
                                                                       args.samples, args.eval)
     out = [float_row]
+    with torch.no_grad():
+        float_logits = predict(model, x_test)
+    correct = {}  # row -> per-test-sample correctness, for the paired PWLQ/uniform counts
     for row in rows:
         kw = dict(ROWS[row])
         if kw.get("weight_bits") == "ends8":
@@ -107,11 +113,13 @@ def bench(model_name: str, rows: list[str], args) -> list[dict]:
         with torch.no_grad():
             graph_logits = predict(art.graph, x_test)
         acc = top1(logits, y_test)
+        correct[row] = logits.argmax(1) == y_test
         ops = art.program.ops
         rec = {
             "model": model_name, "row": row, "top1": round(acc, 2), "drop": round(float_top1 - acc, 2),
             "weight_flash_bytes": sum(ir.weight_storage_bytes(op) for op in ops),
             "threshold_bytes": sum(4 * op.thresholds.size for op in ops if getattr(op, "thresholds", None) is not None),
+            "logit_mse_vs_float": float(f"{float((logits.double() - float_logits.double()).pow(2).mean()):.4g}"),
             "graph_top1": round(top1(graph_logits, y_test), 2),
             "interp_vs_graph_agreement": round(100.0 * float((logits.argmax(1) == graph_logits.argmax(1)).float().mean()), 2),
             "bit_exact_c_host": bit_exact_host(art, x_test[:args.verify]),
@@ -122,6 +130,10 @@ def bench(model_name: str, rows: list[str], args) -> list[dict]:
         qat = art.records.get("train_quantization_aware")
         if qat:
             rec["qat_loss_per_epoch"] = qat["loss_per_epoch"]
+        for b in (4, 3):
+            if row == f"pwlq W{b}A8" and f"uniform W{b}A8" in correct:
+                rec["test_samples_only_this_right_vs_uniform"] = int((correct[row] & ~correct[f"uniform W{b}A8"]).sum())
+                rec["test_samples_only_uniform_right"] = int((~correct[row] & correct[f"uniform W{b}A8"]).sum())
         out.append(rec)
         print(f"  {row:14s} top1 {acc:6.2f} (drop {rec['drop']:5.2f})  flash {rec['weight_flash_bytes']:7d} B"
               f"  thr {rec['threshold_bytes']:6d} B  agree {rec['interp_vs_graph_agreement']:6.2f}"
@@ -148,7 +160,14 @@ def targets(results: list[dict]) -> dict[str, str]:
     for m in sorted({r["model"] for r in results}):
         u, p = by.get((m, "uniform W4A8")), by.get((m, "pwlq W4A8"))
         if u and p:
-            out[f"pwlq W4 > uniform W4 on {m}"] = f"{'met' if p['top1'] > u['top1'] else 'MISSED'} ({p['top1']:.2f} vs {u['top1']:.2f})"
+            paired = ""
+            if "test_samples_only_uniform_right" in p:
+                paired = (f"; test samples only PWLQ / only uniform gets right: {p['test_samples_only_this_right_vs_uniform']}"
+                          f" / {p['test_samples_only_uniform_right']}")
+            if "logit_mse_vs_float" in p and "logit_mse_vs_float" in u:
+                paired += f"; logit MSE vs float {p['logit_mse_vs_float']:.4g} vs {u['logit_mse_vs_float']:.4g}"
+            out[f"pwlq W4 > uniform W4 on {m}"] = (f"{'met' if p['top1'] > u['top1'] else 'MISSED'} ({p['top1']:.2f} vs "
+                                                   f"{u['top1']:.2f}{paired})")
         i8 = by.get((m, "int8"))
         if u and i8:
             ratio = u["weight_flash_bytes"] / i8["weight_flash_bytes"]
