@@ -14,6 +14,7 @@ from qcompile.bit_allocation import allocate_greedy, dual_variable_score, layer_
 from qcompile.errors import CalibrationError, ConfigError
 from qcompile.qat import LsqActQuant, PreparedModel, QATConfig, spearman, train
 from qcompile.qat.block_replace import BlockReplaceMethod
+from qcompile.qat.constrained import ConstrainedMethod, layer_bounds
 from qcompile.qat.ddq import DdqWeights
 
 from test_qat import tiny_task
@@ -107,6 +108,47 @@ def test_constrained_dual_variables_drive_the_allocator(data):
     assert alloc[max(per_byte, key=per_byte.get)] == 8
     with pytest.raises(ConfigError, match="dual variables"):
         dual_variable_score({"conv1": -1.0})
+
+
+def test_layer_bounds_by_hand():
+    d0 = torch.tensor([0.1, 0.4], dtype=torch.float64)
+    assert layer_bounds(d0, 0.5, "per_layer").tolist() == pytest.approx([0.05, 0.2])
+    assert layer_bounds(d0, 0.5, "shared").tolist() == pytest.approx([0.125, 0.125])
+    with pytest.raises(ConfigError, match="dual_bounds"):
+        QATConfig(method="constrained", dual_bounds="per-layer")
+
+
+def test_constrained_per_layer_bounds_and_averaged_duals(data, monkeypatch):
+    """Per-layer bounds: each layer's eps is epsilon_rel times its own initial distortion. The
+    reported duals are the mean of the dual iterates over the last epoch (4 steps of 64 samples
+    here), the last iterate is reported apart."""
+    iterates = []
+    orig = ConstrainedMethod.after_step
+
+    def recording(self, step, stats):
+        orig(self, step, stats)
+        iterates.append((step, self.lambdas.clone()))
+
+    monkeypatch.setattr(ConstrainedMethod, "after_step", recording)
+    p = _train(data, method="constrained", bits=2, epochs=2, dual_lr=0.05, epsilon_rel=0.5, dual_bounds="per_layer")
+    rec = p.records["qat_train"]
+    d0, eps = rec["initial_distortion"], rec["epsilon"]
+    assert len(set(d0.values())) > 1
+    for n in d0:
+        assert eps[n] == pytest.approx(0.5 * d0[n], rel=1e-12)
+    assert [s for s, _ in iterates] == list(range(8)) and rec["dual_averaged_steps"] == 4
+    mean = torch.stack([lam for s, lam in iterates if s >= 4]).mean(0)
+    layers = list(p.dual_variables)
+    assert [p.dual_variables[n] for n in layers] == pytest.approx(mean.tolist(), rel=1e-12)
+    assert [rec["dual_variables_last"][n] for n in layers] == pytest.approx(iterates[-1][1].tolist(), rel=1e-12)
+    assert all(v > 0 for v in p.dual_variables.values())  # every constraint starts active
+    assert p.dual_variables != rec["dual_variables_last"]
+
+    iterates.clear()
+    shared = _train(data, method="constrained", bits=2, epochs=2, dual_lr=0.05, epsilon_rel=0.5)
+    rec = shared.records["qat_train"]
+    mean_d0 = float(np.mean(list(rec["initial_distortion"].values())))
+    assert all(v == pytest.approx(0.5 * mean_d0, rel=1e-12) for v in rec["epsilon"].values())
 
 
 def test_block_replacement_mixed_models(data):

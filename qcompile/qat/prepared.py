@@ -38,9 +38,10 @@ class QATConfig:
       steps before training.
     * ``checkpoint``: a file; written after every epoch (atomically) and, when it exists at the
       start, training resumes from it.
-    * ``constrained``: ``epsilon_rel`` (the layers' common bound on their relative output
-      distortion, a fraction of the mean distortion at initialization), ``epsilon_out`` (bound on the cross-entropy between quantized and float
-      outputs), ``dual_lr``.
+    * ``constrained``: ``epsilon_rel`` (the bound on the layers' relative output distortion as a
+      fraction of the distortion at initialization: of the mean over layers, one bound for all, with
+      ``dual_bounds="shared"``, the default; of each layer's own with ``dual_bounds="per_layer"``),
+      ``epsilon_out`` (bound on the cross-entropy between quantized and float outputs), ``dual_lr``.
     * ``ddq``: ``flash_budget`` (bytes of conv/linear weights as stored; default: the flash of the
       uniform ``bits``-bit model with the ends at 8 bits, what ``lsq`` produces), ``ddq_bits``
       (candidate widths), ``ddq_reg`` (weight of the size penalty), ``ddq_fix_at`` (fraction of
@@ -62,6 +63,7 @@ class QATConfig:
     epsilon_rel: float = 0.5
     epsilon_out: float = 0.1
     dual_lr: float = 0.01
+    dual_bounds: str = "shared"
     flash_budget: int | None = None
     ddq_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     ddq_reg: float = 1.0
@@ -84,6 +86,8 @@ class QATConfig:
                 raise ConfigError("QATConfig(method='ddq') learns the weight bits: leave weight_bits unset")
         if self.method == "block_replace" and self.blocks < 2:
             raise ConfigError(f"QATConfig.blocks={self.blocks}: block replacement needs at least 2 blocks")
+        if self.dual_bounds not in ("shared", "per_layer"):
+            raise ConfigError(f"QATConfig.dual_bounds={self.dual_bounds!r}: 'shared' or 'per_layer'")
         if self.epsilon_rel <= 0 or self.epsilon_out <= 0 or self.dual_lr <= 0:
             raise ConfigError("QATConfig.epsilon_rel, epsilon_out and dual_lr must be positive")
 
@@ -122,7 +126,8 @@ class PreparedModel:
     ``qcompile.compile(prepared, example_inputs, calib)`` lowers ``graph`` directly: no pass runs
     again, so nothing learned is re-calibrated; ``calib`` only feeds the artifact's SQNR report.
     ``weight_bits`` are the per-layer widths of the program; ``dual_variables`` the constrained
-    method's per-layer dual variables (``None`` for the other methods); ``history`` the per-epoch
+    method's per-layer dual variables, averaged over the last epoch's iterates (``None`` for the
+    other methods); ``history`` the per-epoch
     loss/accuracy; ``records`` what the passes and the training recorded (copied into
     ``art.records``)."""
 
