@@ -29,6 +29,14 @@ layer-selective precision: widths {b, 8} per layer (ends included) within the fl
 between all-``b`` and all-8, chosen by the allocator's greedy on the dual variables
 (:func:`qcompile.bit_allocation.dual_variable_score`) vs on ``--random`` random scores; each
 allocation is trained with LSQ (same epochs) and compiled.
+
+Development options (defaults unchanged): ``--methods`` with no names runs only ``--study``;
+``--dual-bounds``/``--dual-lr`` set the constrained runs' ``QATConfig.dual_bounds``/``dual_lr``;
+``--eval-on heldout`` measures every top-1, the sensitivities and the selections on the training
+samples after the first ``--samples`` (e.g. ``--samples 3000``: MNIST-1D samples 3000..3999)
+instead of the test split, to choose between variants without touching the test split (those
+samples are outside the QAT subset but were seen by the float model's training: float top-1 is
+near 100 there).
 """
 from __future__ import annotations
 
@@ -76,6 +84,11 @@ def _compile_row(model_name, row, prepared, x_test, y_test, float_top1, args, se
 
 
 def _train(model, x_train, y_train, x_test, args, **kw):
+    if kw.get("method") == "constrained":
+        if args.dual_lr is not None:
+            kw["dual_lr"] = args.dual_lr
+        if args.dual_bounds is not None:
+            kw["dual_bounds"] = args.dual_bounds
     t0 = time.perf_counter()
     p = train(model, (x_test[:1],), (x_train, y_train), epochs=args.epochs, lr=args.lr, batch_size=args.batch,
               seed=args.seed, calib_samples=min(1024, len(x_train)), progress=args.progress, **kw)
@@ -118,6 +131,10 @@ def bench(model_name: str, args) -> list[dict]:
     x_train, y_train, x_test, y_test = data
     model, _ = load_or_train(recipe, data, progress=False)
     model.eval()
+    if args.eval_on == "heldout":  # development: the training samples after --samples, never the test split
+        x_test, y_test = x_train[args.samples:], y_train[args.samples:]
+        if len(x_test) == 0:
+            raise SystemExit(f"--eval-on heldout: no training samples after the first --samples {args.samples}")
     if args.eval:
         x_test, y_test = x_test[:args.eval], y_test[:args.eval]
     x_train, y_train = x_train[:args.samples], y_train[:args.samples]
@@ -195,7 +212,7 @@ def targets(results: list[dict]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["mnist1d_plain", "mnist1d_mobilenet"], choices=list(RECIPES_PTQ))
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     ap.add_argument("--bits", nargs="+", type=int, default=[4, 3, 2])
     ap.add_argument("--samples", type=int, default=4000, help="labelled training samples (same for every method)")
     ap.add_argument("--epochs", type=int, default=4, help="epochs (same for every method)")
@@ -203,7 +220,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval", type=int, default=0, help="test samples (0: all)")
+    ap.add_argument("--eval-on", choices=("test", "heldout"), default="test",
+                    help="heldout: evaluate (top-1, sensitivity, selections) on the training samples after the first "
+                         "--samples instead of the test split, for choosing between variants")
     ap.add_argument("--verify", type=int, default=4, help="samples for the C check")
+    ap.add_argument("--dual-lr", type=float, default=None,
+                    help="dual step of the constrained runs (default: QATConfig's)")
+    ap.add_argument("--dual-bounds", choices=("shared", "per_layer"), default=None,
+                    help="bounds of the constrained runs' layer constraints (default: QATConfig's)")
     ap.add_argument("--study", action="store_true", help="dual variables vs sensitivity and selection vs random")
     ap.add_argument("--random", type=int, default=3, help="random selections in --study")
     ap.add_argument("--no-qemu", dest="qemu", action="store_false", help="check the C on the host instead of QEMU M4")
@@ -220,8 +244,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: skipped, not cached", flush=True)
             continue
         results += bench(name, args)
+    meta = {}
+    if args.eval_on == "heldout":
+        meta["top1_on"] = f"integer interpreter (Artifact.run), training samples {args.samples}.. (held out from QAT)"
     print_and_save("qat.py", argv, results, table, targets, args.json, samples=args.samples, epochs=args.epochs,
-                   lr=args.lr, batch=args.batch, skipped=skipped)
+                   lr=args.lr, batch=args.batch, skipped=skipped, **meta)
 
 
 if __name__ == "__main__":
