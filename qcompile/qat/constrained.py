@@ -65,6 +65,13 @@ network's output: on mnist1d_dscnn the first conv (fan-in 5) is the most sensiti
 points) and has the smallest or second-smallest dual under either bound. The default stays
 ``"shared"``: mean Spearman 0.14 (shared) vs 0.12 (per_layer), selection ahead 3 vs 5 of 12
 (on mnist1d_plain every selection ends at the same widths), no clear held-out win.
+
+On the test split after that choice (QAT on all 4000 training samples, seed 0;
+``benchmarks/results/qat_duals_mnist1d.json`` and, with ``--dual-bounds per_layer``,
+``qat_duals_per_layer_mnist1d.json``): shared 0.40 / 0.46 / 0.00 / 0.04 (plain / resnet /
+mobilenet / dscnn; the same as the last-iterate duals), selection ahead of random on resnet and
+mobilenet; per_layer 0.40 / 0.77 / 0.50 / -0.12, ahead on the same two (dscnn 92.4 vs random mean
+92.5, shared 87.5). One seed, seen after the choice: not a reason to switch by itself.
 """
 from __future__ import annotations
 
