@@ -90,13 +90,17 @@ def _quantize_error(w: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return ((w - q) ** 2).sum(axis=1)
 
 
+def _channel_ranges(w: np.ndarray, per_channel: bool) -> np.ndarray:
+    """``m`` per channel of ``w (C, K)``: ``max|w|`` of the channel, or of the whole tensor."""
+    m = np.abs(w).max(axis=1)
+    return m if per_channel else np.full_like(m, m.max())
+
+
 def search_breakpoints(w: np.ndarray, bits: int, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(m, p)`` per channel of ``w (C, K)``: ``m = max|w|`` and the breakpoint from
     :data:`BREAKPOINT_GRID` (plus the uniform-equivalent one) minimizing the squared error."""
     w = np.asarray(w, dtype=np.float64).reshape(w.shape[0], -1)
-    m = np.abs(w).max(axis=1)
-    if not per_channel:
-        m = np.full_like(m, m.max())
+    m = _channel_ranges(w, per_channel)
     ratios = np.unique(np.append(BREAKPOINT_GRID, uniform_ratio(bits)))
     errs = np.stack([_quantize_error(w, pwlq_levels(m, r * m, bits)) for r in ratios])  # (R, C)
     if not per_channel:
@@ -119,8 +123,10 @@ def quantize_piecewise(weight: torch.Tensor, bits: int, min_scale: torch.Tensor 
     """
     shape = tuple(weight.shape)
     w = weight.detach().to(torch.float64).reshape(shape[0], -1).numpy()
-    m, p = search_breakpoints(w, bits, per_channel)
-    if ratios is not None:
+    if ratios is None:
+        m, p = search_breakpoints(w, bits, per_channel)
+    else:  # given breakpoints: no search
+        m = _channel_ranges(w, per_channel)
         p = np.broadcast_to(np.asarray(ratios, dtype=np.float64), m.shape) * m
     scale = np.where(m > 0, m / INT8_LEVEL, 1.0)
     if min_scale is not None:
