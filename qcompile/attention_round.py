@@ -52,6 +52,10 @@ What the paper leaves open and what we chose (the natural reading):
   The free-drifting ``u`` fits the calibration samples' layer outputs more closely than AdaRound
   (reconstruction error 0.40 vs 0.49 of nearest on fashion_plain) and generalizes worse; the
   prior narrows that gap without closing it on fashion_plain.
+* **Block-wise**: the paper reconstructs "layer-wise and block-wise"; :func:`attention_round_block`
+  optimizes a chain of layers jointly on the chain's output (each layer keeps its own prior).
+  :mod:`qcompile.passes.optimize_weight_rounding` uses it for depthwise pairs, where it helps on
+  some models and not others (measured there).
 """
 from __future__ import annotations
 
@@ -59,10 +63,10 @@ import math
 
 import torch
 
-from qcompile.reconstruction import LayerData, optimize, reconstruction_loss
+from qcompile.reconstruction import BlockData, LayerData, LayerGrid, block_reconstruction_loss, optimize, reconstruction_loss
 
-__all__ = ["attention_level", "sample_level", "sigma_at", "attention_round", "SIGMA_START", "SIGMA_END",
-           "PRIOR_WEIGHT"]
+__all__ = ["attention_level", "sample_level", "sigma_at", "AttentionLevels", "attention_round", "attention_round_block",
+           "SIGMA_START", "SIGMA_END", "PRIOR_WEIGHT"]
 
 SIGMA_START, SIGMA_END = 0.5, 0.05
 LR = 1e-2
@@ -97,26 +101,57 @@ def sample_level(u: torch.Tensor, sigma: float, qmax: int, radius: int, gen: tor
     return torch.gather(q, -1, pick).squeeze(-1)
 
 
+class AttentionLevels:
+    """One layer's learnable weights in grid units ``u`` (starting at ``W/s``) and the levels they
+    attend to."""
+
+    def __init__(self, grid: LayerGrid, gen: torch.Generator):
+        self.grid, self.gen = grid, gen
+        self.w = grid.w_grid
+        self.u = self.w.clamp(-grid.qmax, grid.qmax).clone().requires_grad_(True)
+        self.radius = int(math.ceil(4 * SIGMA_START))
+
+    def weight(self, sigma: float) -> torch.Tensor:
+        """Dequantized weights: forward a level drawn from ``p(q | u)``, backward through ``E_p[q]``."""
+        expected = attention_level(self.u, sigma, self.grid.qmax, self.radius)
+        q = sample_level(self.u, sigma, self.grid.qmax, self.radius, self.gen) + expected - expected.detach()
+        return self.grid.dequantize(q)
+
+    def prior(self) -> torch.Tensor:
+        """The Gaussian's pull towards the float weight, ``PRIOR_WEIGHT * mean((u - W/s)^2)``."""
+        return PRIOR_WEIGHT * (self.u - self.w).pow(2).mean()
+
+    def levels(self) -> torch.Tensor:
+        """The final hard levels, the most probable one: ``clamp(round(u))``."""
+        with torch.no_grad():
+            return torch.clamp(torch.round(self.u), -self.grid.qmax, self.grid.qmax)
+
+
 def attention_round(data: LayerData, iters: int, seed: int = 0, progress: bool = False,
                     desc: str = "attention_round") -> tuple[torch.Tensor, list[float]]:
     """Integer levels (float tensor of integers, the weight's shape) for ``data``'s layer, and the
     loss history."""
-    w = data.w_grid
-    u = w.clamp(-data.qmax, data.qmax).clone().requires_grad_(True)
-    radius = int(math.ceil(4 * SIGMA_START))
+    levels = AttentionLevels(data, torch.Generator().manual_seed(seed + 7919))
+
+    def loss_fn(t: int, idx: torch.Tensor) -> torch.Tensor:
+        return reconstruction_loss(data, levels.weight(sigma_at(t, iters)), idx) + levels.prior()
+
+    history = optimize([levels.u], loss_fn, len(data.x), iters, LR, BATCH, seed, desc, progress)
+    return levels.levels(), history
+
+
+def attention_round_block(block: BlockData, iters: int, seed: int = 0, progress: bool = False,
+                          desc: str = "attention_round") -> tuple[list[torch.Tensor], list[float]]:
+    """:func:`attention_round` of a chain of layers optimized jointly on the chain's output
+    (block-wise reconstruction): the levels of each layer of ``block``, and the loss history.
+    Each layer keeps its own prior term."""
     gen = torch.Generator().manual_seed(seed + 7919)
+    layers = [AttentionLevels(grid, gen) for grid in block.layers]
 
     def loss_fn(t: int, idx: torch.Tensor) -> torch.Tensor:
         sigma = sigma_at(t, iters)
-        expected = attention_level(u, sigma, data.qmax, radius)
-        # forward: a level drawn from p(q | u); backward: through the expectation E_p[q]
-        q = sample_level(u, sigma, data.qmax, radius, gen) + expected - expected.detach()
-        loss = reconstruction_loss(data, data.dequantize(q), idx)
-        if PRIOR_WEIGHT:
-            loss = loss + PRIOR_WEIGHT * (u - w).pow(2).mean()
-        return loss
+        loss = block_reconstruction_loss(block, [lv.weight(sigma) for lv in layers], idx)
+        return loss + sum(lv.prior() for lv in layers)
 
-    history = optimize([u], loss_fn, len(data.x), iters, LR, BATCH, seed, desc, progress)
-    with torch.no_grad():
-        q = torch.clamp(torch.round(u), -data.qmax, data.qmax)
-    return q, history
+    history = optimize([lv.u for lv in layers], loss_fn, len(block.x), iters, LR, BATCH, seed, desc, progress)
+    return [lv.levels() for lv in layers], history

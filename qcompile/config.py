@@ -117,6 +117,10 @@ class QuantConfig:
       on ``rounding_samples`` calibration samples for ``rounding_iters`` Adam steps with seed
       ``rounding_seed``; one string, or per layer like ``weight_bits`` (unnamed layers:
       ``"nearest"``). See :mod:`qcompile.passes.optimize_weight_rounding`.
+    * ``rounding_blocks``: Attention Round reconstructs each depthwise conv *jointly* with the
+      layer its output feeds (block-wise, the seed's "layer-wise and block-wise"), so the
+      pointwise conv's levels can absorb what the depthwise conv's few weights per channel
+      cannot; ``False``: every layer alone. AdaRound stays layer-wise (the paper's method).
     * ``weight_bits="auto"`` with ``flash_budget`` (bytes of conv/linear weights as stored, the
       sum of :func:`qcompile.backends.ir.weight_storage_bytes`): per-layer widths from
       ``bits_candidates`` chosen by ``bit_allocation``: ``"lossy_coding_length"`` (Ma et al.
@@ -157,6 +161,7 @@ class QuantConfig:
     rounding_iters: int = 1000
     rounding_samples: int = 1024
     rounding_seed: int = 0
+    rounding_blocks: bool = True
     flash_budget: int | None = None
     bits_candidates: tuple[int, ...] = (2, 3, 4, 6, 8)
     bit_allocation: str = "lossy_coding_length"
@@ -253,6 +258,8 @@ class QuantConfig:
                                   "(one string, or a mapping from layer names or glob patterns)")
         if self.rounding_iters < 1 or self.rounding_samples < 1:
             raise ConfigError("QuantConfig.rounding_iters and rounding_samples must be positive")
+        if not isinstance(self.rounding_blocks, bool):
+            raise ConfigError(f"QuantConfig.rounding_blocks must be True or False, not {self.rounding_blocks!r}")
         optimized = any(how != "nearest" for _, how in rules)
         if optimized and self.weight_quantizer != "uniform":
             raise ConfigError(

@@ -28,7 +28,7 @@ from torch.fx import GraphModule, Node
 from qcompile.analysis import float_mode
 from qcompile.pass_manager import PassContext
 
-__all__ = ["choose_by_network_output", "compared_samples", "set_module", "Candidates", "CHOICE_SAMPLES"]
+__all__ = ["choose_by_network_output", "choose_jointly_by_network_output", "compared_samples", "set_module", "Candidates", "CHOICE_SAMPLES"]
 
 CHOICE_SAMPLES = 256
 
@@ -113,6 +113,52 @@ def choose_by_network_output(gm: GraphModule, ctx: PassContext, layers: list[Nod
         for target, (_, mod) in chosen.items():  # the real bias correction runs later, on the final graph
             set_module(gm, target, mod)
     return chosen
+
+
+def choose_jointly_by_network_output(gm: GraphModule, ctx: PassContext, layers: list[Node],
+                                     candidates: Mapping[str, list[nn.Module]], centered: bool,
+                                     samples: int = CHOICE_SAMPLES) -> str:
+    """:func:`choose_by_network_output` for layers that only make sense together (levels optimized
+    jointly): each candidate gives a module for every layer of ``layers`` (graph order), and they
+    are installed and compared as one. Same protocol; when ``centered``, each layer's mean output
+    shift is fitted on its input with the candidate's earlier layers already in place. Leaves the
+    chosen modules installed and returns the candidate's name."""
+    data = torch.cat(ctx.calib)[:samples]
+    compared = compared_samples(len(data), samples)
+    fit = data[:compared.start] if compared.start > 0 else data
+    held = data[compared]
+    originals = [gm.get_submodule(node.target) for node in layers]
+    best = None
+    with torch.no_grad():
+        ref = _float_reference(gm, held)
+        for name, mods in candidates.items():
+            for node, original, mod in zip(layers, originals, mods):
+                shift = torch.zeros(1)
+                if centered:
+                    x = _layer_input(gm, node.target, fit)
+                    shift = _mean_shift(mod, x, getattr(original, "module", original)(x).detach().double())
+                set_module(gm, node.target, _Shifted(mod, shift))
+            err = float((_outputs(gm, held) - ref).pow(2).mean())
+            if best is None or err < best[0]:
+                best = (err, name, mods)
+        for node, original in zip(layers, originals):
+            set_module(gm, node.target, original)
+        if best is None:
+            raise ValueError("choose_jointly_by_network_output: no candidates")
+        for node, mod in zip(layers, best[2]):
+            set_module(gm, node.target, mod)
+    return best[1]
+
+
+def _layer_input(gm: GraphModule, target: str, x: torch.Tensor) -> torch.Tensor:
+    """The input the module ``target`` of ``gm`` receives when ``gm`` runs on ``x``."""
+    seen: list[torch.Tensor] = []
+    hook = gm.get_submodule(target).register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    try:
+        gm(x)
+    finally:
+        hook.remove()
+    return seen[0]
 
 
 def _mean_shift(cand: nn.Module, fit: torch.Tensor, y_fit: torch.Tensor | None) -> torch.Tensor:

@@ -16,6 +16,12 @@ squaring: bias correction cancels exactly that part afterwards.
 
 The loss is normalized by the mean squared target, so one regularizer weight fits every layer.
 :func:`optimize` is the shared Adam loop (minibatches drawn from a seeded generator, tqdm bar).
+
+A :class:`BlockData` is the same problem for a short chain of layers optimized jointly (block-wise
+reconstruction, Li et al. 2021 "BRECQ", sec. 3.2): the target is the float output of the chain's
+*last* layer, the input is the quantized-so-far input of its *first*, and the nodes between them
+(activations, the int8 activation fake-quantizer) run as the graph runs them, so a later layer's
+levels can make up for what an earlier one's few weights cannot reconstruct alone.
 """
 from __future__ import annotations
 
@@ -27,20 +33,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["LayerData", "layer_forward", "reconstruction_loss", "optimize", "int_grid"]
+__all__ = ["LayerGrid", "LayerData", "BlockData", "layer_forward", "reconstruction_loss", "block_reconstruction_loss",
+           "optimize", "int_grid", "activate"]
 
 
 @dataclass
-class LayerData:
-    """One layer's reconstruction problem (every tensor float32; ``scale`` per output channel)."""
+class LayerGrid:
+    """A conv/linear and the per-channel grid its weights are rounded onto."""
 
     module: nn.Module                       # the float conv/linear (hyper-parameters, float bias)
-    x: torch.Tensor                         # input from the quantized-so-far network (N, ...)
-    target: torch.Tensor                    # f(W x + b) with the float network's input (N, ...)
     scale: torch.Tensor                     # grid step per output channel (Co,)
     qmax: int                               # levels are -qmax .. qmax
-    clamp: tuple[float, float] | None = None  # fused activation bounds, applied to both sides
-    centered: bool = False                  # drop the per-channel mean error (bias correction follows)
 
     @property
     def w_grid(self) -> torch.Tensor:
@@ -49,6 +52,28 @@ class LayerData:
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
         return q * self.scale.reshape((-1,) + (1,) * (q.dim() - 1))
+
+
+@dataclass(kw_only=True)
+class LayerData(LayerGrid):
+    """One layer's reconstruction problem (every tensor float32; ``scale`` per output channel)."""
+
+    x: torch.Tensor                         # input from the quantized-so-far network (N, ...)
+    target: torch.Tensor                    # f(W x + b) with the float network's input (N, ...)
+    clamp: tuple[float, float] | None = None  # fused activation bounds, applied to both sides
+    centered: bool = False                  # drop the per-channel mean error (bias correction follows)
+
+
+@dataclass
+class BlockData:
+    """A chain of layers reconstructed jointly: ``run(weights, x)`` computes the chain's output
+    (the last layer's, its fused activation applied) with ``weights[i]`` for ``layers[i]``."""
+
+    layers: list[LayerGrid]
+    run: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
+    x: torch.Tensor                         # input of the first layer, quantized-so-far network
+    target: torch.Tensor                    # the chain's output in the float network
+    centered: bool = False
 
 
 def int_grid(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -63,7 +88,7 @@ def layer_forward(module: nn.Module, weight: torch.Tensor, x: torch.Tensor) -> t
     return module._conv_forward(x, weight, bias)
 
 
-def _activate(y: torch.Tensor, clamp: tuple[float, float] | None) -> torch.Tensor:
+def activate(y: torch.Tensor, clamp: tuple[float, float] | None) -> torch.Tensor:
     if clamp is None:
         return y
     lo, hi = clamp
@@ -72,9 +97,20 @@ def _activate(y: torch.Tensor, clamp: tuple[float, float] | None) -> torch.Tenso
 
 def reconstruction_loss(data: LayerData, weight: torch.Tensor, idx: torch.Tensor | slice = slice(None)) -> torch.Tensor:
     """Normalized output error ``E||f(weight x~) - f(W x)||^2 / E||f(W x)||^2`` on samples ``idx``."""
-    target = data.target[idx]
-    d = _activate(layer_forward(data.module, weight, data.x[idx]), data.clamp) - target
-    if data.centered:
+    y = activate(layer_forward(data.module, weight, data.x[idx]), data.clamp)
+    return _normalized_error(y, data.target[idx], data.centered)
+
+
+def block_reconstruction_loss(block: BlockData, weights: list[torch.Tensor],
+                              idx: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+    """:func:`reconstruction_loss` of a whole chain: its output with ``weights`` on ``x~`` against
+    the float chain's output."""
+    return _normalized_error(block.run(weights, block.x[idx]), block.target[idx], block.centered)
+
+
+def _normalized_error(y: torch.Tensor, target: torch.Tensor, centered: bool) -> torch.Tensor:
+    d = y - target
+    if centered:
         dims = [0] + list(range(2, d.dim()))
         d = d - d.mean(dim=dims, keepdim=True)
     return d.pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)

@@ -195,7 +195,9 @@ def format_passes(records: dict[str, Any], weight_bytes: int | None = None) -> s
         kept = sum(layer["kept_nearest"] for layer in r["layers"].values())
         err = [(layer["error_nearest"], layer["error_optimized"]) for layer in r["layers"].values()]
         ratio = sum(a for _, a in err) / max(sum(b for b, _ in err), 1e-12)
-        lines.append(f"  optimize_weight_rounding: {', '.join(f'{k} {v} layers' for k, v in by.items())}, "
+        pairs = sum("block" in layer for layer in r["layers"].values()) // 2
+        lines.append(f"  optimize_weight_rounding: {', '.join(f'{k} {v} layers' for k, v in by.items())}"
+                     + (f" ({pairs} depthwise pair{'s' * (pairs != 1)} block-wise)" if pairs else "") + ", "
                      f"{r['iters']} iterations on {r['samples']} samples, seed {r['seed']}, {r['seconds']:.1f} s; "
                      f"layer output error x{ratio:.2f} of nearest; {kept} kept nearest")
     if "correct_bias" in p:
