@@ -107,10 +107,7 @@ def _layer_data(gm: GraphModule, ctx: PassContext, node, q: QuantizedWeights, ce
     m = q.module
     clamp = info(node).fused_act
     with torch.no_grad():
-        y = layer_forward(m, m.weight.detach().float(), x_f)
-        if clamp is not None:
-            y = y.clamp(min=None if clamp[0] == float("-inf") else clamp[0],
-                        max=None if clamp[1] == float("inf") else clamp[1])
+        y = activate(layer_forward(m, m.weight.detach().float(), x_f), clamp)
     return LayerData(module=m, x=x_q, target=y, scale=q.weight_scale.float(), qmax=(1 << (q.bits - 1)) - 1,
                      clamp=clamp, centered=centered)
 
