@@ -192,12 +192,13 @@ def _layer_wise(gm: GraphModule, ctx: PassContext, node: Node, seed: int, center
 
 def _optimize_block(gm: GraphModule, ctx: PassContext, block: tuple[Node, list[Node], Node], seed: int,
                     centered: bool) -> dict[str, dict]:
-    """A depthwise pair takes one of three level sets, both layers together: nearest, Attention
-    Round of each layer alone (the second one's inputs from the first one's levels), or Attention
-    Round of the pair jointly on the second one's output (block-wise); the lowest network-output
-    error on the held-out calibration samples decides
-    (:func:`~qcompile.layer_choice.choose_jointly_by_network_output`). The records of both layers
-    carry the pair's reconstruction errors."""
+    """A depthwise pair takes one of five level sets, both layers together: nearest; Attention
+    Round of the depthwise conv alone, of its consumer alone (on the inputs nearest depthwise
+    levels give it), or of each alone in turn (the consumer's inputs from the optimized depthwise
+    levels): every outcome of the layer-wise path; or Attention Round of the pair jointly on the
+    consumer's output (block-wise). The lowest network-output error on the held-out calibration
+    samples decides (:func:`~qcompile.layer_choice.choose_jointly_by_network_output`). The
+    records of both layers carry the pair's reconstruction errors."""
     t0 = time.perf_counter()
     first, _, last = block
     data = _block_data(gm, ctx, block, centered)
@@ -205,13 +206,16 @@ def _optimize_block(gm: GraphModule, ctx: PassContext, block: tuple[Node, list[N
     nearest = [q.weight_int.float() for q in qs]
     joint, history = attention_round_block(data, ctx.config.rounding_iters, seed=seed, progress=ctx.progress,
                                            desc=f"attention_round {first.target}+{last.target}")
-    alone = [_layer_wise(gm, ctx, first, seed, centered)]
-    set_module(gm, first.target, _optimized(qs[0], alone[0]))
+    first_alone = _layer_wise(gm, ctx, first, seed, centered)
+    second_alone = _layer_wise(gm, ctx, last, seed + 1, centered)
+    set_module(gm, first.target, _optimized(qs[0], first_alone))
     try:
-        alone.append(_layer_wise(gm, ctx, last, seed + 1, centered))
+        second_after_first = _layer_wise(gm, ctx, last, seed + 1, centered)
     finally:
         set_module(gm, first.target, qs[0])
-    levels = {"nearest": nearest, "layer-wise": alone, "block-wise": joint}
+    levels = {"nearest": nearest, "depthwise alone": [first_alone, nearest[1]],
+              "consumer alone": [nearest[0], second_alone], "each alone": [first_alone, second_after_first],
+              "block-wise": joint}
     with torch.no_grad():
         errors = {name: float(block_reconstruction_loss(data, [g.dequantize(v) for g, v in zip(data.layers, lv)]))
                   for name, lv in levels.items()}
@@ -221,8 +225,8 @@ def _optimize_block(gm: GraphModule, ctx: PassContext, block: tuple[Node, list[N
     seconds = round(time.perf_counter() - t0, 2)
     return {node.target: {"method": "attention_round", "block": [first.target, last.target], "choice": choice,
                           "bits": q.bits, "error_nearest": round(errors["nearest"], 6),
-                          "error_optimized": round(min(errors["layer-wise"], errors["block-wise"]), 6),
-                          "error_layer_wise": round(errors["layer-wise"], 6),
+                          "error_optimized": round(min(v for k, v in errors.items() if k != "nearest"), 6),
+                          "error_each_alone": round(errors["each alone"], 6),
                           "error_block_wise": round(errors["block-wise"], 6),
                           "kept_nearest": choice == "nearest",
                           "changed_weights": int((levels[choice][k] != nearest[k]).sum()), "seconds": seconds,

@@ -210,10 +210,11 @@ def test_depthwise_pairs_are_rounded_jointly_and_stay_bit_exact(tmp_path):
     # dw (groups = channels) with the pointwise conv after its ReLU6 and fake-quantizer; dw2 has a
     # channel multiplier of 2, so it is not depthwise in this sense and stays layer-wise
     assert pairs == {"dw.0": ["dw.0", "pw.0"], "pw.0": ["dw.0", "pw.0"]}, pairs
-    assert layers["dw.0"]["choice"] == layers["pw.0"]["choice"] in ("nearest", "layer-wise", "block-wise")
+    assert layers["dw.0"]["choice"] == layers["pw.0"]["choice"] in ("nearest", "depthwise alone", "consumer alone",
+                                                                     "each alone", "block-wise")
     assert layers["dw.0"]["kept_nearest"] == (layers["dw.0"]["choice"] == "nearest")
     # the joint optimization targets the pair's output, so it reconstructs it better than each layer alone
-    assert layers["dw.0"]["error_block_wise"] < layers["dw.0"]["error_layer_wise"] < layers["dw.0"]["error_nearest"]
+    assert layers["dw.0"]["error_block_wise"] < layers["dw.0"]["error_each_alone"] < layers["dw.0"]["error_nearest"]
     assert not any(isinstance(mod, _Shifted) for mod in art.graph.modules())
     xq = art.quantize_input(x[:4])
     np.testing.assert_array_equal(run_c_host(art.program, art.plan, xq, workdir=tmp_path), art.run_int(xq))
