@@ -30,6 +30,11 @@ between all-``b`` and all-8, chosen by the allocator's greedy on the dual variab
 (:func:`qcompile.bit_allocation.dual_variable_score`) vs on ``--random`` random scores; each
 allocation is trained with LSQ (same epochs) and compiled.
 
+``--seed-mean A.json B.json ...``: no training; the runs in those files (the same command with
+different ``--seed``) combined per (model, row): top-1 is the mean over the runs that have the
+row (``seeds`` lists each run's value), and the targets are judged on the means. The study rows
+are not averaged; a row counts as bit-exact only if it was in every run.
+
 Development options (defaults unchanged): ``--methods`` with no names runs only ``--study``;
 ``--dual-bounds``/``--dual-lr`` set the constrained runs' ``QATConfig.dual_bounds``/``dual_lr``;
 ``--eval-on heldout`` measures every top-1, the sensitivities and the selections on the training
@@ -41,6 +46,7 @@ near 100 there).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -157,6 +163,34 @@ def bench(model_name: str, args) -> list[dict]:
     return out
 
 
+def seed_mean(paths: list[Path]) -> list[dict]:
+    """Method rows of several runs (one JSON each) averaged per (model, row); see the module doc."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        for r in run["results"]:
+            if "top1" in r and not r["row"].startswith(("dual", "random")) and "(every layer)" not in r["row"]:
+                rows.setdefault((r["model"], r["row"]), []).append({**r, "seed": _seed_of(run["command"])})
+    out = []
+    for (model, row), rs in rows.items():
+        mean = float(np.mean([r["top1"] for r in rs]))
+        base = {k: v for k, v in rs[0].items() if k not in ("top1", "drop", "seed", "train_seconds")}
+        exact = [r.get("bit_exact_qemu_m4", r.get("bit_exact_c_host")) for r in rs if row != "float"]
+        if exact:
+            base["bit_exact_qemu_m4" if "bit_exact_qemu_m4" in rs[0] else "bit_exact_c_host"] = \
+                "yes" if all(e == "yes" for e in exact) else "no"
+        out.append({**base, "top1": round(mean, 2), "seeds": {str(r["seed"]): r["top1"] for r in rs}})
+    floats = {r["model"]: r["top1"] for r in out if r["row"] == "float"}
+    for r in out:
+        r["drop"] = round(floats.get(r["model"], r["top1"]) - r["top1"], 2)
+    return out
+
+
+def _seed_of(command: str) -> int:
+    words = command.split()
+    return int(words[words.index("--seed") + 1]) if "--seed" in words else 0
+
+
 def table(results: list[dict]) -> str:
     lines = ["| model | row | top-1 (interpreter) | drop | weight flash B | bit-exact C | train s |",
              "|---|---|---|---|---|---|---|"]
@@ -164,7 +198,8 @@ def table(results: list[dict]) -> str:
         if "spearman" in r:
             lines.append(f"| {r['model']} | {r['row']} | Spearman {r['spearman']} | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['row']} | {r['top1']:.2f} | {r['drop']:.2f} | {r.get('weight_flash_bytes', '')} "
+        top = f"{r['top1']:.2f}" + (" (" + " / ".join(f"{v:.2f}" for v in r["seeds"].values()) + ")" if "seeds" in r else "")
+        lines.append(f"| {r['model']} | {r['row']} | {top} | {r['drop']:.2f} | {r.get('weight_flash_bytes', '')} "
                      f"| {r.get('bit_exact_qemu_m4', r.get('bit_exact_c_host', ''))} | {r.get('train_seconds', '')} |")
     return "\n".join(lines)
 
@@ -239,8 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", action="store_true", help="train (and cache) float models that are not cached")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--seed-mean", nargs="+", type=Path, metavar="JSON",
+                    help="no training: average the runs in these result files (different --seed) per row")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if args.seed_mean:
+        print_and_save("qat.py", argv, seed_mean(args.seed_mean), table, targets, args.json,
+                       top1_on="mean over the runs in --seed-mean (see each row's seeds)")
+        return
     torch.set_num_threads(args.threads)
     results, skipped = [], {}
     for name in args.models:
