@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -169,7 +170,7 @@ def seed_mean(paths: list[Path]) -> list[dict]:
     rows: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
         for r in run["results"]:
-            if "top1" in r and not r["row"].startswith(("dual", "random")) and "(every layer)" not in r["row"]:
+            if _is_method_row(r["row"]):
                 rows.setdefault((r["model"], r["row"]), []).append({**r, "seed": _seed_of(run["command"])})
     out = []
     for (model, row), rs in rows.items():
@@ -184,6 +185,12 @@ def seed_mean(paths: list[Path]) -> list[dict]:
     for r in out:
         r["drop"] = round(floats.get(r["model"], r["top1"]) - r["top1"], 2)
     return out
+
+
+def _is_method_row(row: str) -> bool:
+    """``float`` or ``<method> WbAb`` (not the study's rows)."""
+    method, _, width = row.partition(" ")
+    return row == "float" or (method in METHODS and re.fullmatch(r"W\d+A\d+", width) is not None)
 
 
 def _seed_of(command: str) -> int:

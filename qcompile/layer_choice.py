@@ -69,6 +69,19 @@ def _outputs(gm: GraphModule, x: torch.Tensor) -> torch.Tensor:
     return flat.detach().double().reshape(len(x), -1)
 
 
+def _fit_and_held(ctx: PassContext, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``samples`` calibration samples split into the half candidates are fitted on and
+    the half they are compared on (:func:`compared_samples`; one sample serves as both)."""
+    data = torch.cat(ctx.calib)[:samples]
+    compared = compared_samples(len(data), samples)
+    return (data[:compared.start] if compared.start > 0 else data), data[compared]
+
+
+def _error(gm: GraphModule, held: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean squared difference of ``gm``'s outputs on ``held`` from the reference outputs ``ref``."""
+    return float((_outputs(gm, held) - ref).pow(2).mean())
+
+
 def _float_reference(gm: GraphModule, x: torch.Tensor) -> torch.Tensor:
     """The float network's outputs: activation quantizers pass through and weight-quantized
     layers compute with their float weights (:func:`qcompile.analysis.float_mode`)."""
@@ -86,10 +99,8 @@ def choose_by_network_output(gm: GraphModule, ctx: PassContext, layers: list[Nod
     ``samples`` calibration samples (:func:`qcompile.passes.quantize_weights.layer_inputs`).
     ``centered``: empirical bias correction follows, so each candidate is compared with its
     mean output shift (fitted on the first half) removed."""
-    data = torch.cat(ctx.calib)[:samples]
-    compared = compared_samples(len(data), samples)
-    fit_n = compared.start if compared.start > 0 else len(data)
-    held = data[compared]
+    fit_data, held = _fit_and_held(ctx, samples)
+    fit_n = len(fit_data)
     chosen: dict[str, tuple[str, nn.Module]] = {}
     with torch.no_grad():
         ref = _float_reference(gm, held)
@@ -102,7 +113,7 @@ def choose_by_network_output(gm: GraphModule, ctx: PassContext, layers: list[Nod
             for name, cand in candidates(node, fit).items():
                 trial = _Shifted(cand, _mean_shift(cand, fit, y_fit))
                 set_module(gm, node.target, trial)
-                err = float((_outputs(gm, held) - ref).pow(2).mean())
+                err = _error(gm, held, ref)
                 if best is None or err < best[0]:
                     best = (err, name, cand, trial)
             if best is None:
@@ -123,10 +134,7 @@ def choose_jointly_by_network_output(gm: GraphModule, ctx: PassContext, layers: 
     are installed and compared as one. Same protocol; when ``centered``, each layer's mean output
     shift is fitted on its input with the candidate's earlier layers already in place. Leaves the
     chosen modules installed and returns the candidate's name."""
-    data = torch.cat(ctx.calib)[:samples]
-    compared = compared_samples(len(data), samples)
-    fit = data[:compared.start] if compared.start > 0 else data
-    held = data[compared]
+    fit, held = _fit_and_held(ctx, samples)
     originals = [gm.get_submodule(node.target) for node in layers]
     best = None
     with torch.no_grad():
@@ -138,7 +146,7 @@ def choose_jointly_by_network_output(gm: GraphModule, ctx: PassContext, layers: 
                     x = _layer_input(gm, node.target, fit)
                     shift = _mean_shift(mod, x, getattr(original, "module", original)(x).detach().double())
                 set_module(gm, node.target, _Shifted(mod, shift))
-            err = float((_outputs(gm, held) - ref).pow(2).mean())
+            err = _error(gm, held, ref)
             if best is None or err < best[0]:
                 best = (err, name, mods)
         for node, original in zip(layers, originals):
