@@ -103,13 +103,22 @@ def reconstruction_samples(n: int) -> torch.Tensor:
     return keep.nonzero().flatten()
 
 
-def _layer_data(gm: GraphModule, ctx: PassContext, node, q: QuantizedWeights, centered: bool) -> LayerData:
+def _reconstruction_inputs(gm: GraphModule, ctx: PassContext, node: Node) -> tuple[torch.Tensor, torch.Tensor]:
+    """``node``'s inputs on the reconstruction samples: from the network quantized so far, and
+    from the float network."""
     n = ctx.config.rounding_samples
     x_q = layer_inputs(gm, ctx, n, only={node.target})[node.target].float()
     with float_mode(gm):
         x_f = layer_inputs(gm, ctx, n, only={node.target})[node.target].float()
     keep = reconstruction_samples(len(x_q))
-    x_q, x_f = x_q[keep], x_f[keep]
+    return x_q[keep], x_f[keep]
+
+
+def _layer_data(gm: GraphModule, ctx: PassContext, node, q: QuantizedWeights, centered: bool,
+                inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> LayerData:
+    """``node``'s reconstruction problem; ``inputs`` (from :func:`_reconstruction_inputs`) when the
+    caller already has them for ``gm`` as it stands."""
+    x_q, x_f = inputs if inputs is not None else _reconstruction_inputs(gm, ctx, node)
     m = q.module
     clamp = info(node).fused_act
     with torch.no_grad():
@@ -159,13 +168,11 @@ def _run_node(gm: GraphModule, node: Node, y: torch.Tensor) -> torch.Tensor:
     return node.target(*args, **kwargs)
 
 
-def _block_data(gm: GraphModule, ctx: PassContext, block: tuple[Node, list[Node], Node], centered: bool) -> BlockData:
+def _block_data(gm: GraphModule, block: tuple[Node, list[Node], Node], inputs: tuple[torch.Tensor, torch.Tensor],
+                centered: bool) -> BlockData:
+    """The pair's joint reconstruction problem on its first layer's ``inputs`` (quantized-so-far, float)."""
     first, between, last = block
-    n = ctx.config.rounding_samples
-    x_q = layer_inputs(gm, ctx, n, only={first.target})[first.target].float()
-    with float_mode(gm):
-        x_f = layer_inputs(gm, ctx, n, only={first.target})[first.target].float()
-    keep = reconstruction_samples(len(x_q))
+    x_q, x_f = inputs
     grids = []
     for node in (first, last):
         q = gm.get_submodule(node.target)
@@ -179,8 +186,8 @@ def _block_data(gm: GraphModule, ctx: PassContext, block: tuple[Node, list[Node]
         return activate(layer_forward(grids[1].module, weights[1], y), clamp)
 
     with float_mode(gm), torch.no_grad():
-        target = run([g.module.weight.detach().float() for g in grids], x_f[keep])
-    return BlockData(layers=grids, run=run, x=x_q[keep], target=target, centered=centered)
+        target = run([g.module.weight.detach().float() for g in grids], x_f)
+    return BlockData(layers=grids, run=run, x=x_q, target=target, centered=centered)
 
 
 def _optimized(q: QuantizedWeights, levels: torch.Tensor) -> QuantizedWeights:
@@ -189,9 +196,10 @@ def _optimized(q: QuantizedWeights, levels: torch.Tensor) -> QuantizedWeights:
     return out
 
 
-def _layer_wise(gm: GraphModule, ctx: PassContext, node: Node, seed: int, centered: bool) -> torch.Tensor:
+def _layer_wise(gm: GraphModule, ctx: PassContext, node: Node, seed: int, centered: bool,
+                inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Attention Round levels of ``node``'s layer alone, on its inputs from ``gm`` as it stands."""
-    data = _layer_data(gm, ctx, node, gm.get_submodule(node.target), centered)
+    data = _layer_data(gm, ctx, node, gm.get_submodule(node.target), centered, inputs)
     return attention_round(data, ctx.config.rounding_iters, seed=seed, progress=ctx.progress,
                            desc=f"attention_round {node.target}")[0]
 
@@ -207,12 +215,13 @@ def _optimize_block(gm: GraphModule, ctx: PassContext, block: tuple[Node, list[N
     records of both layers carry the pair's reconstruction errors."""
     t0 = time.perf_counter()
     first, _, last = block
-    data = _block_data(gm, ctx, block, centered)
+    first_inputs = _reconstruction_inputs(gm, ctx, first)
+    data = _block_data(gm, block, first_inputs, centered)
     qs = [gm.get_submodule(node.target) for node in (first, last)]
     nearest = [q.weight_int.float() for q in qs]
     joint, history = attention_round_block(data, ctx.config.rounding_iters, seed=seed, progress=ctx.progress,
                                            desc=f"attention_round {first.target}+{last.target}")
-    first_alone = _layer_wise(gm, ctx, first, seed, centered)
+    first_alone = _layer_wise(gm, ctx, first, seed, centered, first_inputs)
     second_alone = _layer_wise(gm, ctx, last, seed + 1, centered)
     set_module(gm, first.target, _optimized(qs[0], first_alone))
     try:
