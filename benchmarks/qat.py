@@ -24,7 +24,11 @@ and bit-exactness of the generated C on an emulated Cortex-M4 (``art.verify(on="
 included, so each dual variable describes its layer at the width the selection decides on); for
 that run, (1) each layer's dual
 variable against its measured sensitivity (top-1 drop on the test samples when only that
-layer's weights are quantized, everything else float), Spearman's rank correlation; (2)
+layer's weights are quantized, everything else float), Spearman's rank correlation, with the
+sensitivity measured twice: on the layers as QAT left them (``sensitivity_top1_drop``) and on the
+pretrained layers with the quantizers as initialized before training
+(``sensitivity_top1_drop_pretrained``, :func:`qcompile.qat.prepare_graph`; the per-layer
+analysis of AIMET's QuantAnalyzer: quantize one layer of the given model at a time); (2)
 layer-selective precision: widths {b, 8} per layer (ends included) within the flash budget halfway
 between all-``b`` and all-8, chosen by the allocator's greedy on the dual variables
 (:func:`qcompile.bit_allocation.dual_variable_score`) vs on ``--random`` random scores; each
@@ -46,6 +50,7 @@ near 100 there).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
@@ -60,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qcompile  # noqa: E402
 from qcompile.backends import ir  # noqa: E402
 from qcompile.bit_allocation import allocate_greedy, dual_variable_score, layer_cost, total_bytes  # noqa: E402
-from qcompile.qat import layer_sensitivity, spearman, train  # noqa: E402
+from qcompile.qat import QATConfig, layer_sensitivity, prepare_graph, spearman, train  # noqa: E402
 
 from bench_common import bit_exact, cached, print_and_save, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
@@ -102,15 +107,30 @@ def _train(model, x_train, y_train, x_test, args, **kw):
     return p, time.perf_counter() - t0
 
 
+def _initial_graph(model, x_train, x_test, bits, args):
+    """The graph the study's constrained run starts from: pretrained weights, every layer's LSQ
+    quantizer at ``bits`` initialized on the same calibration samples, untrained."""
+    cfg = QATConfig(method="constrained", bits=bits, keep_ends_8bit=False, epochs=args.epochs, lr=args.lr,
+                    batch_size=args.batch, seed=args.seed, calib_samples=min(1024, len(x_train)), progress=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        gm, _ = prepare_graph(copy.deepcopy(model).eval(), (x_test[:1],), x_train, cfg)
+    return gm
+
+
 def _study(model_name, model, prepared, x_train, y_train, x_test, y_test, float_top1, bits, args) -> list[dict]:
     layers = list(prepared.weight_bits)
     duals = prepared.dual_variables
     sens = layer_sensitivity(prepared.graph, layers, x_test, y_test)
     rho = spearman(duals, sens)
-    print(f"  duals vs sensitivity: Spearman {rho:.3f}", flush=True)
+    sens0 = layer_sensitivity(_initial_graph(model, x_train, x_test, bits, args), layers, x_test, y_test)
+    rho0 = spearman(duals, sens0)
+    print(f"  duals vs sensitivity: Spearman {rho:.3f} (trained layers), {rho0:.3f} (pretrained layers)", flush=True)
     out = [{"model": model_name, "row": f"dual vs sensitivity W{bits}A{bits}", "spearman": round(rho, 3),
+            "spearman_pretrained": round(rho0, 3),
             "dual_variables": {k: float(f"{v:.4g}") for k, v in duals.items()},
-            "sensitivity_top1_drop": {k: round(v, 2) for k, v in sens.items()}}]
+            "sensitivity_top1_drop": {k: round(v, 2) for k, v in sens.items()},
+            "sensitivity_top1_drop_pretrained": {k: round(v, 2) for k, v in sens0.items()}}]
     shapes = {n: tuple(prepared.graph.get_submodule(n).module.weight.shape) for n in layers}
     costs = [layer_cost(n, shapes[n], (bits, 8)) for n in layers]
     lo, hi = (sum(c.bytes[b] for c in costs) for b in (bits, 8))
@@ -203,7 +223,8 @@ def table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in results:
         if "spearman" in r:
-            lines.append(f"| {r['model']} | {r['row']} | Spearman {r['spearman']} | | | | |")
+            pre = f" (pretrained layers {r['spearman_pretrained']})" if "spearman_pretrained" in r else ""
+            lines.append(f"| {r['model']} | {r['row']} | Spearman {r['spearman']}{pre} | | | | |")
             continue
         top = f"{r['top1']:.2f}" + (" (" + " / ".join(f"{v:.2f}" for v in r["seeds"].values()) + ")" if "seeds" in r else "")
         lines.append(f"| {r['model']} | {r['row']} | {top} | {r['drop']:.2f} | {r.get('weight_flash_bytes', '')} "
@@ -243,6 +264,10 @@ def targets(results: list[dict]) -> dict[str, str]:
         if rho:
             v = rho[0]["spearman"]
             out[f"dual variables Spearman >= 0.6 on {m}"] = f"{'met' if v >= 0.6 else 'MISSED'} ({v})"
+            if "spearman_pretrained" in rho[0]:
+                v = rho[0]["spearman_pretrained"]
+                out[f"dual variables Spearman >= 0.6 on {m}, pretrained-layer sensitivity"] = \
+                    f"{'met' if v >= 0.6 else 'MISSED'} ({v})"
         dual = [r for r in results if r["model"] == m and r["row"].startswith("dual-variable selection")]
         rand = [r for r in results if r["model"] == m and r["row"].startswith("random selection")]
         if dual and rand:

@@ -153,10 +153,10 @@ def test_constrained_per_layer_bounds_and_averaged_duals(data, monkeypatch):
 
 def test_block_replacement_mixed_models(data):
     model, x, y = data
-    from qcompile.qat.trainer import _prepare
+    from qcompile.qat.trainer import prepare_graph
 
     cfg = QATConfig(method="block_replace", bits=3, blocks=2)
-    gm, _ = _prepare(model, (x[:1],), x[:256], cfg)
+    gm, _ = prepare_graph(model, (x[:1],), x[:256], cfg)
     meth = BlockReplaceMethod(cfg, gm, x[:256], nn.functional.cross_entropy, 10)
     assert meth.blocks == 2 and set(meth.block_of.values()) == {0, 1}
     with torch.no_grad():

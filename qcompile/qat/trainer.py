@@ -57,7 +57,7 @@ from qcompile.qat.lsq import LsqActQuant, LsqWeights
 from qcompile.qat.prepared import PreparedModel, QATConfig
 from qcompile.quantization import quantizer_node
 
-__all__ = ["train", "labelled_tensors", "weight_layers"]
+__all__ = ["train", "prepare_graph", "labelled_tensors", "weight_layers"]
 
 
 def labelled_tensors(data: Any, what: str = "train_data") -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +92,12 @@ def weight_layers(gm: GraphModule) -> list[str]:
     return out
 
 
-def _prepare(model: nn.Module, example_inputs, x: torch.Tensor, cfg: QATConfig,
-             leaf_modules: tuple = ()) -> tuple[GraphModule, dict]:
+def prepare_graph(model: nn.Module, example_inputs, x: torch.Tensor, cfg: QATConfig,
+                  leaf_modules: tuple = ()) -> tuple[GraphModule, dict]:
+    """The graph :func:`train` starts from, and its pass records: ``model`` traced, the default
+    passes run (BN folded, activations fused), LSQ quantizers placed and their steps initialized on
+    ``x[:cfg.calib_samples]``; weights as given, untrained. E.g. per-layer sensitivity of the
+    pretrained model (:func:`qcompile.qat.layer_sensitivity`) before any training."""
     qcfg = cfg.quant_config()
     gm = check_supported(trace(model, tuple(example_inputs), leaf_modules=leaf_modules))
     batches = calibration_batches(x[:cfg.calib_samples], example_inputs[0], max_samples=cfg.calib_samples,
@@ -191,7 +195,7 @@ def train(model: nn.Module, example_inputs, train_data, method: str | None = Non
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         float_model = copy.deepcopy(model).eval()
-        gm, records = _prepare(float_model, example_inputs, x, cfg, tuple(leaf_modules or ()))
+        gm, records = prepare_graph(float_model, example_inputs, x, cfg, tuple(leaf_modules or ()))
         n = len(x)
         bs = min(cfg.batch_size, n - n % world or n)
         steps_per_epoch = n // bs if n >= bs else 1

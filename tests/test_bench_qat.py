@@ -1,5 +1,6 @@
-"""``benchmarks/qat.py --seed-mean``: runs with different seeds combine per (model, row) into the
-mean top-1 (values derived by hand below), study rows stay out, and the targets judge the means."""
+"""``benchmarks/qat.py``'s bookkeeping (values derived by hand below): ``--seed-mean`` combines
+runs with different seeds per (model, row) into the mean top-1, study rows stay out, and the
+targets judge the means; the dual-variable study is judged against both sensitivities."""
 from __future__ import annotations
 
 import json
@@ -37,3 +38,13 @@ def test_seed_mean_averages_method_rows_and_judges_the_means(tmp_path):
     assert verdicts["constrained within 0.5 of LSQ elsewhere"] == "met"
     assert verdicts["constrained ahead of LSQ at W2A2 on >= 1 model"] == "MISSED"
     assert qat.targets(qat.seed_mean(paths[:1]))["constrained within 0.5 of LSQ elsewhere"].startswith("MISSED")
+
+
+def test_study_targets_judge_both_sensitivities():
+    # the dual-variable study row carries the Spearman against the trained layers' and against the
+    # pretrained layers' sensitivity; each gets its own verdict at the 0.6 threshold
+    row = {"model": "m", "row": "dual vs sensitivity W2A2", "spearman": 0.1, "spearman_pretrained": 0.6}
+    verdicts = qat.targets([{"model": "m", "row": "float", "top1": 90.0, "drop": 0.0}, row])
+    assert verdicts["dual variables Spearman >= 0.6 on m"] == "MISSED (0.1)"
+    assert verdicts["dual variables Spearman >= 0.6 on m, pretrained-layer sensitivity"] == "met (0.6)"
+    assert "Spearman 0.1 (pretrained layers 0.6)" in qat.table([row])
