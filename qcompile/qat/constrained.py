@@ -55,6 +55,10 @@ mnist1d_dscnn     0.02 / -0.19 / -0.03        -0.31 / -0.56 / -0.42
 selection ahead   2 / 1 / 0 of 4              2 / 2 / 1 of 4
 ================  ==========================  ==========================
 
+Against the sensitivity of the *pretrained* layers instead (one layer at 2 bits with its quantizer
+as initialized, before training; ``--study`` reports both), the same shared-bound runs give
+0.40 / 0.40 / 0.40, 0.34 / 0.42 / 0.33, 0.36 / 0.35 / 0.30 and 0.10 / 0.12 / 0.20 (mean 0.32 vs
+0.14 against the trained layers): closer on three models, still below 0.6 on all four.
 Neither reaches the Spearman >= 0.6 target; averaging the iterates changed no ranking much
 (seed 0, shared bounds, last iterate: 0.40 / 0.32 / -0.09 / 0.02). With per-layer bounds, the scale-free
 score ``lambda_l * eps_l`` (``= -dP*/d log eps_l``, the first-order gain of removing layer ``l``'s
