@@ -89,10 +89,12 @@ def _committed(path: Path, model: str, row: str) -> float | None:
 
 
 def bench(model_name: str, specs: list[str], x_fresh: torch.Tensor, y_fresh: torch.Tensor) -> list[dict]:
-    out, right = [], {}
+    out, right, loaded = [], {}, {}
     for spec in specs:
         cfg, samples, committed = row_config(spec)
-        model, calib, x_test, y_test, float_top1, _ = load_model(model_name, RECIPES_PTQ[model_name], samples)
+        if samples not in loaded:  # the model and data once per calibration size
+            loaded[samples] = load_model(model_name, RECIPES_PTQ[model_name], samples)
+        model, calib, x_test, y_test, float_top1, _ = loaded[samples]
         if not out:
             out.append({"model": model_name, "row": "float", "test": round(float_top1, 2),
                         "fresh": round(top1(predict(model, x_fresh), y_fresh), 2)})
