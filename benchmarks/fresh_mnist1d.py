@@ -65,16 +65,16 @@ def fresh_samples(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def row_config(spec: str) -> tuple[QuantConfig, int, Path]:
     """``(config, calibration samples, committed results JSON)`` of ``<benchmark>:<row>``, as that
-    benchmark compiles the row with its default arguments."""
+    benchmark compiles the row with its default arguments (its own ``row_config`` and ``parser``)."""
     bench, _, row = spec.partition(":")
     if bench == "ptq_seeds" and row in ptq_seeds.ROUNDING_ROWS:
-        return (QuantConfig(**ptq_seeds.ROUNDING_ROWS[row], max_calib_samples=1024, rounding_iters=1000), 1024,
-                RESULTS / "ptq_seeds.json")
+        args = ptq_seeds.parser().parse_args([])
+        return ptq_seeds.row_config(ptq_seeds.ROUNDING_ROWS[row], args), args.samples, RESULTS / "ptq_seeds.json"
     if bench == "lowbit" and row in PTQ_LOWBIT_ROWS:
-        kw = dict(lowbit.ROWS[row])
-        if kw.get("weight_bits") == "ends8":
+        if lowbit.ROWS[row].get("weight_bits") == "ends8":
             raise SystemExit(f"{spec}: the mixed row's bits depend on the model; not supported here")
-        return QuantConfig(**kw, max_calib_samples=2048, qat_epochs=3, qat_lr=1e-3), 2048, RESULTS / "lowbit_ptq.json"
+        args = lowbit.parser().parse_args([])
+        return lowbit.row_config(row, None, args), args.samples, RESULTS / "lowbit_ptq.json"
     choices = [f"ptq_seeds:{r}" for r in ptq_seeds.ROUNDING_ROWS] + [f"lowbit:{r}" for r in PTQ_LOWBIT_ROWS]
     raise SystemExit(f"unknown row {spec!r}; choose from: {', '.join(choices)}")
 

@@ -52,7 +52,7 @@ from qcompile.zoo import predict  # noqa: E402
 from bench_common import bit_exact_host, cached, load_model, merge_results, print_and_save, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
-__all__ = ["ROWS", "main"]
+__all__ = ["ROWS", "row_config", "parser", "main"]
 
 ROWS: dict[str, dict] = {
     "int8": dict(),
@@ -94,6 +94,15 @@ def _on_cortex_m4(art, xs: torch.Tensor) -> dict:
             "m4_instructions_per_mac": round(mcu["instructions_per_inference"] / max(macs, 1), 2)}
 
 
+def row_config(row: str, model: torch.nn.Module, args) -> QuantConfig:
+    """Row ``row``'s compile configuration for ``model`` (the mixed row's widths depend on it) on
+    the run's calibration size and QAT epochs / learning rate."""
+    kw = dict(ROWS[row])
+    if kw.get("weight_bits") == "ends8":
+        kw["weight_bits"] = _weight_bits_keeping_ends(model)
+    return QuantConfig(**kw, max_calib_samples=args.samples, qat_epochs=args.epochs, qat_lr=args.lr)
+
+
 def bench(model_name: str, rows: list[str], args) -> list[dict]:
     model, calib, x_test, y_test, float_top1, float_row = load_model(model_name, RECIPES_PTQ[model_name],
                                                                       args.samples, args.eval)
@@ -102,10 +111,7 @@ def bench(model_name: str, rows: list[str], args) -> list[dict]:
         float_logits = predict(model, x_test)
     correct = {}  # row -> per-test-sample correctness, for the paired PWLQ/uniform counts
     for row in rows:
-        kw = dict(ROWS[row])
-        if kw.get("weight_bits") == "ends8":
-            kw["weight_bits"] = _weight_bits_keeping_ends(model)
-        cfg = QuantConfig(**kw, max_calib_samples=args.samples, qat_epochs=args.epochs, qat_lr=args.lr)
+        cfg = row_config(row, model, args)
         t0 = time.perf_counter()
         art = qcompile.compile(model, (x_test[:1],), calib=calib, config=cfg, name="m", progress=args.progress)
         secs = time.perf_counter() - t0
@@ -182,7 +188,7 @@ def targets(results: list[dict]) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(RECIPES_PTQ))
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -198,7 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--merge", action="store_true", help="keep the (model, row) results already in --json that were not re-run")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     results, skipped = [], {}
     for name in args.models:

@@ -52,7 +52,7 @@ from qcompile.config import QuantConfig  # noqa: E402
 from bench_common import bit_exact_host, bit_exact_qemu, cached, load_model, merge_results, print_and_save, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
-__all__ = ["ROUNDING_ROWS", "ALLOCATIONS", "BUDGETS", "main"]
+__all__ = ["ROUNDING_ROWS", "ALLOCATIONS", "BUDGETS", "row_config", "parser", "main"]
 
 ROUNDING_ROWS = {f"W{b}A8 {r}": dict(weight_bits=b, rounding=r)
                  for b in (4, 3) for r in ("nearest", "adaround", "attention_round")}
@@ -87,12 +87,17 @@ def _rows(model: nn.Module, args) -> dict[str, dict]:
     return rows
 
 
+def row_config(kw: dict, args) -> QuantConfig:
+    """A row's compile configuration: its options ``kw`` on the run's calibration size and rounding steps."""
+    return QuantConfig(**kw, max_calib_samples=args.samples, rounding_iters=args.iters)
+
+
 def bench(model_name: str, args) -> list[dict]:
     model, calib, x_test, y_test, float_top1, float_row = load_model(model_name, RECIPES_PTQ[model_name],
                                                                       args.samples, args.eval)
     out = [float_row]
     for row, kw in _rows(model, args).items():
-        cfg = QuantConfig(**kw, max_calib_samples=args.samples, rounding_iters=args.iters)
+        cfg = row_config(kw, args)
         t0 = time.perf_counter()
         art = qcompile.compile(model, (x_test[:1],), calib=calib, config=cfg, name="m", progress=args.progress)
         secs = time.perf_counter() - t0
@@ -169,7 +174,7 @@ def targets(results: list[dict]) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(RECIPES_PTQ))
     ap.add_argument("--parts", nargs="+", default=["rounding", "mixed"], choices=["rounding", "mixed"])
@@ -184,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--merge", action="store_true", help="keep the (model, row) results already in --json that were not re-run")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     results, skipped = [], {}
     for name in args.models:

@@ -95,23 +95,29 @@ def _compile_row(model_name, row, prepared, x_test, y_test, float_top1, args, se
     return rec, art
 
 
-def _train(model, x_train, y_train, x_test, args, **kw):
+def _config(x_train, args, **kw) -> QATConfig:
+    """The training configuration of a run: the same data size, epochs, lr, batch and seed for
+    every method; ``kw`` (method, bits, ...) on top."""
     if kw.get("method") == "constrained":
         if args.dual_lr is not None:
             kw["dual_lr"] = args.dual_lr
         if args.dual_bounds is not None:
             kw["dual_bounds"] = args.dual_bounds
+    return QATConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch, seed=args.seed,
+                     calib_samples=min(1024, len(x_train)), progress=args.progress, **kw)
+
+
+def _train(model, x_train, y_train, x_test, args, **kw):
     t0 = time.perf_counter()
-    p = train(model, (x_test[:1],), (x_train, y_train), epochs=args.epochs, lr=args.lr, batch_size=args.batch,
-              seed=args.seed, calib_samples=min(1024, len(x_train)), progress=args.progress, **kw)
+    p = train(model, (x_test[:1],), (x_train, y_train), config=_config(x_train, args, **kw))
     return p, time.perf_counter() - t0
 
 
 def _initial_graph(model, x_train, x_test, bits, args):
-    """The graph the study's constrained run starts from: pretrained weights, every layer's LSQ
-    quantizer at ``bits`` initialized on the same calibration samples, untrained."""
-    cfg = QATConfig(method="constrained", bits=bits, keep_ends_8bit=False, epochs=args.epochs, lr=args.lr,
-                    batch_size=args.batch, seed=args.seed, calib_samples=min(1024, len(x_train)), progress=False)
+    """The graph the study's constrained run starts from (the same configuration, prepared as
+    :func:`qcompile.qat.train` prepares it): pretrained weights, every layer's LSQ quantizer at
+    ``bits`` initialized on the same calibration samples, untrained."""
+    cfg = _config(x_train, args, method="constrained", bits=bits, keep_ends_8bit=False)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         gm, _ = prepare_graph(copy.deepcopy(model).eval(), (x_test[:1],), x_train, cfg)
