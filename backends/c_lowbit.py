@@ -16,12 +16,15 @@ Channels-last layers with the fast requantization (pre-scale 2) run whole pixel 
 routine: ``qc_w4_pair_full/clamp`` for W4, ``qc_w8_pair_full/clamp`` on the expanded int8 pairs.
 
 Depthwise layers on this path store row-major ``(C, taps)`` fields: expanded once into scratch and run
-by the specialized ``qc_dw3x3_s8`` (3x3, channels-last, fast form), else by ``qc_dwconv_s8`` per channel
-chunk (``qc_dwconv_lb_s8``). Threshold layers use unscaled accumulators (exact form, no pre-scale) and
-count the thresholds reached by binary search.
+by the specialized ``qc_dw3x3_s8`` (3x3, channels-last, fast form) or ``qc_dw3x3_thr_s8`` (the same
+kernel with a threshold output stage), else by ``qc_dwconv_s8`` per channel chunk
+(``qc_dwconv_lb_s8``). Threshold layers use unscaled accumulators (exact form, no pre-scale) and count
+the thresholds reached with ``qc_threshold_count`` (branch-free halving steps for the 1, 3, 7 or 15
+thresholds of 1..4-bit outputs, binary search otherwise).
 
 Scratch (RAM) cost: a DECODE layer's expansion takes at most :data:`DECODE_BUDGET` bytes (channels per
-chunk chosen to fit), a depthwise layer's ``4 * taps`` bytes per channel up to the same budget.
+chunk chosen to fit), a depthwise layer's ``4 * taps`` bytes per channel up to the same budget (a
+threshold layer off the specialized 3x3 kernel: ``8 * taps`` bytes, one 4-channel block).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from qcompile.backends.c_context import EmitContext, Emitted
 from qcompile.backends.c_format import c_array, c_params, rq_array, words_array
 from qcompile.backends.c_weights import INT32_MAX, pack_gemm, pack_gemm_w8, pad_channels, requant_plan, w8_plan
 
-__all__ = ["DECODE_BUDGET", "GemmPlan", "decode_scratch", "dw_plan", "emit_dwconv_lb", "emitted_param_bytes", "emit_gemm_lb", "gemm_plan",
+__all__ = ["DECODE_BUDGET", "GemmPlan", "decode_scratch", "dw3x3_specialized", "dw_plan", "emit_dwconv_lb", "emitted_param_bytes", "emit_gemm_lb", "gemm_plan",
            "is_lowbit", "lowbit_scratch", "pack_fields", "pack_w4"]
 
 DECODE_BUDGET = 8192  # bytes of scratch for the int8 expansion of a DECODE layer's channel chunk
@@ -243,6 +246,21 @@ def dw_chunk(op) -> int:
     return min((c + 3) // 4 * 4, max(4, DECODE_BUDGET // (4 * taps) // 4 * 4))
 
 
+def dw3x3_specialized(op, fast: bool, in_cs: int) -> bool:
+    """Whether a low-bit depthwise layer runs the specialized 3x3 kernel of qc_inline.h on its taps
+    expanded once into scratch: 3x3, dilation 1, channels-last input, whole 4-channel blocks, every
+    channel's expansion within the scratch budget, and either the fast requantization or a
+    threshold stage whose levels ``output_offset + 0 .. L`` lie inside ``[act_min, act_max]`` (the
+    kernel stores them unclamped)."""
+    c = int(op.weight.shape[0])
+    shape_ok = (tuple(op.weight.shape[2:]) == (3, 3) and tuple(op.dilation) == (1, 1) and in_cs == 1
+                and c % 4 == 0 and dw_chunk(op) >= c)
+    if op.thresholds is not None:
+        levels_ok = op.act_min <= op.output_offset and op.output_offset + op.thresholds.shape[1] <= op.act_max
+        return shape_ok and levels_ok
+    return shape_ok and fast
+
+
 def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, note: str) -> Emitted:
     fast, w_shift, bias, rq = dw_plan(op)
     c_pad = (c + 3) // 4 * 4
@@ -280,17 +298,18 @@ def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, no
         [("thresholds", t_id), ("n_thresholds", n_t), ("output_offset", op.output_offset)],
     ])
     in_cs = dict(dw_rows[0])["in_cs"]
-    if (op.thresholds is None and fast and (kh, kw) == (3, 3) and tuple(op.dilation) == (1, 1) and in_cs == 1
-            and c % 4 == 0 and dw_chunk(op) >= c_pad):
+    if dw3x3_specialized(op, fast, in_cs):
         # expand once into scratch, then the specialized 3x3 kernel of qc_inline.h (a block-scope
         # parameter block: its weight is an address constant inside the arena)
         weight = f"(const uint32_t *)(const void *)({ctx.model}_arena.bytes + {ctx.layout.scratch[op.name]})"
         spec = c_params("qc_dwconv_params", "spec", [
-            *dw_rows, [("rq_fast", 1), ("weight", weight), ("bias", b_id), ("rq", r_id)]])
+            *dw_rows, [("rq_fast", int(fast)), ("weight", weight), ("bias", b_id), ("rq", r_id)]])
+        kernel = (f"qc_dw3x3_s8(&spec, {src_ptr}, {ctx.ptr(op.output)})" if op.thresholds is None else
+                  f"qc_dw3x3_thr_s8(&{p_id}, &spec, {src_ptr}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)})")
         call = (f"{ctx.header_comment(op, 'depthwise, expanded into scratch' + note)}\n"
                 f"qc_dwconv_expand_s8(&{p_id}, {ctx.scratch_ptr(op)});\n{{\n"
                 + "".join(f"    {line}\n" for line in spec.splitlines())
-                + f"qc_dw3x3_s8(&spec, {src_ptr}, {ctx.ptr(op.output)});\n}}")  # unindented: a profile region
+                + f"{kernel};\n}}")  # unindented: a profile region
         return Emitted((*defs, dw, params), (call,))
     call = (f"{ctx.header_comment(op, 'depthwise' + note)}\n"
             f"qc_dwconv_lb_s8(&{p_id}, {src_ptr}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)});")
@@ -305,7 +324,10 @@ def lowbit_scratch(op, program: ir.Program, src: int, hwc: frozenset[int]) -> in
     if isinstance(op, ir.Conv2D):
         if is_depthwise(op, program):
             taps = int(op.weight.shape[2]) * int(op.weight.shape[3])
-            return 8 * taps if op.thresholds is not None else 4 * taps * dw_chunk(op)
+            shape = program.tensors[src].shape
+            in_cs = 1 if src in hwc else int(np.prod(shape[1:]))  # as EmitContext.strides
+            expanded = op.thresholds is None or dw3x3_specialized(op, False, in_cs)
+            return 4 * taps * dw_chunk(op) if expanded else 8 * taps
         co, cig, kh, kw = (int(d) for d in op.weight.shape)
         k_pad = conv_k_pad(op)
         k_seq = conv_k_seq(op, src, program, hwc)

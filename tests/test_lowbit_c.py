@@ -67,9 +67,10 @@ def _accumulators(program: ir.Program, op_name: str, xs: np.ndarray) -> np.ndarr
     return seen["acc"]
 
 
-def _thresholds(b: Builder, levels: int, xs_seed: int = 5) -> None:
+def _thresholds(b: Builder, levels: int, xs_seed: int = 5, clamp_top: int | None = None) -> None:
     """Give the last conv/dense a threshold stage of ``levels`` thresholds per channel, drawn from its
-    own accumulators on the test inputs (so some accumulators sit exactly on a threshold), with ties."""
+    own accumulators on the test inputs (so some accumulators sit exactly on a threshold), with ties.
+    ``clamp_top``: act_max = offset + clamp_top, below the top level (the clamped output stage)."""
     op = b.ops[-1]
     prog = b.build()
     xs = random_input(prog, 3, seed=xs_seed)
@@ -85,7 +86,7 @@ def _thresholds(b: Builder, levels: int, xs_seed: int = 5) -> None:
         t[:, 1] = t[:, 2]  # a tie
     offset = min(op.output_offset, 127 - levels)
     b.ops[-1] = dataclasses.replace(op, thresholds=t, output_offset=offset, act_min=max(op.act_min, -128),
-                                    act_max=127)
+                                    act_max=127 if clamp_top is None else offset + clamp_top)
 
 
 def gemm_program() -> ir.Program:
@@ -117,6 +118,10 @@ def gemm_program() -> ir.Program:
     _codebook(b, 3)
     _thresholds(b, 3)                                                        # codebook + thresholds
     outs.append(t10)
+    # the unrolled threshold counts (1, 3, 7, 15 levels: 1..4-bit outputs), and a clamped stage
+    for levels, clamp_top in ((15, None), (1, None), (15, 9)):
+        outs.append(b.conv(t4, 6, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4))
+        _thresholds(b, levels, clamp_top=clamp_top)
     # channels-last W4 outputs (they only feed convolutions): the fused pixel-pair routines, full and clamped
     f1 = b.conv(t4, 8, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4, act=(-128, 127))
     f2 = b.conv(t4, 10, kernel=(1, 1), w_bits=4, act=(-50, 90))
@@ -150,6 +155,12 @@ def depthwise_program() -> ir.Program:
     outs.append(b.conv(z, 12, kernel=(3, 3), groups=12, padding=(1, 1, 1, 1), w_bits=4))  # expand + qc_dw3x3_s8
     outs.append(b.conv(z, 12, kernel=(3, 3), groups=12, stride=(2, 2), padding=(1, 1, 1, 1), w_bits=4))
     _codebook(b, 4, shared=3)
+    # thresholds on the specialized 3x3 kernel (qc_dw3x3_thr_s8: whole window, border rows and
+    # columns), 4- and 2-bit outputs; clamped levels take the general kernel
+    for stride, w_bits, levels, clamp_top in ((1, 4, 15, None), (2, 2, 3, None), (1, 4, 15, 12)):
+        outs.append(b.conv(z, 12, kernel=(3, 3), groups=12, stride=(stride, stride), padding=(1, 1, 1, 1),
+                           w_bits=w_bits))
+        _thresholds(b, levels, clamp_top=clamp_top)
     y = b.conv(x, 30, kernel=(1, 1), w_bits=8)
     outs.append(b.conv(y, 30, kernel=(9, 9), groups=30, padding=(4, 4, 4, 4), w_bits=4))  # 2 expansion chunks
     _codebook(b, 4)
@@ -203,7 +214,8 @@ def test_routes_and_flash(program):
     calls = src.count("qc_conv_lb_s8(") + src.count("qc_dwconv_lb_s8(") + src.count("qc_dwconv_expand_s8(")
     assert calls == len(lowbit)
     if any(isinstance(op, ir.Conv2D) and op.groups == 12 for op in program.ops):
-        assert src.count("qc_dwconv_expand_s8(") == 2 and src.count("qc_dw3x3_s8(&spec") == 2
+        assert src.count("qc_dwconv_expand_s8(") == 4 and src.count("qc_dw3x3_s8(&spec") == 2
+        assert src.count("qc_dw3x3_thr_s8(&") == 2  # the clamped threshold stage takes qc_dwconv_lb_s8
     shared = [op for op in lowbit if op.codebook is not None and op.codebook.shared_tables()[1] is not None]
     assert shared and len(re.findall(r"static const uint8_t \w+_level_rows\[", src)) == len(shared)
 

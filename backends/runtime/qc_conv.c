@@ -1406,27 +1406,42 @@ static void qc_w4_split(int32_t *acc, const int32_t *bias, int32_t n, int32_t sh
     }
 }
 
-/* out[i * stride] = clamp(offset + #{k : acc[i] >= t[i * len + k]}) (rows non-decreasing: binary search). */
+/*
+ * out[i * stride] = clamp(offset + #{k : acc[i] >= t[i * len + k]}) (rows non-decreasing). When
+ * the levels lie inside [lo, hi] (as the lowering emits them) the clamp is dropped, and the
+ * usual lengths get a loop of their own in which qc_threshold_count is unrolled.
+ */
+#define QC_THR_LOOP(LEN)                                                                   \
+    for (i = 0; i < n; ++i) {                                                              \
+        out[i * stride] = (int8_t)(offset + qc_threshold_count(acc[i], t + i * (LEN), (LEN))); \
+    }
 static void qc_threshold_store(const int32_t *acc, int32_t n, const int32_t *t, int32_t len, int32_t offset,
                                int8_t *out, int32_t stride, int32_t lo, int32_t hi)
 {
     int32_t i;
-    for (i = 0; i < n; ++i) {
-        const int32_t *row = t + i * len;
-        const int32_t a = acc[i];
-        int32_t count = 0, rest = len;
-        while (rest > 0) {
-            const int32_t half = rest >> 1;
-            if (row[count + half] <= a) {
-                count += half + 1;
-                rest -= half + 1;
-            } else {
-                rest = half;
-            }
+    if (offset >= lo && offset + len <= hi) {
+        switch (len) {
+        case 1:
+            QC_THR_LOOP(1)
+            return;
+        case 3:
+            QC_THR_LOOP(3)
+            return;
+        case 7:
+            QC_THR_LOOP(7)
+            return;
+        case 15:
+            QC_THR_LOOP(15)
+            return;
+        default:
+            break;
         }
-        out[i * stride] = qc_out8(offset + count, lo, hi);
+    }
+    for (i = 0; i < n; ++i) {
+        out[i * stride] = qc_out8(offset + qc_threshold_count(acc[i], t + i * len, len), lo, hi);
     }
 }
+#undef QC_THR_LOOP
 
 /* Field i of a stream of `bits`-bit fields (bits 1, 2, 4 or 8: a field never straddles a byte). */
 static inline int32_t qc_lb_field(const uint8_t *data, int32_t bits, int32_t i)

@@ -108,6 +108,16 @@ static QC_ALWAYS_INLINE int8_t qc_i_rq(int32_t acc, const qc_rq *q, int32_t lo, 
     "asr r7, r7, r5\n\t"                                                     \
     "ssat r7, #8, r7\n\t"                                                    \
     "strb r7, [%[out]], #%c[ocs]\n\t"
+/* The same taps, accumulators only (the threshold epilogue counts them in C). Advances w and bias. */
+#define QC_DW_ASM_ACC(TAPS)                                                  \
+    __asm__ volatile("ldrd %[a0], %[a1], [%[bias]], #8\n\t"                 \
+                     "ldrd %[a2], %[a3], [%[bias]], #8\n\t"                 \
+                     TAPS                                                    \
+                     "add %[w], %[w], #72\n\t"                               \
+                     : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), \
+                       [w] "+r"(w), [bias] "+r"(bias)                        \
+                     : [src] "r"(src), [off2] "r"(off2), [ps] "i"(ps), [row] "i"(row) \
+                     : "r4", "r5", "r6", "r7", "memory")
 #define QC_DW_ASM(TAPS)                                                      \
     do {                                                                     \
         int32_t a0, a1, a2, a3;                                              \
@@ -124,17 +134,49 @@ static QC_ALWAYS_INLINE int8_t qc_i_rq(int32_t acc, const qc_rq *q, int32_t lo, 
     } while (0)
 #endif
 
-/*
- * Depthwise 3x3 (dilation 1) on a channels-last input, channels % 4 == 0, fast requantization
- * with multipliers >= 0 (the emitter checks all of it). Weights, bias and rq as qc_dwconv_params.
- * Per output pixel the valid window is found once; then every 4-channel block runs its taps
- * fully unrolled (the whole 3x3 window for interior pixels, 3- or 2-tap rows at the borders)
- * with one word load, two SXTAB16 and four SMLAxy per tap, and its 4 outputs are requantized
- * in registers.
- */
-static QC_ALWAYS_INLINE void qc_dw3x3_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output)
-{
 #if QC_INLINE_DSP
+/* The 4 outputs of a channel block: requantized (thr == NULL) or counted against the block's
+   threshold rows (n_thr per channel, levels from thr_offset); advances rq / thr and out. */
+#define QC_DW_STORE4()                                                                             \
+    do {                                                                                           \
+        if (thr == NULL) {                                                                         \
+            out[0] = qc_i_rq(a0, rq, lo, hi);                                                      \
+            out[ocs] = qc_i_rq(a1, rq + 1, lo, hi);                                                \
+            out[2 * ocs] = qc_i_rq(a2, rq + 2, lo, hi);                                            \
+            out[3 * ocs] = qc_i_rq(a3, rq + 3, lo, hi);                                            \
+            rq += 4;                                                                               \
+        } else {                                                                                   \
+            out[0] = (int8_t)(thr_offset + qc_threshold_count(a0, t, n_thr));                     \
+            out[ocs] = (int8_t)(thr_offset + qc_threshold_count(a1, t + n_thr, n_thr));           \
+            out[2 * ocs] = (int8_t)(thr_offset + qc_threshold_count(a2, t + 2 * n_thr, n_thr));   \
+            out[3 * ocs] = (int8_t)(thr_offset + qc_threshold_count(a3, t + 3 * n_thr, n_thr));   \
+            t += 4 * n_thr;                                                                        \
+        }                                                                                          \
+        out += 4 * ocs;                                                                            \
+    } while (0)
+
+/* One 4-channel block run by an assembly block (requantization inside it, or accumulators only). */
+#define QC_DW_ASM_BLOCK(TAPS)                                                                      \
+    do {                                                                                           \
+        if (thr == NULL) {                                                                         \
+            QC_DW_ASM(TAPS);                                                                       \
+        } else {                                                                                   \
+            int32_t a0, a1, a2, a3;                                                                \
+            QC_DW_ASM_ACC(TAPS);                                                                   \
+            QC_DW_STORE4();                                                                        \
+        }                                                                                          \
+        src += 4;                                                                                  \
+    } while (0)
+
+/*
+ * The 3x3 kernel with its output stage as a parameter: thr == NULL requantizes (qc_dw3x3_s8),
+ * else thr holds n_thr thresholds per channel and out = thr_offset + #reached (qc_dw3x3_thr_s8;
+ * the lowering puts those levels inside [act_min, act_max], the emitter checks it, so there is
+ * no clamp). Both wrappers are inlined with constants, so the unused stage is compiled out.
+ */
+static QC_ALWAYS_INLINE void qc_dw3x3_core(const qc_dwconv_params *p, const int32_t *thr, int32_t n_thr,
+                                           int32_t thr_offset, const int8_t *input, int8_t *output)
+{
     const int32_t ps = p->in_ps;
     const int32_t row = p->in_w * p->in_ps;
     const int32_t ocs = p->out_cs;
@@ -153,6 +195,7 @@ static QC_ALWAYS_INLINE void qc_dw3x3_s8(const qc_dwconv_params *p, const int8_t
             const uint32_t *w;
             const int32_t *bias = p->bias;
             const qc_rq *rq = p->rq;
+            const int32_t *t = thr;
             int8_t *out = output + (oy * p->out_w + ox) * p->out_ps;
             int32_t kx_lo, kx_hi, rows, cols, b;
             qc_window(ix0, 1, 3, p->in_w, &kx_lo, &kx_hi);
@@ -161,28 +204,25 @@ static QC_ALWAYS_INLINE void qc_dw3x3_s8(const qc_dwconv_params *p, const int8_t
             src = input + (iy0 + ky_lo) * row + (ix0 + kx_lo) * ps;
             w = p->weight + 2 * (ky_lo * 3 + kx_lo);
 #if defined(__OPTIMIZE__)
-            if (lo == -128 && hi == 127 && ocs < 256 && 2 * row + 2 * ps + 3 < 4096 && rows >= 2 && cols >= 2) {
+            if ((thr != NULL || (lo == -128 && hi == 127)) && ocs < 256 && 2 * row + 2 * ps + 3 < 4096 && rows >= 2
+                && cols >= 2) {
                 /* one assembly block per 4 channels; tap offsets and the output stride are
                    immediates (this function is inlined with a constant parameter block) */
                 if (rows == 3 && cols == 3) {
                     for (b = 0; b < blocks; ++b) {
-                        QC_DW_ASM(QC_DW_ROW3(0) QC_DW_ROW3(1) QC_DW_ROW3(2));
-                        src += 4;
+                        QC_DW_ASM_BLOCK(QC_DW_ROW3(0) QC_DW_ROW3(1) QC_DW_ROW3(2));
                     }
                 } else if (rows == 3) {
                     for (b = 0; b < blocks; ++b) {
-                        QC_DW_ASM(QC_DW_ROW2(0) QC_DW_ROW2(1) QC_DW_ROW2(2));
-                        src += 4;
+                        QC_DW_ASM_BLOCK(QC_DW_ROW2(0) QC_DW_ROW2(1) QC_DW_ROW2(2));
                     }
                 } else if (cols == 3) {
                     for (b = 0; b < blocks; ++b) {
-                        QC_DW_ASM(QC_DW_ROW3(0) QC_DW_ROW3(1));
-                        src += 4;
+                        QC_DW_ASM_BLOCK(QC_DW_ROW3(0) QC_DW_ROW3(1));
                     }
                 } else {
                     for (b = 0; b < blocks; ++b) {
-                        QC_DW_ASM(QC_DW_ROW2(0) QC_DW_ROW2(1));
-                        src += 4;
+                        QC_DW_ASM_BLOCK(QC_DW_ROW2(0) QC_DW_ROW2(1));
                     }
                 }
                 continue;
@@ -200,15 +240,10 @@ static QC_ALWAYS_INLINE void qc_dw3x3_s8(const qc_dwconv_params *p, const int8_t
                     QC_DW_TAP(src + 2 * row, w + 12);
                     QC_DW_TAP(src + 2 * row + ps, w + 14);
                     QC_DW_TAP(src + 2 * row + 2 * ps, w + 16);
-                    out[0] = qc_i_rq(a0, rq, lo, hi);
-                    out[ocs] = qc_i_rq(a1, rq + 1, lo, hi);
-                    out[2 * ocs] = qc_i_rq(a2, rq + 2, lo, hi);
-                    out[3 * ocs] = qc_i_rq(a3, rq + 3, lo, hi);
+                    QC_DW_STORE4();
                     src += 4;
                     w += 18;
                     bias += 4;
-                    rq += 4;
-                    out += 4 * ocs;
                 }
                 continue;
             }
@@ -233,20 +268,48 @@ static QC_ALWAYS_INLINE void qc_dw3x3_s8(const qc_dwconv_params *p, const int8_t
                     s += row;
                     ww += 6;
                 }
-                out[0] = qc_i_rq(a0, rq, lo, hi);
-                out[ocs] = qc_i_rq(a1, rq + 1, lo, hi);
-                out[2 * ocs] = qc_i_rq(a2, rq + 2, lo, hi);
-                out[3 * ocs] = qc_i_rq(a3, rq + 3, lo, hi);
+                QC_DW_STORE4();
                 src += 4;
                 w += 18;
                 bias += 4;
-                rq += 4;
-                out += 4 * ocs;
             }
         }
     }
+}
+#endif
+
+/*
+ * Depthwise 3x3 (dilation 1) on a channels-last input, channels % 4 == 0, fast requantization
+ * with multipliers >= 0 (the emitter checks all of it). Weights, bias and rq as qc_dwconv_params.
+ * Per output pixel the valid window is found once; then every 4-channel block runs its taps
+ * fully unrolled (the whole 3x3 window for interior pixels, 3- or 2-tap rows at the borders)
+ * with one word load, two SXTAB16 and four SMLAxy per tap, and its 4 outputs are requantized
+ * in registers.
+ */
+static QC_ALWAYS_INLINE void qc_dw3x3_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output)
+{
+#if QC_INLINE_DSP
+    qc_dw3x3_core(p, NULL, 0, 0, input, output);
 #else
     qc_dwconv_s8(p, input, output);
+#endif
+}
+
+/*
+ * The same kernel with a threshold output stage (a low-bit depthwise layer with thresholds,
+ * qc_dwconv_lb_params t, whose weights `spec` points at, expanded unscaled into scratch by
+ * qc_dwconv_expand_s8; spec->bias unscaled): out = t->output_offset + #{k : acc >= T[c, k]}.
+ * Without the DSP extension: qc_dwconv_lb_s8 (which expands the taps itself).
+ */
+static QC_ALWAYS_INLINE void qc_dw3x3_thr_s8(const qc_dwconv_lb_params *t, const qc_dwconv_params *spec,
+                                             const int8_t *input, int8_t *output, uint32_t *scratch)
+{
+#if QC_INLINE_DSP
+    (void)scratch;
+    qc_dw3x3_core(spec, t->thresholds, t->n_thresholds, t->output_offset, input, output);
+#else
+    (void)spec;
+    qc_dwconv_lb_s8(t, input, output, scratch);
 #endif
 }
 

@@ -173,6 +173,44 @@ static inline int32_t qc_rq_exact(int32_t acc, const qc_rq *q)
     return qc_requantize(acc, q->multiplier, q->shift) + q->round;
 }
 
+/**
+ * Threshold output stage: #{k : a >= row[k]} over a non-decreasing row of len thresholds.
+ * len = 2^b - 1 with b <= 4 (the stages of 1..4-bit outputs): b branch-free halving steps, the
+ * step of width s testing row[idx + s - 1] (the count lies in [idx, idx + 2s - 1] before the step
+ * and in [idx, idx + s - 1] after it, so b steps pin it down, reading only row[0 .. len - 1]).
+ * Other lengths: binary search. With a constant len (an inlined call) the switch folds away.
+ */
+static inline int32_t qc_threshold_count(int32_t a, const int32_t *row, int32_t len)
+{
+    int32_t idx = 0, rest = len;
+    switch (len) {
+    case 15:
+        idx += row[7] <= a ? 8 : 0;
+        /* fall through */
+    case 7:
+        idx += row[idx + 3] <= a ? 4 : 0;
+        /* fall through */
+    case 3:
+        idx += row[idx + 1] <= a ? 2 : 0;
+        /* fall through */
+    case 1:
+        idx += row[idx] <= a ? 1 : 0;
+        return idx;
+    default:
+        break;
+    }
+    while (rest > 0) {
+        const int32_t half = rest >> 1;
+        if (row[idx + half] <= a) {
+            idx += half + 1;
+            rest -= half + 1;
+        } else {
+            rest = half;
+        }
+    }
+    return idx;
+}
+
 /* ------------------------------------------------------------------ parameter blocks */
 
 /**
@@ -484,7 +522,9 @@ typedef struct {
  * multiple of 4) at a time are expanded into scratch in the int16-pair layout of
  * qc_dwconv_params (scaled by 2^w_shift, the fast requantization's pre-scale) and run through
  * qc_dwconv_s8 on that channel range. Threshold layers: per block of 4 channels the taps are
- * expanded, then every output pixel of the block is computed and counted against thresholds.
+ * expanded, then every output pixel of the block is computed and counted against thresholds
+ * (3x3 channels-last layers instead expand every channel once, qc_dwconv_expand_s8, and run
+ * qc_dw3x3_thr_s8 of qc_inline.h).
  */
 typedef struct {
     const qc_dwconv_params *dw;  /* geometry, bias, rq (dw->weight unused) */
