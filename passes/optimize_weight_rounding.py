@@ -103,15 +103,19 @@ def reconstruction_samples(n: int) -> torch.Tensor:
     return keep.nonzero().flatten()
 
 
+def _inputs(gm: GraphModule, ctx: PassContext, node: Node) -> torch.Tensor:
+    """``node``'s inputs on the reconstruction samples from ``gm`` as it runs (quantized so far,
+    or float inside :func:`float_mode`)."""
+    x = layer_inputs(gm, ctx, ctx.config.rounding_samples, only={node.target})[node.target].float()
+    return x[reconstruction_samples(len(x))]
+
+
 def _reconstruction_inputs(gm: GraphModule, ctx: PassContext, node: Node) -> tuple[torch.Tensor, torch.Tensor]:
     """``node``'s inputs on the reconstruction samples: from the network quantized so far, and
     from the float network."""
-    n = ctx.config.rounding_samples
-    x_q = layer_inputs(gm, ctx, n, only={node.target})[node.target].float()
+    x_q = _inputs(gm, ctx, node)
     with float_mode(gm):
-        x_f = layer_inputs(gm, ctx, n, only={node.target})[node.target].float()
-    keep = reconstruction_samples(len(x_q))
-    return x_q[keep], x_f[keep]
+        return x_q, _inputs(gm, ctx, node)
 
 
 def _layer_data(gm: GraphModule, ctx: PassContext, node, q: QuantizedWeights, centered: bool,
@@ -222,10 +226,11 @@ def _optimize_block(gm: GraphModule, ctx: PassContext, block: tuple[Node, list[N
     joint, history = attention_round_block(data, ctx.config.rounding_iters, seed=seed, progress=ctx.progress,
                                            desc=f"attention_round {first.target}+{last.target}")
     first_alone = _layer_wise(gm, ctx, first, seed, centered, first_inputs)
-    second_alone = _layer_wise(gm, ctx, last, seed + 1, centered)
+    last_inputs = _reconstruction_inputs(gm, ctx, last)
+    second_alone = _layer_wise(gm, ctx, last, seed + 1, centered, last_inputs)
     set_module(gm, first.target, _optimized(qs[0], first_alone))
-    try:
-        second_after_first = _layer_wise(gm, ctx, last, seed + 1, centered)
+    try:  # the consumer's float inputs do not depend on the depthwise levels
+        second_after_first = _layer_wise(gm, ctx, last, seed + 1, centered, (_inputs(gm, ctx, last), last_inputs[1]))
     finally:
         set_module(gm, first.target, qs[0])
     levels = {"nearest": nearest, "depthwise alone": [first_alone, nearest[1]],
