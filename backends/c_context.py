@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass, field
 
 from qcompile.backends import ir
-from qcompile.backends.c_format import comment_text, shape_text, spatial
-from qcompile.backends.c_layout import Layout
+from qcompile.backends.c_format import comment_text, shape_text
+from qcompile.backends.c_layout import Layout, strides
 from qcompile.backends.memory_plan import MemoryPlan
 from qcompile.errors import IRVerificationError
 
@@ -71,8 +71,7 @@ class EmitContext:
 
     def strides(self, tid: int) -> tuple[int, int]:
         """``(c_stride, p_stride)`` of tensor ``tid`` viewed as ``(C, H*W)`` in its chosen layout."""
-        c, h, w = spatial(self.shape(tid)) if len(self.shape(tid)) in (2, 3) else (self.size(tid), 1, 1)
-        return (1, c) if self.layout.hwc(tid) else (h * w, 1)
+        return strides(self.shape(tid), self.layout.hwc(tid))
 
     def scratch_ptr(self, op: ir.Op) -> str:
         return f"(uint32_t *)(void *)(arena + {self.layout.scratch[op.name]})"

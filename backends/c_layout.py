@@ -29,7 +29,7 @@ import numpy as np
 from qcompile.backends import ir
 from qcompile.backends.memory_plan import MemoryPlan
 
-__all__ = ["Layout", "analyze", "add_uses_tables", "conv_k_pad", "conv_k_seq", "is_depthwise", "scratch_bytes"]
+__all__ = ["Layout", "analyze", "add_uses_tables", "conv_k_pad", "conv_k_seq", "is_depthwise", "scratch_bytes", "strides"]
 
 _ALIGN = 8
 
@@ -40,6 +40,13 @@ def _spatial(shape) -> tuple[int, int, int] | None:
     if len(shape) == 3:
         return int(shape[0]), int(shape[1]), int(shape[2])
     return None
+
+
+def strides(shape, channels_last: bool) -> tuple[int, int]:
+    """``(c_stride, p_stride)`` of a tensor of ``shape`` viewed as ``(C, H*W)`` (rank other than 2
+    or 3: ``(size, 1, 1)``), stored channels-last or not."""
+    c, h, w = _spatial(shape) or (int(np.prod(shape)), 1, 1)
+    return (1, c) if channels_last else (h * w, 1)
 
 
 def neutral(shape) -> bool:

@@ -319,13 +319,12 @@ def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, no
 def lowbit_scratch(op, program: ir.Program, src: int, hwc: frozenset[int]) -> int:
     """Scratch bytes of a low-bit layer: im2col (as qc_conv_s8) + the DECODE chunk; depthwise: the
     expanded taps of one 4-channel block."""
-    from qcompile.backends.c_layout import conv_k_pad, conv_k_seq, is_depthwise
+    from qcompile.backends.c_layout import conv_k_pad, conv_k_seq, is_depthwise, strides
 
     if isinstance(op, ir.Conv2D):
         if is_depthwise(op, program):
             taps = int(op.weight.shape[2]) * int(op.weight.shape[3])
-            shape = program.tensors[src].shape
-            in_cs = 1 if src in hwc else int(np.prod(shape[1:]))  # as EmitContext.strides
+            in_cs = strides(program.tensors[src].shape, src in hwc)[0]
             expanded = op.thresholds is None or dw3x3_specialized(op, False, in_cs)
             return 4 * taps * dw_chunk(op) if expanded else 8 * taps
         co, cig, kh, kw = (int(d) for d in op.weight.shape)

@@ -108,12 +108,15 @@ static QC_ALWAYS_INLINE int8_t qc_i_rq(int32_t acc, const qc_rq *q, int32_t lo, 
     "asr r7, r7, r5\n\t"                                                     \
     "ssat r7, #8, r7\n\t"                                                    \
     "strb r7, [%[out]], #%c[ocs]\n\t"
+/* Bias -> a0..a3, the taps; advances bias and w (the accumulating part of both blocks below). */
+#define QC_DW_ACC_TEXT(TAPS)                                                 \
+    "ldrd %[a0], %[a1], [%[bias]], #8\n\t"                                  \
+    "ldrd %[a2], %[a3], [%[bias]], #8\n\t"                                  \
+    TAPS                                                                     \
+    "add %[w], %[w], #72\n\t"
 /* The same taps, accumulators only (the threshold epilogue counts them in C). Advances w and bias. */
 #define QC_DW_ASM_ACC(TAPS)                                                  \
-    __asm__ volatile("ldrd %[a0], %[a1], [%[bias]], #8\n\t"                 \
-                     "ldrd %[a2], %[a3], [%[bias]], #8\n\t"                 \
-                     TAPS                                                    \
-                     "add %[w], %[w], #72\n\t"                               \
+    __asm__ volatile(QC_DW_ACC_TEXT(TAPS)                                    \
                      : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), \
                        [w] "+r"(w), [bias] "+r"(bias)                        \
                      : [src] "r"(src), [off2] "r"(off2), [ps] "i"(ps), [row] "i"(row) \
@@ -121,10 +124,7 @@ static QC_ALWAYS_INLINE int8_t qc_i_rq(int32_t acc, const qc_rq *q, int32_t lo, 
 #define QC_DW_ASM(TAPS)                                                      \
     do {                                                                     \
         int32_t a0, a1, a2, a3;                                              \
-        __asm__ volatile("ldrd %[a0], %[a1], [%[bias]], #8\n\t"             \
-                         "ldrd %[a2], %[a3], [%[bias]], #8\n\t"             \
-                         TAPS                                                \
-                         "add %[w], %[w], #72\n\t"                           \
+        __asm__ volatile(QC_DW_ACC_TEXT(TAPS)                                \
                          QC_DW_RQ("a0") QC_DW_RQ("a1") QC_DW_RQ("a2") QC_DW_RQ("a3") \
                          : [a0] "=&r"(a0), [a1] "=&r"(a1), [a2] "=&r"(a2), [a3] "=&r"(a3), \
                            [w] "+r"(w), [bias] "+r"(bias), [rq] "+r"(rq), [out] "+r"(out) \
