@@ -137,7 +137,8 @@ def accumulator_thresholds(thresholds: np.ndarray, bias: np.ndarray, s_in: float
                            bias_int: np.ndarray, act_range: tuple[float, float] = (-math.inf, math.inf),
                            acc_bound: np.ndarray | None = None, name: str = "?") -> np.ndarray:
     """Integer thresholds ``t[c, k]`` on a conv/dense int32 accumulator that reproduce the N2UQ
-    decisions ``clamp(y, lo, hi) >= T[k]`` of the fake-quant graph exactly.
+    decisions ``clamp(y, lo, hi) >= T[k]`` of the fake-quant graph exactly (``thresholds`` is
+    ``T[k]``, or ``T[c, k]`` when the quantizer learned one row per channel).
 
     The graph computes ``y = s_in * s_w[c] * A + b[c]`` with ``A = acc - bias_int[c]`` the integer
     dot product (``acc`` is what the int32 accumulator holds, ``bias_int`` its integer bias), then
@@ -157,12 +158,16 @@ def accumulator_thresholds(thresholds: np.ndarray, bias: np.ndarray, s_in: float
     """
     lo, hi = act_range
     co = len(s_w)
-    out = np.empty((co, len(thresholds)), dtype=np.int64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.ndim == 2 and thresholds.shape[0] != co:
+        raise UnsupportedQuantizationError(f"'{name}': {thresholds.shape[0]} rows of thresholds for {co} channels")
+    rows = thresholds if thresholds.ndim == 2 else np.broadcast_to(thresholds, (co, thresholds.shape[-1]))
+    out = np.empty((co, rows.shape[1]), dtype=np.int64)
     s_in_q = Fraction(float(s_in))
     for c in range(co):
         unit = s_in_q * Fraction(float(s_w[c]))
         b = Fraction(float(bias[c]))
-        for k, t_real in enumerate(np.asarray(thresholds, dtype=np.float64)):
+        for k, t_real in enumerate(rows[c]):
             if t_real <= lo:
                 out[c, k] = INT32_MIN
             elif t_real > hi:

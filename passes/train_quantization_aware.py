@@ -167,7 +167,8 @@ def prepare_quantizers(gm: GraphModule, cfg, x: torch.Tensor) -> tuple[dict[str,
         bits = cfg.activation_bits
         scale, zp = init_activation_range(samples[target], bits)
         if cfg.activation_quantizer == "n2uq" and info(prod).kind in _WEIGHTED:
-            new = N2UQActQuant(bits, scale, zp)
+            channels = samples[target].shape[1] if cfg.n2uq_thresholds == "per_channel" else None
+            new = N2UQActQuant(bits, scale, zp, channels=channels)
         else:
             new = LsqActQuant(bits, scale, zp, numel=samples[target][0].numel())
         _set_module(gm, target, new)

@@ -16,6 +16,7 @@ BIAS_CORRECTIONS = ("auto", "empirical", "analytic", "none")
 CLE_RELU6 = ("skip", "replace", "auto")
 WEIGHT_QUANTIZERS = ("uniform", "pwlq")
 ACTIVATION_QUANTIZERS = ("uniform", "lsq", "n2uq")  # uniform: PTQ observers; lsq/n2uq: QAT
+N2UQ_THRESHOLDS = ("per_tensor", "per_channel")
 TARGETS = ("cortex-m", "generic")
 ROUNDINGS = ("nearest", "adaround", "attention_round")
 BIT_ALLOCATIONS = ("lossy_coding_length", "uniform", "sqnr_greedy", "dual_variables")
@@ -68,6 +69,9 @@ class QuantConfig:
     * ``qat_epochs``, ``qat_lr``, ``qat_batch_size``, ``qat_seed``: the QAT run (Adam, cosine
       decay, label-free distillation from the float model on the ``calib`` data).
       ``qat_keep_ends_8bit``: the first and last conv/linear keep 8-bit weights during QAT.
+    * ``n2uq_thresholds``: ``"per_tensor"`` (the paper: one set of learned thresholds per
+      activation tensor) or ``"per_channel"`` (one set per output channel, same uniform output
+      levels; free in the integer program, whose threshold tables are per channel anyway).
     * ``activation_observer``: how activation ranges are chosen from calibration data:
       ``"minmax"``, ``"moving_average"`` (EMA of per-batch min/max, ``averaging_constant``),
       ``"percentile"`` (``percentile`` of |values| on each side), ``"mse"`` (the clipping
@@ -157,6 +161,7 @@ class QuantConfig:
     qat_batch_size: int = 64
     qat_seed: int = 0
     qat_keep_ends_8bit: bool = True
+    n2uq_thresholds: str = "per_tensor"
     rounding: str | Mapping[str, str] = "nearest"
     rounding_iters: int = 1000
     rounding_samples: int = 1024
@@ -294,6 +299,9 @@ class QuantConfig:
         if self.activation_quantizer not in ACTIVATION_QUANTIZERS:
             raise ConfigError(f"QuantConfig.activation_quantizer={self.activation_quantizer!r}: "
                               f"choose one of {', '.join(ACTIVATION_QUANTIZERS)}")
+        if self.n2uq_thresholds not in N2UQ_THRESHOLDS:
+            raise ConfigError(f"QuantConfig.n2uq_thresholds={self.n2uq_thresholds!r}: choose one of "
+                              f"{', '.join(N2UQ_THRESHOLDS)}")
         if self.activation_quantizer == "uniform":
             if self.activation_bits != 8:
                 raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits} needs QAT: "

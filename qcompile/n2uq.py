@@ -55,9 +55,15 @@ class N2UQActQuant(ActQuant):
     ``zero_point = qmin + k0``. :meth:`freeze` stores the thresholds as float64 ``thresholds``
     (sorted, length ``2**bits - 1``) and the output step as ``scale``; the frozen forward then
     counts thresholds exactly as the integer program does (``x >= T``).
+
+    ``channels=C`` learns one set of thresholds (``B_0`` and ``a``) per channel of dimension 1
+    (``thresholds`` of shape ``(C, 2**bits - 1)``) with the output levels (step, zero point)
+    still shared by the tensor. This goes beyond the paper, which learns one set per layer. It
+    costs nothing in the integer program, because a threshold stage already holds one table row
+    per output channel (the real thresholds divided by that channel's accumulator unit).
     """
 
-    def __init__(self, bits: int, scale: float, zero_point: int, qmin: int = ACT_QMIN):
+    def __init__(self, bits: int, scale: float, zero_point: int, qmin: int = ACT_QMIN, channels: int | None = None):
         super().__init__(observer=None)
         self.bits = bits
         self.levels = (1 << bits) - 1
@@ -69,9 +75,11 @@ class N2UQActQuant(ActQuant):
         self.k0 = self.zero_point - qmin
         self.scale = None
         self.thresholds: torch.Tensor | None = None
+        self.channels = channels
         self.register_buffer("step0", torch.tensor(float(scale)))
-        self.start = nn.Parameter(torch.tensor(float(-self.k0)))   # B_0 / s0
-        self.a = nn.Parameter(torch.ones(self.levels))             # interval lengths / s0
+        lead = () if channels is None else (channels,)
+        self.start = nn.Parameter(torch.full(lead, float(-self.k0)))  # B_0 / s0
+        self.a = nn.Parameter(torch.ones(lead + (self.levels,)))       # interval lengths / s0
         self.out_rel = nn.Parameter(torch.ones(()))                # s / s0
         self.mode = QuantMode.QUANTIZE
 
@@ -80,15 +88,16 @@ class N2UQActQuant(ActQuant):
         return self.qmin, self.qmax
 
     def boundaries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B_0..B_L, a_1..a_L)`` in real units (``a`` floored at ``A_MIN * s0``)."""
+        """``(B_0..B_L, a_1..a_L)`` in real units (``a`` floored at ``A_MIN * s0``); with
+        ``channels``, one row per channel."""
         a = torch.clamp(self.a, min=A_MIN) * self.step0
-        b = torch.cat([self.start.reshape(1) * self.step0, self.start * self.step0 + torch.cumsum(a, 0)])
-        return b, a
+        b0 = self.start.unsqueeze(-1) * self.step0
+        return torch.cat([b0, b0 + torch.cumsum(a, -1)], -1), a
 
     def current_thresholds(self) -> torch.Tensor:
-        """Forward thresholds ``T_j = B_{j-1} + a_j / 2`` in real units."""
+        """Forward thresholds ``T_j = B_{j-1} + a_j / 2`` in real units (``(L,)`` or ``(channels, L)``)."""
         b, a = self.boundaries()
-        return b[:-1] + a / 2
+        return b[..., :-1] + a / 2
 
     def freeze(self) -> tuple[float, int]:
         """Fix thresholds (float64) and output step (idempotent: nothing is re-observed)."""
@@ -101,6 +110,8 @@ class N2UQActQuant(ActQuant):
 
     def _gste(self, x: torch.Tensor) -> torch.Tensor:
         """Counts in the forward pass, the piecewise-linear ``F`` in the backward pass."""
+        if self.channels is not None:
+            return self._gste_per_channel(x)
         b, a = self.boundaries()
         t = b[:-1] + a / 2
         count = torch.bucketize(x.detach(), t.detach(), right=True).to(x.dtype)  # #{j : x >= T_j}
@@ -111,17 +122,36 @@ class N2UQActQuant(ActQuant):
         ramp = torch.where(x > b[-1], torch.full_like(ramp, float(self.levels)), ramp)
         return count + ramp - ramp.detach()
 
+    def _gste_per_channel(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_gste` with one row of boundaries per channel (dimension 1 of ``x``)."""
+        b, a = self.boundaries()                            # (C, L + 1), (C, L)
+        xc = x.movedim(1, -1)                               # (..., C)
+        xd = xc.detach().unsqueeze(-1)
+        count = (xd >= (b[:, :-1] + a / 2).detach()).sum(-1).to(x.dtype)
+        j = (xd >= b.detach()).sum(-1).clamp(1, self.levels)  # interval index, as bucketize on b
+        c = torch.arange(self.channels, device=x.device)
+        left = b.reshape(-1)[c * (self.levels + 1) + j - 1]
+        ramp = (j - 1).to(x.dtype) + (xc - left) / a.reshape(-1)[c * self.levels + j - 1]
+        ramp = torch.where(xc < b[:, 0], torch.zeros_like(ramp), ramp)
+        ramp = torch.where(xc > b[:, -1], torch.full_like(ramp, float(self.levels)), ramp)
+        return (count + ramp - ramp.detach()).movedim(-1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode is not QuantMode.QUANTIZE:
             return x
         if self.scale is not None:
-            count = torch.bucketize(x.to(torch.float64), self.thresholds, right=True)
+            x64 = x.to(torch.float64)
+            if self.channels is None:
+                count = torch.bucketize(x64, self.thresholds, right=True)
+            else:
+                count = (x64.movedim(1, -1).unsqueeze(-1) >= self.thresholds).sum(-1).movedim(-1, 1)
             return ((count - self.k0).to(torch.float64) * self.scale).to(x.dtype)
         s = self.out_rel * self.step0
         return (self._gste(x) - self.k0) * s
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits} (N2UQ), scale={self.scale}, zero_point={self.zero_point}"
+        per = "" if self.channels is None else f", thresholds per channel ({self.channels})"
+        return f"bits={self.bits} (N2UQ{per}), scale={self.scale}, zero_point={self.zero_point}"
 
 
 def n2uq_weight_codes(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,6 +45,10 @@ def test_thresholds_by_hand():
     assert t6.tolist() == [[4, MAX], [8, MAX]]
     # no fused activation: a negative threshold is an ordinary one
     assert accumulator_thresholds(np.array([-0.5]), b, s_in, s_w, bias_int).tolist() == [[3 - 7], [-4 - 4]]
+    # one row per channel (per-channel N2UQ): channel 0 takes T = 0.3, channel 1 T = 0.5 (values above)
+    assert accumulator_thresholds(np.array([[0.3], [0.5]]), b, s_in, s_w, bias_int).tolist() == [[3], [8]]
+    with pytest.raises(UnsupportedQuantizationError, match="3 rows of thresholds for 2 channels"):
+        accumulator_thresholds(np.zeros((3, 1)), b, s_in, s_w, bias_int)
 
 
 def test_unreachable_threshold_needs_accumulator_headroom():
@@ -94,6 +98,35 @@ def test_gste_gradient_is_level_step_over_interval():
     assert q(x.detach()).tolist() == pytest.approx([0.0, 1.0, 1.0, 1.5, 0.0])
 
 
+def test_per_channel_thresholds():
+    """One row of boundaries per channel: equal rows give the per-tensor quantizer exactly (values and
+    gradients); different rows count each channel against its own row, in training and frozen."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5) * 2
+    weights = torch.randn(4, 3, 5, 5)
+    per_tensor, per_channel = N2UQActQuant(2, 0.5, -128), N2UQActQuant(2, 0.5, -128, channels=3)
+    with torch.no_grad():
+        per_tensor.a.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        per_channel.a.copy_(torch.tensor([1.0, 2.0, 0.5]).expand(3, 3))
+    grads = []
+    for q in (per_tensor, per_channel):
+        xg = x.clone().requires_grad_(True)
+        (q(xg) * weights).sum().backward()
+        grads.append((xg.grad, q.a.grad.reshape(-1, 3).sum(0), q.start.grad.sum()))
+    assert all(torch.allclose(u, v) for u, v in zip(*grads))
+    assert torch.equal(per_tensor(x), per_channel(x))
+    with torch.no_grad():  # channel 1: boundaries shifted up by 2 s0 = 1.0 (thresholds 1.25, 2.0, 2.625)
+        per_channel.start[1] = 2.0
+    y = per_channel(x)
+    assert torch.equal(y[:, [0, 2]], per_tensor(x)[:, [0, 2]])
+    expected = 0.5 * ((x[:, 1:2, ..., None] >= torch.tensor([1.25, 2.0, 2.625])).sum(-1)).to(x.dtype)
+    assert torch.allclose(y[:, 1:2], expected, atol=1e-6)  # the GSTE's count + ramp - ramp, in float32
+    per_channel.freeze()
+    assert per_channel.thresholds.shape == (3, 3)
+    np.testing.assert_allclose(per_channel.thresholds[1].numpy(), [1.25, 2.0, 2.625])
+    assert torch.allclose(per_channel(x), y, atol=1e-6)
+
+
 def test_n2uq_weights_use_two_to_the_b_odd_levels():
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
     codes, scale = n2uq_weight_codes(w, 2)
@@ -112,6 +145,8 @@ def test_config():
         QuantConfig(weight_bits=4, activation_quantizer="lsq", weight_quantizer="pwlq")
     with pytest.raises(ConfigError, match="activation_quantizer"):
         QuantConfig(activation_quantizer="pact")
+    with pytest.raises(ConfigError, match="n2uq_thresholds"):
+        QuantConfig(n2uq_thresholds="per_pixel")
 
 
 class Tiny(nn.Module):
@@ -146,11 +181,13 @@ def data():
     return torch.randn(512, 1, 8, 8, generator=g)
 
 
-@pytest.mark.parametrize("quantizer", ["n2uq", "lsq"])
+@pytest.mark.parametrize("quantizer", ["n2uq", "lsq", "n2uq per_channel"])
 def test_short_qat_lowers_and_agrees_with_the_fake_quant_graph(quantizer, data):
     torch.manual_seed(0)
     model = Tiny().eval()
-    cfg = QuantConfig(weight_bits=3, activation_bits=3, activation_quantizer=quantizer, qat_epochs=2, qat_lr=1e-3)
+    quantizer, _, granularity = quantizer.partition(" ")
+    cfg = QuantConfig(weight_bits=3, activation_bits=3, activation_quantizer=quantizer, qat_epochs=2, qat_lr=1e-3,
+                      n2uq_thresholds=granularity or "per_tensor")
     art = qcompile.compile(model, (data[:1],), calib=data[:384], config=cfg, progress=False)
     rec = art.records["train_quantization_aware"]
     assert rec["steps"] == 2 * 6 and len(rec["loss_per_epoch"]) == 2
@@ -173,7 +210,10 @@ def test_short_qat_lowers_and_agrees_with_the_fake_quant_graph(quantizer, data):
         # the learned thresholds (not the initial uniform midpoints) are what the program compares with
         q = art.graph.get_submodule("relu_1_aq")
         init = (torch.arange(1, 8, dtype=torch.float64) - 0.5 - q.k0) * float(q.step0)
-        assert not torch.allclose(q.thresholds, init)
+        assert not torch.allclose(q.thresholds, init.expand_as(q.thresholds))
+        if granularity:  # every channel learned its own row
+            assert q.thresholds.shape == (8, 7) and len({tuple(r) for r in q.thresholds.tolist()}) == 8
+            art.verify(held[:8], on="host")  # raises on any mismatch
         op = ops["conv2"]
         assert op.codebook is not None and op.codebook.bits == 3
         assert set(np.unique(op.weight).tolist()) <= {-7, -5, -3, -1, 1, 3, 5, 7}
