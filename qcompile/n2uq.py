@@ -91,8 +91,10 @@ class N2UQActQuant(ActQuant):
         """``(B_0..B_L, a_1..a_L)`` in real units (``a`` floored at ``A_MIN * s0``); with
         ``channels``, one row per channel."""
         a = torch.clamp(self.a, min=A_MIN) * self.step0
-        b0 = self.start.unsqueeze(-1) * self.step0
-        return torch.cat([b0, b0 + torch.cumsum(a, -1)], -1), a
+        # B_0 enters twice through separate products: the gradient of ``start`` then sums exactly as it
+        # always has (per tensor), so training runs are bit-for-bit those of the committed results
+        return torch.cat([self.start.unsqueeze(-1) * self.step0,
+                          (self.start * self.step0).unsqueeze(-1) + torch.cumsum(a, -1)], -1), a
 
     def current_thresholds(self) -> torch.Tensor:
         """Forward thresholds ``T_j = B_{j-1} + a_j / 2`` in real units (``(L,)`` or ``(channels, L)``)."""
