@@ -302,6 +302,9 @@ class QuantConfig:
         if self.n2uq_thresholds not in N2UQ_THRESHOLDS:
             raise ConfigError(f"QuantConfig.n2uq_thresholds={self.n2uq_thresholds!r}: choose one of "
                               f"{', '.join(N2UQ_THRESHOLDS)}")
+        if self.n2uq_thresholds != "per_tensor" and self.activation_quantizer != "n2uq":
+            raise ConfigError(f"QuantConfig.n2uq_thresholds={self.n2uq_thresholds!r} needs activation_quantizer='n2uq' "
+                              f"(got {self.activation_quantizer!r})")
         if self.activation_quantizer == "uniform":
             if self.activation_bits != 8:
                 raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits} needs QAT: "

@@ -147,6 +147,8 @@ def test_config():
         QuantConfig(activation_quantizer="pact")
     with pytest.raises(ConfigError, match="n2uq_thresholds"):
         QuantConfig(n2uq_thresholds="per_pixel")
+    with pytest.raises(ConfigError, match="needs activation_quantizer='n2uq'"):
+        QuantConfig(activation_bits=4, activation_quantizer="lsq", n2uq_thresholds="per_channel")
 
 
 class Tiny(nn.Module):
