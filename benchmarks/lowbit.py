@@ -190,8 +190,8 @@ def targets(results: list[dict]) -> dict[str, str]:
         for row in ("n2uq W2A2", "n2uq/ch W2A2"):
             n = by.get((m, row))
             if m.startswith("fashion") and f and n:
-                out[f"{row} within 3 pts of float on {m}"] = (f"{'met' if f['top1'] - n['top1'] <= 3 else 'MISSED'} "
-                                                              f"(drop {f['top1'] - n['top1']:.2f})")
+                drop = f["top1"] - n["top1"]
+                out[f"{row} within 3 pts of float on {m}"] = f"{'met' if drop <= 3 else 'MISSED'} (drop {drop:.2f})"
     return out
 
 
