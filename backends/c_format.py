@@ -11,6 +11,7 @@ __all__ = ["c_array", "c_float", "c_int", "c_macro_int", "c_params", "comment_te
            "spatial", "words_array"]
 
 _INT8_PER_LINE = 16
+_INT16_PER_LINE = 12
 _INT32_PER_LINE = 10
 _MAX_IDENT_BASE = 40
 
@@ -49,6 +50,7 @@ def shape_text(shape: Sequence[int]) -> str:
 _CTYPES = {
     "int8_t": (-(1 << 7), (1 << 7) - 1, _INT8_PER_LINE),
     "uint8_t": (0, (1 << 8) - 1, _INT8_PER_LINE),
+    "int16_t": (-(1 << 15), (1 << 15) - 1, _INT16_PER_LINE),
     "int32_t": (-(1 << 31), (1 << 31) - 1, _INT32_PER_LINE),
     "uint32_t": (0, (1 << 32) - 1, _INT32_PER_LINE),
 }

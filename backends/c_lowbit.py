@@ -19,8 +19,10 @@ Depthwise layers on this path store row-major ``(C, taps)`` fields: expanded onc
 by the specialized ``qc_dw3x3_s8`` (3x3, channels-last, fast form) or ``qc_dw3x3_thr_s8`` (the same
 kernel with a threshold output stage), else by ``qc_dwconv_s8`` per channel chunk
 (``qc_dwconv_lb_s8``). Threshold layers use unscaled accumulators (exact form, no pre-scale) and count
-the thresholds reached with ``qc_threshold_count`` (branch-free halving steps for the 1, 3, 7 or 15
-thresholds of 1..4-bit outputs, binary search otherwise).
+the thresholds reached with ``qc_threshold_count`` / ``qc_threshold_count16`` (branch-free halving
+steps for the 1, 3, 7 or 15 thresholds of 1..4-bit outputs, binary search otherwise). They store
+no requantization records, and their threshold rows as int16 when the rows, clipped to the reachable
+accumulator range, fit (:func:`threshold_table`), else int32.
 
 Scratch (RAM) cost: a DECODE layer's expansion takes at most :data:`DECODE_BUDGET` bytes (channels per
 chunk chosen to fit), a depthwise layer's ``4 * taps`` bytes per channel up to the same budget (a
@@ -38,7 +40,7 @@ from qcompile.backends.c_format import c_array, c_params, rq_array, words_array
 from qcompile.backends.c_weights import INT32_MAX, pack_gemm, pack_gemm_w8, pad_channels, requant_plan, w8_plan
 
 __all__ = ["DECODE_BUDGET", "GemmPlan", "decode_scratch", "dw3x3_specialized", "dw_plan", "emit_dwconv_lb", "emitted_param_bytes", "emit_gemm_lb", "gemm_plan",
-           "is_lowbit", "lowbit_scratch", "pack_fields", "pack_w4"]
+           "is_lowbit", "lowbit_scratch", "pack_fields", "pack_w4", "threshold_bytes", "threshold_table"]
 
 DECODE_BUDGET = 8192  # bytes of scratch for the int8 expansion of a DECODE layer's channel chunk
 
@@ -120,16 +122,57 @@ def decode_scratch(plan: GemmPlan, k_pad: int) -> int:
     return plan.chunk * k_pad * (1 if plan.w8 else 2) if plan.mode == "decode" else 0
 
 
-def _thresholds(ctx: EmitContext, op, groups: int, cog: int, cout_pad: int) -> tuple[list[str], str, int]:
+def threshold_table(op) -> tuple[np.ndarray, int]:
+    """The threshold rows as stored and their width in bits (16 or 32): each row clipped to its
+    channel's reachable accumulator range ``[lo, hi]`` (:func:`ir.accumulator_range`), stored as
+    int16 when every clipped value fits, else int32.
+
+    Clipping is exact: the accumulator never leaves ``[lo, hi]``, so a threshold ``<= lo`` is reached
+    by every accumulator, as ``lo`` is, and one ``> hi`` by none, as ``hi + 1`` is. It turns the
+    lowering's ``INT32_MIN`` / ``INT32_MAX`` sentinels (clamped-away levels) into values near the
+    data; the thresholds a low-bit layer reaches are a few hundred units (they are within the
+    accumulator range of 2..4-bit weights on 2..4-bit activations), so such layers store 2 bytes per
+    threshold; an 8-bit-weight layer on 8-bit inputs (a first layer) usually needs int32."""
+    lo, hi = ir.accumulator_range(op.weight, op.bias, op.input_offset)
+    rows = np.clip(op.thresholds.astype(np.int64), lo[:, None], hi[:, None] + 1)
+    fits16 = rows.size == 0 or (int(rows.min()) >= -(1 << 15) and int(rows.max()) < (1 << 15))
+    return rows, 16 if fits16 else 32
+
+
+def threshold_bytes(op) -> int:
+    """Flash bytes of a layer's threshold table as the C backend stores it (0 without one)."""
+    if op.thresholds is None:
+        return 0
+    c_out = int(op.thresholds.shape[0])
+    groups = op.groups if isinstance(op, ir.Conv2D) else 1
+    if not (groups > 1 and op.weight.shape[1] == 1 and c_out == groups):  # GEMM rows: channel pairs per group
+        cog = c_out // groups
+        c_out = groups * (cog + (cog & 1))
+    return c_out * int(op.thresholds.shape[1]) * threshold_table(op)[1] // 8
+
+
+def _thresholds(ctx: EmitContext, op, groups: int, cog: int, cout_pad: int) -> tuple[list[str], list[tuple[str, object]]]:
+    """The threshold array and the lb parameter fields that point at it."""
     t = op.thresholds
     if t is None:
-        return [], "NULL", 0
-    if t.shape[1] == 0:
-        return [], "NULL", 0
+        return [], [("thresholds", "NULL"), ("threshold_bits", 0), ("n_thresholds", 0)]
     ident = ctx.ident(op.name, "thresholds")
-    rows = pad_channels(t.astype(np.int64), groups, cog, cout_pad)
-    return [c_array("int32_t", ident, rows, f"{op.name}: thresholds ({t.shape[1]} per (padded) channel, "
-                                              f"non-decreasing); out = offset + #reached")], ident, int(t.shape[1])
+    rows, bits = threshold_table(op)
+    rows = pad_channels(rows, groups, cog, cout_pad)
+    array = c_array(f"int{bits}_t", ident, rows, f"{op.name}: thresholds ({t.shape[1]} per (padded) channel, "
+                                                  f"non-decreasing, clipped to the reachable accumulator range); "
+                                                  f"out = offset + #reached")
+    return [array], [("thresholds", ident), ("threshold_bits", bits), ("n_thresholds", int(t.shape[1]))]
+
+
+def _rq(ctx: EmitContext, op, rows: np.ndarray, defs: list[str]) -> str:
+    """Append the requantization records ``rows`` and return their identifier; a layer with a
+    threshold stage never requantizes, so it stores none (``NULL``)."""
+    if op.thresholds is not None:
+        return "NULL"
+    r_id = ctx.ident(op.name, "rq")
+    defs.append(rq_array(r_id, rows, f"{op.name}: requantization {{multiplier, shift, round}} per (padded) channel"))
+    return r_id
 
 
 def _stored(op, perm_cols=None, kperm=None) -> np.ndarray:
@@ -192,19 +235,18 @@ def gemm_lb_parts(ctx: EmitContext, op, raw: np.ndarray, groups: int, cog: int, 
                             f"{op.name}: {what}, {plan.field_bits} bits each, row-major (out, k), low bits first"))
         if op.codebook is not None:
             levels_id, rows_id = _codebook_tables(ctx, op, defs)
-    b_id, r_id = ctx.ident(op.name, "bias"), ctx.ident(op.name, "rq")
+    b_id = ctx.ident(op.name, "bias")
     defs.append(c_array("int32_t", b_id, pad_channels(plan.bias, groups, cog, cout_pad),
                         f"{op.name}: bias per (padded) channel" + (f", pre-scaled by 2^{plan.shift}" if plan.shift else "")))
-    defs.append(rq_array(r_id, pad_channels(plan.rq, groups, cog, cout_pad),
-                         f"{op.name}: requantization {{multiplier, shift, round}} per (padded) channel"))
-    t_defs, t_id, n_t = _thresholds(ctx, op, groups, cog, cout_pad)
+    r_id = _rq(ctx, op, pad_channels(plan.rq, groups, cog, cout_pad), defs)
+    t_defs, t_fields = _thresholds(ctx, op, groups, cog, cout_pad)
     defs.extend(t_defs)
     mode = {"w8": "QC_LB_W8", "w4": "QC_LB_W4", "decode": "QC_LB_DECODE"}[plan.mode]
     code_bits = op.codebook.bits if op.codebook is not None else 0
     lb_fields = [
         [("mode", mode), ("bits", plan.field_bits), ("code_bits", code_bits), ("chunk", plan.chunk)],
         [("packed", packed_id), ("levels", levels_id), ("level_row", rows_id)],
-        [("thresholds", t_id), ("n_thresholds", n_t), ("output_offset", op.output_offset)],
+        [*t_fields, ("output_offset", op.output_offset)],
     ]
     return defs, plan, lb_fields, w_id, b_id, r_id
 
@@ -276,14 +318,14 @@ def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, no
     defs = [c_array("uint8_t", packed_id, pack_fields(fields, bits),
                     f"{op.name}: depthwise {what}, {bits} bits each, row-major (channel, tap {kh}x{kw})")]
     levels_id, rows_id = _codebook_tables(ctx, op, defs) if op.codebook is not None else ("NULL", "NULL")
-    b_id, r_id = ctx.ident(op.name, "bias"), ctx.ident(op.name, "rq")
+    b_id = ctx.ident(op.name, "bias")
     bias_p = np.zeros(c_pad, dtype=np.int64)
     bias_p[:c] = bias
     rq_p = np.zeros((c_pad, 3), dtype=np.int64)
     rq_p[:c] = rq
     defs.append(c_array("int32_t", b_id, bias_p, f"{op.name}: bias per (padded) channel"))
-    defs.append(rq_array(r_id, rq_p, f"{op.name}: requantization {{multiplier, shift, round}} per channel"))
-    t_defs, t_id, n_t = _thresholds(ctx, op, 1, c, c)
+    r_id = _rq(ctx, op, rq_p, defs)
+    t_defs, t_fields = _thresholds(ctx, op, 1, c, c)
     defs.extend(t_defs)
     d_id, p_id = ctx.ident(op.name, "dw"), ctx.ident(op.name, "params")
     dw = c_params("qc_dwconv_params", d_id, [
@@ -295,7 +337,7 @@ def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, no
         [("bits", bits), ("code_bits", op.codebook.bits if op.codebook is not None else 0), ("w_shift", w_shift),
          ("chunk", dw_chunk(op))],
         [("packed", packed_id), ("levels", levels_id), ("level_row", rows_id)],
-        [("thresholds", t_id), ("n_thresholds", n_t), ("output_offset", op.output_offset)],
+        [*t_fields, ("output_offset", op.output_offset)],
     ])
     in_cs = dict(dw_rows[0])["in_cs"]
     if dw3x3_specialized(op, fast, in_cs):
@@ -351,7 +393,8 @@ def emitted_param_bytes(op) -> int:
     """Bytes of the ``static const`` arrays the C emitter writes for a Conv2D / Dense: weights as
     stored (packed values or codes, int8 channel pairs, int16 pairs), codebook level tables (shared
     rows plus their index), the padded
-    bias (int32) and requantization records (3 x int32), thresholds (int32)."""
+    bias (int32), requantization records (3 x int32, none with a threshold stage) and thresholds
+    (:func:`threshold_bytes`)."""
     if op.acc_bits == 64:
         from qcompile.backends.c_wide import wide_param_bytes
 
@@ -365,7 +408,7 @@ def emitted_param_bytes(op) -> int:
         co, k = (int(d) for d in op.weight.shape)
         groups, depthwise = 1, False
     levels = op.codebook.table_bytes if op.codebook is not None else 0
-    n_t = op.thresholds.shape[1] if op.thresholds is not None else 0
+    per_channel = 4 if op.thresholds is not None else 16  # bias, + {multiplier, shift, round} without thresholds
     if depthwise:
         c_pad = (co + 3) // 4 * 4
         if is_lowbit(op):
@@ -373,7 +416,7 @@ def emitted_param_bytes(op) -> int:
             weights = -(-co * k * bits // 8) + levels
         else:
             weights = 2 * c_pad * k
-        return weights + 16 * c_pad + 4 * co * n_t
+        return weights + per_channel * c_pad + threshold_bytes(op)
     cog = co // groups
     cout_pad = cog + (cog & 1)
     k_pad = (k + 3) // 4 * 4
@@ -390,4 +433,4 @@ def emitted_param_bytes(op) -> int:
             weights = n_pad * k_pad * (1 if plan.w8 else 2)
         else:
             weights = -(-co * k * plan.field_bits // 8) + levels
-    return weights + 16 * n_pad + 4 * n_pad * n_t
+    return weights + per_channel * n_pad + threshold_bytes(op)

@@ -64,6 +64,7 @@ __all__ = [
     "Codebook",
     "storage_bits",
     "weight_storage_bytes",
+    "accumulator_range",
     "accumulator_bound",
     "ACC_BITS",
     "verify",
@@ -652,6 +653,20 @@ def accumulator_bound(weight: np.ndarray, bias: np.ndarray, input_offset: int) -
     return w.sum(axis=1) * _max_abs_input(input_offset) + np.abs(bias.astype(np.int64))
 
 
+def accumulator_range(weight: np.ndarray, bias: np.ndarray, input_offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output channel, the exact range ``[lo, hi]`` of the full accumulator ``sum w (x + offset)
+    + bias`` over all int8 inputs ``x`` (padding contributes 0, inside the range since
+    ``-128 + offset <= 0 <= 127 + offset``): ``lo = sum_{w>0} w (-128 + off) + sum_{w<0} w (127 + off)
+    + bias``, ``hi`` symmetrically; each bound is attained by some input."""
+    w = weight.astype(np.int64).reshape(weight.shape[0], -1)
+    if w.shape[1] * 128 * 256 >= 1 << 62:
+        raise IRVerificationError(f"fan-in {w.shape[1]} too large to bound in int64")
+    x_lo, x_hi = -128 + int(input_offset), 127 + int(input_offset)
+    pos, neg = np.clip(w, 0, None).sum(axis=1), np.clip(w, None, 0).sum(axis=1)
+    b = bias.astype(np.int64)
+    return pos * x_lo + neg * x_hi + b, pos * x_hi + neg * x_lo + b
+
+
 def _check_accumulator_bound(op, weight: np.ndarray, bias: np.ndarray, input_offset: int) -> None:
     """Prove no partial sum can overflow the op's accumulator. int32: ``sum|w| * max|x + offset|
     + |bias| <= INT32_MAX``. int64 (:data:`ACC_BITS`): the requantization's ``acc * 2**max(shift, 0)``
@@ -711,7 +726,8 @@ def _check_weighted(op, n_out: int) -> None:
     _check(op.act_min <= op.act_max, op, "act_min > act_max")
     t = op.thresholds
     if t is not None:
-        _check(t.dtype == np.int32 and t.ndim == 2 and t.shape[0] == n_out, op, f"thresholds must be int32 ({n_out}, L)")
+        _check(t.dtype == np.int32 and t.ndim == 2 and t.shape[0] == n_out and t.shape[1] >= 1, op,
+               f"thresholds must be int32 ({n_out}, L), L >= 1")
         _check(bool(np.all(np.diff(t.astype(np.int64), axis=1) >= 0)), op, "thresholds must not decrease")
         _check(op.output_offset + t.shape[1] <= 127, op, "output levels exceed int8")
 

@@ -25,8 +25,9 @@ Columns: top-1 and its drop vs float, the mean squared difference of the interpr
 from the float model's on the test split (``logit_mse_vs_float``: the error top-1 only sees where
 it flips a decision; when PWLQ and uniform run in the same invocation the PWLQ row also counts
 the test samples only one of the two gets right), weight flash bytes (``ir.weight_storage_bytes`` summed:
-packed codes or values plus codebook tables), threshold table bytes (int32, N2UQ/low-bit
-output stages), agreement of the interpreter with the fake-quant graph ``art.graph``,
+packed codes or values plus codebook tables), threshold table bytes as the C stores them
+(``c_lowbit.threshold_bytes``: rows padded like the kernel's channels, int16 where the clipped
+values fit, else int32; N2UQ/low-bit output stages), agreement of the interpreter with the fake-quant graph ``art.graph``,
 bit-exact interpreter vs C on the host (``art.verify(on="host")`` on ``--verify`` samples) and
 on an emulated Cortex-M4 (``art.measure``: the DSP build at -O2 runs on QEMU's MPS2-AN386,
 bit-exactness is checked and the exact instruction count per inference is recorded, with the
@@ -49,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qcompile  # noqa: E402
 from qcompile.backends import ir  # noqa: E402
+from qcompile.backends.c_lowbit import threshold_bytes  # noqa: E402
 from qcompile.config import QuantConfig  # noqa: E402
 from qcompile.zoo import predict  # noqa: E402
 
@@ -129,7 +131,7 @@ def bench(model_name: str, rows: list[str], args) -> list[dict]:
         rec = {
             "model": model_name, "row": row, "top1": round(acc, 2), "drop": round(float_top1 - acc, 2),
             "weight_flash_bytes": sum(ir.weight_storage_bytes(op) for op in ops),
-            "threshold_bytes": sum(4 * op.thresholds.size for op in ops if getattr(op, "thresholds", None) is not None),
+            "threshold_bytes": sum(threshold_bytes(op) for op in ops if isinstance(op, (ir.Conv2D, ir.Dense))),
             "logit_mse_vs_float": float(f"{float((logits.double() - float_logits.double()).pow(2).mean()):.4g}"),
             "graph_top1": round(top1(graph_logits, y_test), 2),
             "interp_vs_graph_agreement": round(100.0 * float((logits.argmax(1) == graph_logits.argmax(1)).float().mean()), 2),

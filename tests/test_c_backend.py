@@ -967,6 +967,8 @@ def _conv_program(**overrides):
     ({"act_min": 5, "act_max": 4}, "act_min > act_max"),
     ({"output_offset": 200}, "outside int8"),
     ({"bias": np.full(2, 2**31 - 100, np.int32)}, "accumulator may overflow"),
+    ({"thresholds": np.zeros((2, 0), np.int32)}, "L >= 1"),
+    ({"thresholds": np.array([[1, 0], [0, 1]], np.int32)}, "must not decrease"),
 ])
 def test_verifier_rejects_invalid_conv(overrides, match):
     ir.verify(_conv_program())  # the baseline is valid

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from qcompile import report
 from qcompile.backends import interpreter, ir
 from qcompile.backends.c_emitter import emit_c
-from qcompile.backends.c_lowbit import pack_fields, pack_w4
+from qcompile.backends.c_lowbit import pack_fields, pack_w4, threshold_table
 from qcompile.backends.interpreter import interpret
 from qcompile.backends.memory_plan import plan_memory
 from qcompile.backends.qemu import toolchain_available
@@ -67,10 +68,16 @@ def _accumulators(program: ir.Program, op_name: str, xs: np.ndarray) -> np.ndarr
     return seen["acc"]
 
 
-def _thresholds(b: Builder, levels: int, xs_seed: int = 5, clamp_top: int | None = None) -> None:
+def _thresholds(b: Builder, levels: int, xs_seed: int = 5, clamp_top: int | None = None,
+                bias_shift: int = 0, sentinels: bool = False) -> None:
     """Give the last conv/dense a threshold stage of ``levels`` thresholds per channel, drawn from its
     own accumulators on the test inputs (so some accumulators sit exactly on a threshold), with ties.
-    ``clamp_top``: act_max = offset + clamp_top, below the top level (the clamped output stage)."""
+    ``clamp_top``: act_max = offset + clamp_top, below the top level (the clamped output stage).
+    ``bias_shift`` is added to the bias first (thresholds beyond int16: an int32 table);
+    ``sentinels`` makes the first threshold INT32_MIN and the last INT32_MAX (as the lowering writes
+    levels a clamp removes; the emitter clips them to the reachable range)."""
+    if bias_shift:
+        b.ops[-1] = dataclasses.replace(b.ops[-1], bias=(b.ops[-1].bias + bias_shift).astype(np.int32))
     op = b.ops[-1]
     prog = b.build()
     xs = random_input(prog, 3, seed=xs_seed)
@@ -84,6 +91,8 @@ def _thresholds(b: Builder, levels: int, xs_seed: int = 5, clamp_top: int | None
     t = np.stack(rows).astype(np.int32)
     if levels > 2:
         t[:, 1] = t[:, 2]  # a tie
+    if sentinels:
+        t[:, 0], t[:, -1] = np.iinfo(np.int32).min, np.iinfo(np.int32).max
     offset = min(op.output_offset, 127 - levels)
     b.ops[-1] = dataclasses.replace(op, thresholds=t, output_offset=offset, act_min=max(op.act_min, -128),
                                     act_max=127 if clamp_top is None else offset + clamp_top)
@@ -121,7 +130,7 @@ def gemm_program() -> ir.Program:
     # the unrolled threshold counts (1, 3, 7, 15 levels: 1..4-bit outputs), and a clamped stage
     for levels, clamp_top in ((15, None), (1, None), (15, 9)):
         outs.append(b.conv(t4, 6, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4))
-        _thresholds(b, levels, clamp_top=clamp_top)
+        _thresholds(b, levels, clamp_top=clamp_top, sentinels=levels == 15)  # clipped sentinels, int16
     # channels-last W4 outputs (they only feed convolutions): the fused pixel-pair routines, full and clamped
     f1 = b.conv(t4, 8, kernel=(3, 3), padding=(1, 1, 1, 1), w_bits=4, act=(-128, 127))
     f2 = b.conv(t4, 10, kernel=(1, 1), w_bits=4, act=(-50, 90))
@@ -156,11 +165,13 @@ def depthwise_program() -> ir.Program:
     outs.append(b.conv(z, 12, kernel=(3, 3), groups=12, stride=(2, 2), padding=(1, 1, 1, 1), w_bits=4))
     _codebook(b, 4, shared=3)
     # thresholds on the specialized 3x3 kernel (qc_dw3x3_thr_s8: whole window, border rows and
-    # columns), 4- and 2-bit outputs; clamped levels take the general kernel
-    for stride, w_bits, levels, clamp_top in ((1, 4, 15, None), (2, 2, 3, None), (1, 4, 15, 12)):
+    # columns), 4- and 2-bit outputs, int16 and int32 (bias_shift) tables; clamped levels take the
+    # general kernel
+    for stride, w_bits, levels, clamp_top, shift in ((1, 4, 15, None, 0), (2, 2, 3, None, 0), (1, 4, 15, 12, 0),
+                                                     (1, 4, 7, None, 100_000), (1, 4, 7, 5, 100_000)):
         outs.append(b.conv(z, 12, kernel=(3, 3), groups=12, stride=(stride, stride), padding=(1, 1, 1, 1),
                            w_bits=w_bits))
-        _thresholds(b, levels, clamp_top=clamp_top)
+        _thresholds(b, levels, clamp_top=clamp_top, bias_shift=shift, sentinels=stride == 1)
     y = b.conv(x, 30, kernel=(1, 1), w_bits=8)
     outs.append(b.conv(y, 30, kernel=(9, 9), groups=30, padding=(4, 4, 4, 4), w_bits=4))  # 2 expansion chunks
     _codebook(b, 4)
@@ -205,6 +216,23 @@ def test_pack_w4_bytes_are_signed_pairs():
     assert pack_fields(np.array([15, 1, 7]), 4).tolist() == [0x1F, 7]
 
 
+def test_threshold_table_clips_to_the_reachable_range():
+    """Worked by hand: weights (2, -1), bias 5, input offset 128, so x + 128 lies in [0, 255] and the
+    accumulator in [-255 + 5, 510 + 5] = [-250, 515]. Thresholds at or below -250 are reached by every
+    accumulator (stored -250), those above 515 by none (stored 516); int16 holds them. With bias
+    40005 the range is [39750, 40515], beyond int16: the table stays int32."""
+    lo32, hi32 = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    t = np.array([[lo32, -251, -250, 0, 515, 516, 517, hi32]], dtype=np.int32)
+    op = SimpleNamespace(weight=np.array([[2, -1]], np.int8), bias=np.array([5], np.int32), input_offset=128,
+                         thresholds=t)
+    rows, bits = threshold_table(op)
+    assert rows.tolist() == [[-250, -250, -250, 0, 515, 516, 516, 516]] and bits == 16
+    acc = np.arange(-250, 516)
+    assert np.array_equal((acc[:, None] >= rows).sum(1), (acc[:, None] >= t.astype(np.int64)).sum(1))
+    rows, bits = threshold_table(SimpleNamespace(**{**vars(op), "bias": np.array([40005], np.int32)}))
+    assert rows.tolist() == [[39750] * 7 + [40515 + 1]] and bits == 32
+
+
 def test_routes_and_flash(program):
     src = emit_c(program, plan_memory(program), "m")["m.c"]
     lowbit = [op for op in program.ops if isinstance(op, (ir.Conv2D, ir.Dense))
@@ -214,8 +242,10 @@ def test_routes_and_flash(program):
     calls = src.count("qc_conv_lb_s8(") + src.count("qc_dwconv_lb_s8(") + src.count("qc_dwconv_expand_s8(")
     assert calls == len(lowbit)
     if any(isinstance(op, ir.Conv2D) and op.groups == 12 for op in program.ops):
-        assert src.count("qc_dwconv_expand_s8(") == 4 and src.count("qc_dw3x3_s8(&spec") == 2
-        assert src.count("qc_dw3x3_thr_s8(&") == 2  # the clamped threshold stage takes qc_dwconv_lb_s8
+        assert src.count("qc_dwconv_expand_s8(") == 5 and src.count("qc_dw3x3_s8(&spec") == 2
+        assert src.count("qc_dw3x3_thr_s8(&") == 3  # the clamped threshold stages take qc_dwconv_lb_s8
+        assert re.search(r"static const int16_t \w+_thresholds\[", src)
+        assert re.search(r"static const int32_t \w+_thresholds\[", src)
     shared = [op for op in lowbit if op.codebook is not None and op.codebook.shared_tables()[1] is not None]
     assert shared and len(re.findall(r"static const uint8_t \w+_level_rows\[", src)) == len(shared)
 
@@ -232,7 +262,7 @@ def test_qemu_bit_exact(program, cpu):
 
 
 def _array_bytes(source: str) -> int:
-    sizes = {"int8_t": 1, "uint8_t": 1, "int32_t": 4, "uint32_t": 4, "qc_rq": 12}
+    sizes = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "int32_t": 4, "uint32_t": 4, "qc_rq": 12}
     import re
 
     return sum(sizes[t] * int(n) for t, n in re.findall(r"static const (\w+) \w+\[(\d+)\]", source))

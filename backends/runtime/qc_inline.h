@@ -135,6 +135,15 @@ static QC_ALWAYS_INLINE int8_t qc_i_rq(int32_t acc, const qc_rq *q, int32_t lo, 
 #endif
 
 #if QC_INLINE_DSP
+/* The count of accumulator a against row `row` of the int16 (bits 16) or int32 threshold rows at t. */
+static QC_ALWAYS_INLINE int32_t qc_dw_count(int32_t a, const void *t, int32_t bits, int32_t n_thr, int32_t row)
+{
+    if (bits == 16) {
+        return qc_threshold_count16(a, (const int16_t *)t + row * n_thr, n_thr);
+    }
+    return qc_threshold_count(a, (const int32_t *)t + row * n_thr, n_thr);
+}
+
 /* The 4 outputs of a channel block: requantized (thr == NULL) or counted against the block's
    threshold rows (n_thr per channel, levels from thr_offset); advances rq / thr and out. */
 #define QC_DW_STORE4()                                                                             \
@@ -146,11 +155,11 @@ static QC_ALWAYS_INLINE int8_t qc_i_rq(int32_t acc, const qc_rq *q, int32_t lo, 
             out[3 * ocs] = qc_i_rq(a3, rq + 3, lo, hi);                                            \
             rq += 4;                                                                               \
         } else {                                                                                   \
-            out[0] = (int8_t)(thr_offset + qc_threshold_count(a0, t, n_thr));                     \
-            out[ocs] = (int8_t)(thr_offset + qc_threshold_count(a1, t + n_thr, n_thr));           \
-            out[2 * ocs] = (int8_t)(thr_offset + qc_threshold_count(a2, t + 2 * n_thr, n_thr));   \
-            out[3 * ocs] = (int8_t)(thr_offset + qc_threshold_count(a3, t + 3 * n_thr, n_thr));   \
-            t += 4 * n_thr;                                                                        \
+            out[0] = (int8_t)(thr_offset + qc_dw_count(a0, t, thr_bits, n_thr, 0));                \
+            out[ocs] = (int8_t)(thr_offset + qc_dw_count(a1, t, thr_bits, n_thr, 1));              \
+            out[2 * ocs] = (int8_t)(thr_offset + qc_dw_count(a2, t, thr_bits, n_thr, 2));          \
+            out[3 * ocs] = (int8_t)(thr_offset + qc_dw_count(a3, t, thr_bits, n_thr, 3));          \
+            t = qc_threshold_row(t, thr_bits, 4, n_thr);                                           \
         }                                                                                          \
         out += 4 * ocs;                                                                            \
     } while (0)
@@ -170,12 +179,13 @@ static QC_ALWAYS_INLINE int8_t qc_i_rq(int32_t acc, const qc_rq *q, int32_t lo, 
 
 /*
  * The 3x3 kernel with its output stage as a parameter: thr == NULL requantizes (qc_dw3x3_s8),
- * else thr holds n_thr thresholds per channel and out = thr_offset + #reached (qc_dw3x3_thr_s8;
+ * else thr holds n_thr thresholds per channel (int16 when thr_bits is 16, else int32) and
+ * out = thr_offset + #reached (qc_dw3x3_thr_s8;
  * the lowering puts those levels inside [act_min, act_max], the emitter checks it, so there is
  * no clamp). Both wrappers are inlined with constants, so the unused stage is compiled out.
  */
-static QC_ALWAYS_INLINE void qc_dw3x3_core(const qc_dwconv_params *p, const int32_t *thr, int32_t n_thr,
-                                           int32_t thr_offset, const int8_t *input, int8_t *output)
+static QC_ALWAYS_INLINE void qc_dw3x3_core(const qc_dwconv_params *p, const void *thr, int32_t thr_bits,
+                                           int32_t n_thr, int32_t thr_offset, const int8_t *input, int8_t *output)
 {
     const int32_t ps = p->in_ps;
     const int32_t row = p->in_w * p->in_ps;
@@ -195,7 +205,7 @@ static QC_ALWAYS_INLINE void qc_dw3x3_core(const qc_dwconv_params *p, const int3
             const uint32_t *w;
             const int32_t *bias = p->bias;
             const qc_rq *rq = p->rq;
-            const int32_t *t = thr;
+            const void *t = thr;
             int8_t *out = output + (oy * p->out_w + ox) * p->out_ps;
             int32_t kx_lo, kx_hi, rows, cols, b;
             qc_window(ix0, 1, 3, p->in_w, &kx_lo, &kx_hi);
@@ -289,7 +299,7 @@ static QC_ALWAYS_INLINE void qc_dw3x3_core(const qc_dwconv_params *p, const int3
 static QC_ALWAYS_INLINE void qc_dw3x3_s8(const qc_dwconv_params *p, const int8_t *input, int8_t *output)
 {
 #if QC_INLINE_DSP
-    qc_dw3x3_core(p, NULL, 0, 0, input, output);
+    qc_dw3x3_core(p, NULL, 0, 0, 0, input, output);
 #else
     qc_dwconv_s8(p, input, output);
 #endif
@@ -306,7 +316,7 @@ static QC_ALWAYS_INLINE void qc_dw3x3_thr_s8(const qc_dwconv_lb_params *t, const
 {
 #if QC_INLINE_DSP
     (void)scratch;
-    qc_dw3x3_core(spec, t->thresholds, t->n_thresholds, t->output_offset, input, output);
+    qc_dw3x3_core(spec, t->thresholds, t->threshold_bits, t->n_thresholds, t->output_offset, input, output);
 #else
     (void)spec;
     qc_dwconv_lb_s8(t, input, output, scratch);

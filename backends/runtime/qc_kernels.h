@@ -174,41 +174,56 @@ static inline int32_t qc_rq_exact(int32_t acc, const qc_rq *q)
 }
 
 /**
- * Threshold output stage: #{k : a >= row[k]} over a non-decreasing row of len thresholds.
- * len = 2^b - 1 with b <= 4 (the stages of 1..4-bit outputs): b branch-free halving steps, the
- * step of width s testing row[idx + s - 1] (the count lies in [idx, idx + 2s - 1] before the step
- * and in [idx, idx + s - 1] after it, so b steps pin it down, reading only row[0 .. len - 1]).
+ * Threshold output stage: #{k : a >= row[k]} over a non-decreasing row of len thresholds, stored
+ * as int32 (qc_threshold_count) or int16 (qc_threshold_count16; the emitter stores a layer's
+ * rows as int16 when they fit after clipping to the reachable accumulator range).
+ * len = 2^b - 1 with b <= 4 (the stages of 1..4-bit outputs): b branch-free halving steps on a
+ * pointer p = row + idx, the step of width s testing p[s - 1] (the count lies in
+ * [idx, idx + 2s - 1] before the step and in [idx, idx + s - 1] after it, so b steps pin it down,
+ * reading only row[0 .. len - 1]); a step is a load at an immediate offset, a compare and a
+ * conditional add.
  * Other lengths: binary search. With a constant len (an inlined call) the switch folds away.
  */
-static inline int32_t qc_threshold_count(int32_t a, const int32_t *row, int32_t len)
+#define QC_DEFINE_THRESHOLD_COUNT(NAME, T)                    \
+    static inline int32_t NAME(int32_t a, const T *row, int32_t len) \
+    {                                                         \
+        const T *p = row;                                     \
+        int32_t idx = 0, rest = len;                          \
+        switch (len) {                                        \
+        case 15:                                              \
+            if (p[7] <= a) p += 8;                            \
+            /* fall through */                                \
+        case 7:                                               \
+            if (p[3] <= a) p += 4;                            \
+            /* fall through */                                \
+        case 3:                                               \
+            if (p[1] <= a) p += 2;                            \
+            /* fall through */                                \
+        case 1:                                               \
+            if (p[0] <= a) p += 1;                            \
+            return (int32_t)(p - row);                        \
+        default:                                              \
+            break;                                            \
+        }                                                     \
+        while (rest > 0) {                                    \
+            const int32_t half = rest >> 1;                   \
+            if (row[idx + half] <= a) {                       \
+                idx += half + 1;                              \
+                rest -= half + 1;                             \
+            } else {                                          \
+                rest = half;                                  \
+            }                                                 \
+        }                                                     \
+        return idx;                                           \
+    }
+QC_DEFINE_THRESHOLD_COUNT(qc_threshold_count, int32_t)
+QC_DEFINE_THRESHOLD_COUNT(qc_threshold_count16, int16_t)
+#undef QC_DEFINE_THRESHOLD_COUNT
+
+/* Row `row` of a threshold table of int16 (bits 16) or int32 (bits 32) rows of len entries. */
+static inline const void *qc_threshold_row(const void *table, int32_t bits, int32_t row, int32_t len)
 {
-    int32_t idx = 0, rest = len;
-    switch (len) {
-    case 15:
-        idx += row[7] <= a ? 8 : 0;
-        /* fall through */
-    case 7:
-        idx += row[idx + 3] <= a ? 4 : 0;
-        /* fall through */
-    case 3:
-        idx += row[idx + 1] <= a ? 2 : 0;
-        /* fall through */
-    case 1:
-        idx += row[idx] <= a ? 1 : 0;
-        return idx;
-    default:
-        break;
-    }
-    while (rest > 0) {
-        const int32_t half = rest >> 1;
-        if (row[idx + half] <= a) {
-            idx += half + 1;
-            rest -= half + 1;
-        } else {
-            rest = half;
-        }
-    }
-    return idx;
+    return (const uint8_t *)table + row * len * (bits >> 3);
 }
 
 /* ------------------------------------------------------------------ parameter blocks */
@@ -495,8 +510,9 @@ typedef struct {
  * extension; codebook: levels[row(c) * 2^code_bits + code], row(c) = level_row[c] or c) and runs
  * the int8 GEMM on them.
  * QC_LB_W8: the qc_conv_params layout from flash (8-bit weights with a threshold stage).
- * Threshold stage (thresholds != NULL, (groups * cout_pad, n_thresholds) non-decreasing int32
- * per channel, accumulators unscaled): out = clamp(output_offset + #{k : acc >= T[c, k]}).
+ * Threshold stage (thresholds != NULL, (groups * cout_pad, n_thresholds) non-decreasing int16 or
+ * int32 per channel (threshold_bits), accumulators unscaled, conv->rq NULL):
+ * out = clamp(output_offset + #{k : acc >= T[c, k]}).
  */
 #define QC_LB_W8 0
 #define QC_LB_W4 1
@@ -511,7 +527,8 @@ typedef struct {
     const uint8_t *packed;       /* QC_LB_DECODE: the fields */
     const int8_t *levels;        /* codebook level tables (rows, 2^code_bits) */
     const uint8_t *level_row;    /* codebook table of each output channel; NULL: row c for channel c */
-    const int32_t *thresholds;   /* NULL: requantize with conv->rq */
+    const void *thresholds;      /* NULL: requantize with conv->rq */
+    int32_t threshold_bits;      /* 16: int16_t rows, 32: int32_t rows */
     int32_t n_thresholds;
     int32_t output_offset;
 } qc_conv_lb_params;
@@ -532,7 +549,8 @@ typedef struct {
     const uint8_t *packed;
     const int8_t *levels;        /* codebook level tables, as in qc_conv_lb_params */
     const uint8_t *level_row;
-    const int32_t *thresholds;   /* NULL: requantize; else (c_pad, n_thresholds) */
+    const void *thresholds;      /* NULL: requantize; else (c_pad, n_thresholds), dw->rq NULL */
+    int32_t threshold_bits;      /* 16: int16_t rows, 32: int32_t rows */
     int32_t n_thresholds;
     int32_t output_offset;
 } qc_dwconv_lb_params;
