@@ -16,7 +16,10 @@ Quantizers (:mod:`qcompile.qat`, :mod:`qcompile.n2uq`):
 Which weights go below ``weight_bits``: every conv/linear except, with
 ``QuantConfig.qat_keep_ends_8bit`` (default), the first and the last one, which keep 8-bit
 (LSQ-trained) weights, as in both papers (LSQ sec. 3, N2UQ sec. 4.1 keep them at full or 8-bit
-precision); the benchmark's flash bytes count them as stored.
+precision); the benchmark's flash bytes count them as stored. Per-layer ``weight_bits`` (a
+mapping, or ``"auto"`` resolved by :func:`~qcompile.passes.allocate_weight_bits`) give each layer
+its own width; under ``"n2uq"`` a layer at 8 bits gets LSQ weights, since the paper's ``2**b``
+odd levels fit int8 only up to 7 bits.
 
 Which tensors go below 8 bits: outputs of conv/linear (after their fused activation) and of
 add/sub/mul. The graph input and every tensor that reaches the graph output or a softmax stay
@@ -47,7 +50,7 @@ from torch.fx import GraphModule, Node
 from tqdm.auto import tqdm
 
 from qcompile.errors import PassError
-from qcompile.n2uq import N2UQActQuant, N2UQWeights
+from qcompile.n2uq import MAX_N2UQ_WEIGHT_BITS, N2UQActQuant, N2UQWeights
 from qcompile.nn import ActQuant, QuantizedWeights
 from qcompile.ops import SHARES_INPUT_QUANT, Kind, info
 from qcompile.pass_manager import PassContext, PassResult, graph_pass
@@ -183,8 +186,8 @@ def prepare_quantizers(gm: GraphModule, cfg, x: torch.Tensor) -> tuple[dict[str,
             if q.bits != 8:
                 q = QuantizedWeights(q.module, 8, q.min_scale, q.per_channel)
             new = LsqWeights(q)
-        elif cfg.activation_quantizer == "n2uq":
-            new = N2UQWeights(q, cfg.weight_bits)
+        elif cfg.activation_quantizer == "n2uq" and q.bits <= MAX_N2UQ_WEIGHT_BITS:
+            new = N2UQWeights(q, q.bits)
         else:
             new = LsqWeights(q)
         _set_module(gm, node.target, new)
@@ -245,7 +248,7 @@ def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
     epoch_losses: list[float] = []
     with torch.random.fork_rng(), torch.enable_grad():
         torch.manual_seed(cfg.qat_seed)
-        bar = tqdm(total=total, desc=f"qat {cfg.activation_quantizer} W{cfg.weight_bits}A{cfg.activation_bits}",
+        bar = tqdm(total=total, desc=f"qat {cfg.activation_quantizer} W{cfg.uniform_weight_bits or 'mixed'}A{cfg.activation_bits}",
                    unit="step", disable=not ctx.progress, leave=False)
         for _ in range(cfg.qat_epochs):
             perm = torch.randperm(n, generator=gen)

@@ -64,7 +64,8 @@ class QuantConfig:
     * ``activation_quantizer``: ``"uniform"`` (PTQ: ranges from the observers, no training),
       ``"lsq"`` (QAT with learned step sizes for weights and activations, Esser et al. 2020) or
       ``"n2uq"`` (QAT with N2UQ, Liu et al. 2022: learnable nonuniform thresholds, uniform
-      output levels, the paper's weight quantizer; ``weight_bits`` 2..7). See
+      output levels, the paper's weight quantizer; one ``weight_bits`` of 2..7, or per layer,
+      where a layer at 8 bits gets LSQ weights). See
       :mod:`qcompile.passes.train_quantization_aware`.
     * ``qat_epochs``, ``qat_lr``, ``qat_batch_size``, ``qat_seed``: the QAT run (Adam, cosine
       decay, label-free distillation from the float model on the ``calib`` data).
@@ -310,13 +311,10 @@ class QuantConfig:
                 raise ConfigError(f"QuantConfig.activation_bits={self.activation_bits} needs QAT: "
                                   "set activation_quantizer='lsq' or 'n2uq' (PTQ activations are 8-bit)")
             return
-        if self.uniform_weight_bits is None and self.activation_quantizer != "lsq":
-            raise ConfigError("QuantConfig.weight_bits per layer with QAT needs activation_quantizer='lsq'; "
-                              f"activation_quantizer={self.activation_quantizer!r} needs one integer width")
         if self.weight_quantizer != "uniform":
             raise ConfigError(f"QuantConfig.weight_quantizer={self.weight_quantizer!r} is post-training only; "
                               f"activation_quantizer={self.activation_quantizer!r} learns its own weights")
-        if self.activation_quantizer == "n2uq" and self.weight_bits > 7:
+        if self.activation_quantizer == "n2uq" and self.uniform_weight_bits is not None and self.weight_bits > 7:
             raise ConfigError(f"QuantConfig.weight_bits={self.weight_bits} with activation_quantizer='n2uq': "
                               "its 2**b weight levels fit int8 for 2..7 bits")
         if self.qat_epochs < 1 or self.qat_batch_size < 1 or not self.qat_lr > 0:

@@ -137,8 +137,10 @@ def test_per_layer_weight_bits_by_name_and_pattern():
     for bad in ({"conv0": 9}, {"conv0": 1}, {3: 4}, {"x": True}):
         with pytest.raises(ConfigError, match="weight_bits"):
             QuantConfig(weight_bits=bad)
-    with pytest.raises(ConfigError, match="per layer"):
-        QuantConfig(weight_bits={"*": 4}, activation_quantizer="n2uq", activation_bits=4)  # LSQ takes per-layer widths
+    # QAT takes per-layer widths too (N2UQ: 8-bit layers get LSQ weights); one width of 8 is not N2UQ's
+    assert QuantConfig(weight_bits={"*": 4}, activation_quantizer="n2uq", activation_bits=4).uniform_weight_bits is None
+    with pytest.raises(ConfigError, match="2..7"):
+        QuantConfig(weight_bits=8, activation_quantizer="n2uq", activation_bits=4)
     m, shape = build("residual")
     torch.manual_seed(2)
     x = torch.randn(32, *shape)

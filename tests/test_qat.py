@@ -225,6 +225,21 @@ def test_short_qat_lowers_and_agrees_with_the_fake_quant_graph(quantizer, data):
     assert all(ir.weight_storage_bytes(op) > 0 for op in ops.values() if isinstance(op, (ir.Conv2D, ir.Dense)))
 
 
+def test_n2uq_with_per_layer_weight_bits(data):
+    # conv1 and fc keep 8-bit LSQ weights (qat_keep_ends_8bit); conv2 takes N2UQ's 2**2 odd levels;
+    # conv3, asked for 8 bits, cannot (odd levels up to 2**8 - 1 overflow int8): LSQ 8-bit weights
+    torch.manual_seed(0)
+    cfg = QuantConfig(weight_bits={"conv2": 2, "conv3": 8, "*": 4}, activation_bits=3, activation_quantizer="n2uq",
+                      qat_epochs=1, qat_lr=1e-3)
+    art = qcompile.compile(Tiny().eval(), (data[:1],), calib=data[:256], config=cfg, progress=False)
+    assert art.records["train_quantization_aware"]["weights"] == {"conv1": "lsq8", "conv2": "n2uq2", "conv3": "lsq8",
+                                                                  "fc": "lsq8"}
+    ops = {op.name: op for op in art.program.ops}
+    assert ops["conv2"].codebook.bits == 2 and set(np.unique(ops["conv2"].weight).tolist()) <= {-3, -1, 1, 3}
+    assert ops["conv3"].codebook is None and ops["conv3"].thresholds is not None
+    art.verify(data[256:264], on="host")  # raises on any mismatch
+
+
 def test_qat_is_deterministic(data):
     cfg = QuantConfig(weight_bits=4, activation_bits=4, activation_quantizer="n2uq", qat_epochs=1)
     arts = []
