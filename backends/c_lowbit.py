@@ -139,13 +139,19 @@ def threshold_table(op) -> tuple[np.ndarray, int]:
     return rows, 16 if fits16 else 32
 
 
+def _depthwise(op) -> bool:
+    """A Conv2D with one input and one output channel per group (``c_layout.is_depthwise`` read off
+    the weight shape, for the byte counts that have no program at hand)."""
+    return isinstance(op, ir.Conv2D) and op.groups > 1 and op.weight.shape[1] == 1 and op.weight.shape[0] == op.groups
+
+
 def threshold_bytes(op) -> int:
     """Flash bytes of a layer's threshold table as the C backend stores it (0 without one)."""
     if op.thresholds is None:
         return 0
     c_out = int(op.thresholds.shape[0])
-    groups = op.groups if isinstance(op, ir.Conv2D) else 1
-    if not (groups > 1 and op.weight.shape[1] == 1 and c_out == groups):  # GEMM rows: channel pairs per group
+    if not _depthwise(op):  # GEMM rows: channel pairs per group
+        groups = op.groups if isinstance(op, ir.Conv2D) else 1
         cog = c_out // groups
         c_out = groups * (cog + (cog & 1))
     return c_out * int(op.thresholds.shape[1]) * threshold_table(op)[1] // 8
@@ -401,12 +407,11 @@ def emitted_param_bytes(op) -> int:
         return wide_param_bytes(op)
     if isinstance(op, ir.Conv2D):
         co, cig, kh, kw = (int(d) for d in op.weight.shape)
-        groups = op.groups
-        depthwise = groups > 1 and cig == 1 and co == groups
-        k = cig * kh * kw
+        groups, k = op.groups, cig * kh * kw
     else:
         co, k = (int(d) for d in op.weight.shape)
-        groups, depthwise = 1, False
+        groups = 1
+    depthwise = _depthwise(op)
     levels = op.codebook.table_bytes if op.codebook is not None else 0
     per_channel = 4 if op.thresholds is not None else 16  # bias, + {multiplier, shift, round} without thresholds
     if depthwise:
