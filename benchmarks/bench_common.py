@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -90,7 +91,7 @@ def print_and_save(script: str, argv: list[str] | None, results: list[dict], tab
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({
-            "command": f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": shlex.join(["python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])]),
             "date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
             "top1_on": "integer interpreter (Artifact.run), test split", **meta,
             "targets": verdicts, "results": results,
