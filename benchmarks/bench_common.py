@@ -1,4 +1,4 @@
-"""Pieces shared by the PTQ-model benchmark scripts ``lowbit.py`` and ``ptq_seeds.py``: top-1,
+"""Pieces shared by the PTQ-model benchmark scripts ``lowbit.py``, ``ptq_seeds.py`` and ``qat.py``: top-1,
 the model cache check, the host bit-exactness verdict, the model/data setup and the table/JSON tail."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["top1", "cached", "bit_exact_host", "load_model", "merge_results", "print_and_save"]
+__all__ = ["top1", "cached", "bit_exact_host", "load_model", "run_cached_models", "merge_results", "print_and_save"]
 
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -24,6 +24,22 @@ def cached(recipe) -> bool:
     from qcompile.zoo.train import cache_dir
 
     return any(cache_dir().glob(f"{recipe.name}-v*.pt"))
+
+
+def run_cached_models(names: list[str], recipes: dict, bench_one: Callable[[str], list[dict]],
+                      train: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """``(results, skipped)``: the rows ``bench_one(name)`` returns for every model in ``names``
+    whose trained weights are cached (every model when ``train``: the script trains and caches
+    it), and ``{name: reason}`` for the models skipped, each also printed."""
+    results: list[dict] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        if not train and not cached(recipes[name]):
+            skipped[name] = "not in the cache"
+            print(f"{name}: skipped, not cached", flush=True)
+            continue
+        results += bench_one(name)
+    return results, skipped
 
 
 def bit_exact(art, xs: torch.Tensor, on: str = "host") -> str:

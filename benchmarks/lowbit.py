@@ -54,7 +54,7 @@ from qcompile.backends.c_lowbit import threshold_bytes  # noqa: E402
 from qcompile.config import QuantConfig  # noqa: E402
 from qcompile.zoo import predict  # noqa: E402
 
-from bench_common import bit_exact_host, cached, load_model, merge_results, print_and_save, top1  # noqa: E402
+from bench_common import bit_exact_host, load_model, merge_results, print_and_save, run_cached_models, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["ROWS", "row_config", "parser", "main"]
@@ -219,13 +219,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    results, skipped = [], {}
-    for name in args.models:
-        if not args.train and not cached(RECIPES_PTQ[name]):
-            skipped[name] = "not in the cache (use --train)"
-            print(f"{name}: skipped, not cached", flush=True)
-            continue
-        results += bench(name, args.rows, args)
+    results, skipped = run_cached_models(args.models, RECIPES_PTQ, lambda name: bench(name, args.rows, args), args.train)
     if args.merge:
         results = merge_results(args.json, results)
     print_and_save("lowbit.py", argv, results, table, targets, args.json,

@@ -49,7 +49,7 @@ from qcompile.backends import ir  # noqa: E402
 from qcompile.bit_allocation import weight_bytes  # noqa: E402
 from qcompile.config import QuantConfig  # noqa: E402
 
-from bench_common import bit_exact_host, bit_exact_qemu, cached, load_model, merge_results, print_and_save, top1  # noqa: E402
+from bench_common import bit_exact_host, bit_exact_qemu, load_model, merge_results, print_and_save, run_cached_models, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["ROUNDING_ROWS", "ALLOCATIONS", "BUDGETS", "row_config", "parser", "main"]
@@ -195,13 +195,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    results, skipped = [], {}
-    for name in args.models:
-        if not cached(RECIPES_PTQ[name]):
-            skipped[name] = "not in the cache"
-            print(f"{name}: skipped, not cached", flush=True)
-            continue
-        results += bench(name, args)
+    results, skipped = run_cached_models(args.models, RECIPES_PTQ, lambda name: bench(name, args))
     if args.json and args.merge and args.json.exists():
         old_skipped = json.loads(args.json.read_text()).get("skipped", {})
         results = merge_results(args.json, results)

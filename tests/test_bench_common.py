@@ -21,3 +21,22 @@ def test_recorded_command_round_trips_through_the_shell(tmp_path, capsys):
     assert shlex.split(blob["command"]) == ["python", "benchmarks/lowbit.py", *argv]
     assert blob["targets"] == {"t": "met"} and blob["samples"] == 8
     assert "t: met" in capsys.readouterr().out
+
+
+def test_run_cached_models_skips_uncached_models_unless_training(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("QCOMPILE_CACHE", str(tmp_path))
+    (tmp_path / "have-v1.pt").write_bytes(b"")
+    recipes = {"a": SimpleNamespace(name="have"), "b": SimpleNamespace(name="missing")}
+    ran = []
+
+    def bench_one(name):
+        ran.append(name)
+        return [{"model": name}]
+
+    results, skipped = bench_common.run_cached_models(["a", "b"], recipes, bench_one)
+    assert ran == ["a"] and results == [{"model": "a"}] and skipped == {"b": "not in the cache"}
+    assert "b: skipped, not cached" in capsys.readouterr().out
+    results, skipped = bench_common.run_cached_models(["a", "b"], recipes, bench_one, train=True)
+    assert ran == ["a", "a", "b"] and [r["model"] for r in results] == ["a", "b"] and skipped == {}

@@ -48,3 +48,13 @@ def test_study_targets_judge_both_sensitivities():
     assert verdicts["dual variables Spearman >= 0.6 on m"] == "MISSED (0.1)"
     assert verdicts["dual variables Spearman >= 0.6 on m, pretrained-layer sensitivity"] == "met (0.6)"
     assert "Spearman 0.1 (pretrained layers 0.6)" in qat.table([row])
+
+
+def test_bit_exact_verdict_counts_the_checked_rows_and_is_absent_without_any():
+    rows = [{"model": "m", "row": "float", "top1": 90.0, "drop": 0.0},
+            {"model": "m", "row": "lsq W4A4", "top1": 89.5, "drop": 0.5, "bit_exact_qemu_m4": "yes"},
+            {"model": "m", "row": "ddq W4A4", "top1": 89.0, "drop": 1.0, "bit_exact_c_host": "yes"}]
+    assert qat.targets(rows)["every row bit-exact in C"] == "met (2 rows checked)"
+    rows[2]["bit_exact_c_host"] = "NO"
+    assert qat.targets(rows)["every row bit-exact in C"] == "MISSED: m ddq W4A4"
+    assert "every row bit-exact in C" not in qat.targets(rows[:1])
