@@ -29,7 +29,7 @@ import numpy as np
 from qcompile.backends import ir
 from qcompile.backends.memory_plan import MemoryPlan
 
-__all__ = ["Layout", "analyze", "add_uses_tables", "conv_k_pad", "conv_k_seq", "is_depthwise", "scratch_bytes", "strides"]
+__all__ = ["Layout", "analyze", "add_uses_tables", "conv_k_pad", "conv_k_seq", "scratch_bytes", "strides"]
 
 _ALIGN = 8
 
@@ -53,12 +53,6 @@ def neutral(shape) -> bool:
     """Whether CHW and HWC storage coincide (rank 1, one channel or one pixel)."""
     s = _spatial(shape)
     return s is None or s[0] == 1 or s[1] * s[2] == 1
-
-
-def is_depthwise(op: ir.Conv2D, program: ir.Program) -> bool:
-    c_in = program.tensors[op.input].shape[0]
-    c_out = program.tensors[op.output].shape[0]
-    return op.groups == c_in == c_out and op.groups > 1
 
 
 def conv_k_pad(op: ir.Conv2D) -> int:
@@ -93,7 +87,7 @@ def scratch_bytes(op: ir.Op, program: ir.Program, hwc: frozenset[int] | None = N
             pad = (fused or {}).get(op.name)
             src = pad.input if pad is not None else op.input
             return lowbit_scratch(op, program, src, hwc)
-    if isinstance(op, ir.Conv2D) and not is_depthwise(op, program):
+    if isinstance(op, ir.Conv2D) and not op.depthwise:
         # 2 pixels x k_pad int16, + k_pad int16 for the element-wise im2col's compact row
         hwc = _layouts(program) if hwc is None else hwc
         pad = (fused or {}).get(op.name)

@@ -139,18 +139,12 @@ def threshold_table(op) -> tuple[np.ndarray, int]:
     return rows, 16 if fits16 else 32
 
 
-def _depthwise(op) -> bool:
-    """A Conv2D with one input and one output channel per group (``c_layout.is_depthwise`` read off
-    the weight shape, for the byte counts that have no program at hand)."""
-    return isinstance(op, ir.Conv2D) and op.groups > 1 and op.weight.shape[1] == 1 and op.weight.shape[0] == op.groups
-
-
 def threshold_bytes(op) -> int:
     """Flash bytes of a layer's threshold table as the C backend stores it (0 without one)."""
     if op.thresholds is None:
         return 0
     c_out = int(op.thresholds.shape[0])
-    if not _depthwise(op):  # GEMM rows: channel pairs per group
+    if not (isinstance(op, ir.Conv2D) and op.depthwise):  # GEMM rows: channel pairs per group
         groups = op.groups if isinstance(op, ir.Conv2D) else 1
         cog = c_out // groups
         c_out = groups * (cog + (cog & 1))
@@ -367,10 +361,10 @@ def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, no
 def lowbit_scratch(op, program: ir.Program, src: int, hwc: frozenset[int]) -> int:
     """Scratch bytes of a low-bit layer: im2col (as qc_conv_s8) + the DECODE chunk; depthwise: the
     expanded taps of one 4-channel block."""
-    from qcompile.backends.c_layout import conv_k_pad, conv_k_seq, is_depthwise, strides
+    from qcompile.backends.c_layout import conv_k_pad, conv_k_seq, strides
 
     if isinstance(op, ir.Conv2D):
-        if is_depthwise(op, program):
+        if op.depthwise:
             taps = int(op.weight.shape[2]) * int(op.weight.shape[3])
             in_cs = strides(program.tensors[src].shape, src in hwc)[0]
             expanded = op.thresholds is None or dw3x3_specialized(op, False, in_cs)
@@ -407,11 +401,10 @@ def emitted_param_bytes(op) -> int:
         return wide_param_bytes(op)
     if isinstance(op, ir.Conv2D):
         co, cig, kh, kw = (int(d) for d in op.weight.shape)
-        groups, k = op.groups, cig * kh * kw
+        groups, k, depthwise = op.groups, cig * kh * kw, op.depthwise
     else:
         co, k = (int(d) for d in op.weight.shape)
-        groups = 1
-    depthwise = _depthwise(op)
+        groups, depthwise = 1, False
     levels = op.codebook.table_bytes if op.codebook is not None else 0
     per_channel = 4 if op.thresholds is not None else 16  # bias, + {multiplier, shift, round} without thresholds
     if depthwise:

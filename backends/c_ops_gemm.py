@@ -7,7 +7,7 @@ import numpy as np
 from qcompile.backends import ir
 from qcompile.backends.c_context import EmitContext, Emitted, emit_op
 from qcompile.backends.c_format import c_params, spatial
-from qcompile.backends.c_layout import conv_k_pad, conv_k_seq, is_depthwise
+from qcompile.backends.c_layout import conv_k_pad, conv_k_seq
 from qcompile.backends.c_lowbit import emit_dwconv_lb, emit_gemm_lb, is_lowbit
 from qcompile.backends.c_wide import emit_wide
 from qcompile.backends.c_weights import PERM4, layer_arrays, pack_gemm, pack_gemm_w8, pack_pairs, pad_channels, \
@@ -47,7 +47,7 @@ def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
                                           op.output_offset)
     wq = op.weight.astype(np.int64) * scale[:, None, None, None]
     p_id = ctx.ident(op.name, "params")
-    if is_depthwise(op, ctx.program):
+    if op.depthwise:
         c_pad = (c + 3) // 4 * 4
         taps = np.zeros((c_pad, kh * kw), dtype=np.int64)
         taps[:c] = wq.reshape(c, kh * kw)
@@ -111,7 +111,7 @@ def _(op: ir.Conv2D, ctx: EmitContext) -> Emitted:
 def _conv_lb(op: ir.Conv2D, ctx: EmitContext, src, c, h, w, co, ho, wo, cig, kh, kw, in_cs, in_ps, out_cs, out_ps,
              geometry, note) -> Emitted:
     """A Conv2D with low-bit weights, a codebook or thresholds (c_lowbit)."""
-    if is_depthwise(op, ctx.program):
+    if op.depthwise:
         c_pad = (c + 3) // 4 * 4
         dw_rows = [
             [("channels", c), ("c_pad", c_pad), ("in_h", h), ("in_w", w), ("in_cs", in_cs), ("in_ps", in_ps)],

@@ -181,6 +181,12 @@ class Conv2D:
     def inputs(self) -> tuple[int, ...]:
         return (self.input,)
 
+    @property
+    def depthwise(self) -> bool:
+        """One input and one output channel per group, ``groups > 1`` (read off the weight shape;
+        :func:`verify` ties it to the input and output channel counts)."""
+        return self.groups > 1 and self.weight.shape[1] == 1 and self.weight.shape[0] == self.groups
+
 
 @dataclass(frozen=True, eq=False)
 class Dense:
