@@ -14,6 +14,8 @@ than 8 bits (``ir.storage_bits``), it has a :class:`~qcompile.backends.ir.Codebo
 
 Channels-last layers with the fast requantization (pre-scale 2) run whole pixel pairs in one assembly
 routine: ``qc_w4_pair_full/clamp`` for W4, ``qc_w8_pair_full/clamp`` on the expanded int8 pairs.
+Channels-last threshold layers (1..4-bit outputs, levels unclamped) do the same with the count in
+registers: the routine :func:`threshold_pair` names for the layer (``qc_w4_pair_thr16_15`` ...).
 
 Depthwise layers on this path store row-major ``(C, taps)`` fields: expanded once into scratch and run
 by the specialized ``qc_dw3x3_s8`` (3x3, channels-last, fast form) or ``qc_dw3x3_thr_s8`` (the same
@@ -39,7 +41,7 @@ from qcompile.backends.c_context import EmitContext, Emitted
 from qcompile.backends.c_format import c_array, c_params, rq_array, words_array
 from qcompile.backends.c_weights import INT32_MAX, pack_gemm, pack_gemm_w8, pad_channels, requant_plan, w8_plan
 
-__all__ = ["DECODE_BUDGET", "GemmPlan", "decode_scratch", "dw3x3_specialized", "dw_plan", "emit_dwconv_lb", "emitted_param_bytes", "emit_gemm_lb", "gemm_plan",
+__all__ = ["DECODE_BUDGET", "GemmPlan", "THRESHOLD_PAIR_LENGTHS", "threshold_pair", "decode_scratch", "dw3x3_specialized", "dw_plan", "emit_dwconv_lb", "emitted_param_bytes", "emit_gemm_lb", "gemm_plan",
            "is_lowbit", "lowbit_scratch", "pack_fields", "pack_w4", "threshold_bytes", "threshold_table"]
 
 DECODE_BUDGET = 8192  # bytes of scratch for the int8 expansion of a DECODE layer's channel chunk
@@ -251,6 +253,25 @@ def gemm_lb_parts(ctx: EmitContext, op, raw: np.ndarray, groups: int, cog: int, 
     return defs, plan, lb_fields, w_id, b_id, r_id
 
 
+THRESHOLD_PAIR_LENGTHS = (1, 3, 7, 15)
+
+
+def threshold_pair(op, plan: GemmPlan, cog: int, geometry: dict) -> str:
+    """The fused pixel-pair routine of a threshold layer (``QC_THR_PAIR(w4|w8, 16|32, len)`` of
+    qc_kernels.h, ``NULL`` on cores without DSP) when it applies, else ``"NULL"``: W4 pairs or int8
+    channel pairs, an even channel count per group, a channels-last output of at least two pixels,
+    ``len`` in 1, 3, 7, 15 and every level inside ``[act_min, act_max]`` (the routine does not clamp).
+    Naming the routine per layer lets ``--gc-sections`` drop the others."""
+    if op.thresholds is None or not (plan.mode == "w4" or plan.w8) or cog % 2:
+        return "NULL"
+    n = int(op.thresholds.shape[1])
+    pixels = geometry["out_h"] * geometry["out_w"]
+    unclamped = op.act_min <= op.output_offset and op.output_offset + n <= op.act_max
+    if n not in THRESHOLD_PAIR_LENGTHS or geometry["out_cs"] != 1 or pixels < 2 or not unclamped:
+        return "NULL"
+    return f"QC_THR_PAIR({'w4' if plan.mode == 'w4' else 'w8'}, {threshold_table(op)[1]}, {n})"
+
+
 def emit_gemm_lb(ctx: EmitContext, op, conv_groups: list, raw: np.ndarray, groups: int, cog: int, k_pad: int,
                  k_seq: bool, src_ptr: str, note: str, perm=None) -> Emitted:
     """``conv_groups``: the qc_conv_params geometry rows (everything but the weight form)."""
@@ -265,7 +286,8 @@ def emit_gemm_lb(ctx: EmitContext, op, conv_groups: list, raw: np.ndarray, group
         [("rq_fast", int(plan.fast)), ("w8", int(plan.w8)), ("w8_shift", plan.shift), ("fused", fused), ("k_seq", int(k_seq))],
         [("weight", w_id), ("bias", b_id), ("rq", r_id)],
     ])
-    params = c_params("qc_conv_lb_params", p_id, [[("conv", f"&{c_id}")], *lb_fields])
+    pair = threshold_pair(op, plan, cog, dict(kv for row in conv_groups for kv in row))
+    params = c_params("qc_conv_lb_params", p_id, [[("conv", f"&{c_id}")], *lb_fields, [("pair", pair)]])
     call = (f"{ctx.header_comment(op, note)}\n"
             f"qc_conv_lb_s8(&{p_id}, {src_ptr}, {ctx.ptr(op.output)}, {ctx.scratch_ptr(op)});")
     return Emitted((*defs, conv, params), (call,))

@@ -199,7 +199,39 @@ def chunk_program() -> ir.Program:
     return b.build(b.concat(flats, reals=list(1.0 + 0.05 * b.rng.random(len(flats)))))
 
 
-PROGRAMS = {"gemm": gemm_program, "depthwise": depthwise_program, "chunk": chunk_program}
+PAIR_LAYERS = (  # (w_bits, codebook bits, levels, bias_shift, groups, channels, clamp_top) -> routine
+    ((4, None, 15, 0, 1, 8, None), "w4, 16, 15"),
+    ((4, None, 3, 0, 2, 12, None), "w4, 16, 3"),                 # grouped: rows restart per group
+    ((4, None, 7, 100_000, 1, 6, None), "w4, 32, 7"),            # int32 rows
+    ((3, None, 1, 100_000, 1, 4, None), "w4, 32, 1"),
+    ((8, None, 15, 100_000, 1, 6, None), "w8, 32, 15"),          # 8-bit weights from flash
+    ((6, None, 7, 0, 1, 10, None), "w8, 16, 7"),
+    ((2, None, 3, 0, 1, 8, None), "w8, 16, 3"),                  # 2-bit: decoded into int8 pairs
+    ((4, 4, 15, 0, 1, 6, None), "w8, 32, 15"),                   # codebook (N2UQ weights), rows beyond int16
+    ((3, 3, 1, 0, 1, 4, None), "w8, 16, 1"),
+    ((4, None, 7, 0, 1, 8, 4), None),                            # clamped levels: the C loop
+    ((4, None, 7, 0, 1, 7, None), None),                         # odd channel count: the C loop
+)
+
+
+def pairs_program() -> ir.Program:
+    """Channels-last threshold layers (each feeds a 1x1 conv) on an odd number of output pixels (the last
+    pixel takes the C loop): the fused pixel-pair routines of every weight form, row width and length."""
+    b = Builder(504, (6, 7, 9))
+    x = b.conv(b.input, 8, kernel=(1, 1), w_bits=8, act=(-128, 127))      # HWC, 63 pixels
+    outs = []
+    for (w_bits, cb_bits, levels, shift, groups, co, clamp_top), _ in PAIR_LAYERS:
+        t = b.conv(x, co, kernel=(1, 3) if groups == 1 else (1, 1), padding=(0, 1, 0, 1) if groups == 1 else (0, 0, 0, 0),
+                   groups=groups, w_bits=w_bits, act=(-128, 127))
+        if cb_bits is not None:
+            _codebook(b, cb_bits)
+        _thresholds(b, levels, clamp_top=clamp_top, bias_shift=shift, sentinels=levels == 15)
+        outs.append(b.conv(t, 3, kernel=(1, 1), w_bits=8))
+    flats = [b.reshape(o, (b.size(o),)) for o in outs]
+    return b.build(b.concat(flats, reals=list(1.0 + 0.05 * b.rng.random(len(flats)))))
+
+
+PROGRAMS = {"gemm": gemm_program, "depthwise": depthwise_program, "chunk": chunk_program, "pairs": pairs_program}
 
 
 @pytest.fixture(scope="module", params=sorted(PROGRAMS))
@@ -246,6 +278,11 @@ def test_routes_and_flash(program):
         assert src.count("qc_dw3x3_thr_s8(&") == 3  # the clamped threshold stages take qc_dwconv_lb_s8
         assert re.search(r"static const int16_t \w+_thresholds\[", src)
         assert re.search(r"static const int32_t \w+_thresholds\[", src)
+    if program.name == "test" and PAIR_LAYERS[0][0][5] in [op.weight.shape[0] for op in program.ops[1:2]]:
+        # pairs_program: each threshold layer names its fused routine, or none (the C loop)
+        assert re.findall(r"\.pair = (NULL|QC_THR_PAIR\(([^)]*)\))", src) == [
+            ("NULL", "") if want is None else (f"QC_THR_PAIR({want})", want) for _, want in PAIR_LAYERS]
+        return
     shared = [op for op in lowbit if op.codebook is not None and op.codebook.shared_tables()[1] is not None]
     assert shared and len(re.findall(r"static const uint8_t \w+_level_rows\[", src)) == len(shared)
 

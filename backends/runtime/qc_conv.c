@@ -278,6 +278,9 @@ static void qc_im2col(const qc_conv_params *p, const int8_t *input, int32_t g, i
 
 #if QC_DSP && defined(__GNUC__)
 #define QC_ASM_GEMM 1
+#if !QC_THR_PAIRS
+#error "qc_kernels.h declares no threshold pair routines for an assembly GEMM build"
+#endif
 /*
  * The DSP inner loops in assembly: one LDM of the 4 weight words of a block (both channels),
  * the activation words 2 at a time, 8 SMLAD; two blocks per iteration. GCC cannot be made to
@@ -406,8 +409,10 @@ typedef struct {
     const qc_rq *rq;            /* 16 */
     int8_t *out0, *out1;        /* 20, 24 */
     const uint32_t *w_end;      /* 28 */
-    int32_t rem;                /* 32: (blocks - 1) % 4 */
+    int32_t rem;                /* 32: (blocks - 1) % 4 (W4: blocks % 2) */
     int32_t lo, hi;             /* 36, 40 */
+    const void *thr;            /* 44: threshold routines: the first channel's row, advanced by them */
+    int32_t thr_offset;         /* 48: their output offset */
 } qc_w8_job;
 
 #define QC_W8F_BLOCK \
@@ -457,9 +462,10 @@ typedef struct {
 
 /*
  * blocks = 1 + rem + 4 q (rem = job->rem): the first block, then TBB jumps into a chain of 3
- * blocks so that rem of them run, then q iterations of 4 blocks.
+ * blocks so that rem of them run, then q iterations of 4 blocks. Leaves S(p0), S(p1), R(p0),
+ * R(p1) in r3, r10, r11, r12 and the job in lr.
  */
-#define QC_W8F_HEAD \
+#define QC_W8F_MACS \
     "push {r0, r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t" \
     "ldr r0, [r0, #0]\n\t" \
     "1:\n\t" \
@@ -487,16 +493,24 @@ typedef struct {
     "cmp r1, r2\n\t" \
     "bne 3b\n\t" \
     "4:\n\t" \
-    "ldr lr, [sp]\n\t" \
+    "ldr lr, [sp]\n\t"
+
+/* The channel split with the bias: channel e = S * 2^sh + bias_e, channel o = ((R - S) >> (8 - sh))
+   + bias_o (qc_w8_split); SH_O is "asr #(8 - sh)", SH_E "lsl #sh". */
+#define QC_W8F_SPLIT(SH_O, SH_E) \
     "ldr r1, [lr, #12]\n\t" \
     "ldmia r1!, {r4, r5}\n\t" \
     "str r1, [lr, #12]\n\t" \
     "sub r11, r11, r3\n\t" \
     "sub r12, r12, r10\n\t" \
-    "add r11, r5, r11, asr #7\n\t" \
-    "add r12, r5, r12, asr #7\n\t" \
-    "add r3, r4, r3, lsl #1\n\t" \
-    "add r10, r4, r10, lsl #1\n\t" \
+    "add r11, r5, r11, " SH_O "\n\t" \
+    "add r12, r5, r12, " SH_O "\n\t" \
+    "add r3, r4, r3, " SH_E "\n\t" \
+    "add r10, r4, r10, " SH_E "\n\t"
+
+#define QC_W8F_HEAD \
+    QC_W8F_MACS \
+    QC_W8F_SPLIT("asr #7", "lsl #1") \
     "ldr r1, [lr, #16]\n\t" \
     "ldmia r1!, {r4, r5, r6, r7, r8, r9}\n\t" \
     "str r1, [lr, #16]\n\t" \
@@ -518,14 +532,14 @@ typedef struct {
     "pop {r0, r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t"
 
 /* Outputs in the full int8 range (act_min = -128, act_max = 127). */
-__attribute__((naked, noinline)) static void qc_w8_pair_full(const qc_w8_job *job)
+__attribute__((naked, noinline)) static void qc_w8_pair_full(const void *job)
 {
     (void)job;
     __asm__ volatile(QC_W8F_HEAD QC_W8F_TAIL);
 }
 
 /* Outputs clamped to [lo, hi]. */
-__attribute__((naked, noinline)) static void qc_w8_pair_clamp(const qc_w8_job *job)
+__attribute__((naked, noinline)) static void qc_w8_pair_clamp(const void *job)
 {
     (void)job;
     __asm__ volatile(QC_W8F_HEAD
@@ -1214,7 +1228,7 @@ __attribute__((naked, noinline)) static void qc_dot_2x2_w4(const uint32_t *w, co
  * S = A / 16, O = (T - S) / 16 with the bias (acc = 2 S + bias: A >> 3), the fast requantization
  * and the 4 stores, as qc_w8_pair_full does for int8 weights. Job: qc_w8_job with rem = blocks & 1.
  */
-#define QC_W4F_HEAD \
+#define QC_W4F_MACS \
     "push {r0, r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t" \
     "ldr r0, [r0, #0]\n\t" \
     "1:\n\t" \
@@ -1238,16 +1252,24 @@ __attribute__((naked, noinline)) static void qc_dot_2x2_w4(const uint32_t *w, co
     "cmp r1, r2\n\t" \
     "bne 3b\n\t" \
     "4:\n\t" \
-    "ldr lr, [sp]\n\t" \
+    "ldr lr, [sp]\n\t"
+
+/* The split with the bias: channel e = (A >> 4) * 2^sh + bias_e, channel o = ((T - (A >> 4)) >> 4)
+   * 2^sh + bias_o (qc_w4_split; A and T - (A >> 4) are multiples of 16); SH is "#(4 - sh)". */
+#define QC_W4F_SPLIT(SH) \
     "ldr r1, [lr, #12]\n\t" \
     "ldmia r1!, {r8, r9}\n\t" \
     "str r1, [lr, #12]\n\t" \
     "sub r6, r6, r4, asr #4\n\t" \
     "sub r7, r7, r5, asr #4\n\t" \
-    "add r4, r8, r4, asr #3\n\t" \
-    "add r5, r8, r5, asr #3\n\t" \
-    "add r6, r9, r6, asr #3\n\t" \
-    "add r7, r9, r7, asr #3\n\t" \
+    "add r4, r8, r4, asr " SH "\n\t" \
+    "add r5, r8, r5, asr " SH "\n\t" \
+    "add r6, r9, r6, asr " SH "\n\t" \
+    "add r7, r9, r7, asr " SH "\n\t"
+
+#define QC_W4F_HEAD \
+    QC_W4F_MACS \
+    QC_W4F_SPLIT("#3") \
     "ldr r1, [lr, #16]\n\t" \
     "ldmia r1!, {r3, r8, r9, r10, r11, r12}\n\t" \
     "str r1, [lr, #16]\n\t" \
@@ -1277,13 +1299,13 @@ __attribute__((naked, noinline)) static void qc_dot_2x2_w4(const uint32_t *w, co
     "it gt\n\t" \
     "movgt " acc ", r9\n\t"
 
-__attribute__((naked, noinline)) static void qc_w4_pair_full(const qc_w8_job *job)
+__attribute__((naked, noinline)) static void qc_w4_pair_full(const void *job)
 {
     (void)job;
     __asm__ volatile(QC_W4F_HEAD QC_W4F_TAIL);
 }
 
-__attribute__((naked, noinline)) static void qc_w4_pair_clamp(const qc_w8_job *job)
+__attribute__((naked, noinline)) static void qc_w4_pair_clamp(const void *job)
 {
     (void)job;
     __asm__ volatile(QC_W4F_HEAD
@@ -1291,6 +1313,83 @@ __attribute__((naked, noinline)) static void qc_w4_pair_clamp(const qc_w8_job *j
                      QC_W4F_CLAMP("r4") QC_W4F_CLAMP("r5") QC_W4F_CLAMP("r6") QC_W4F_CLAMP("r7")
                      QC_W4F_TAIL);
 }
+
+/*
+ * Fused pixel pairs of threshold layers (exact form: unscaled accumulators and bias; the channel
+ * pair's levels inside [act_min, act_max], so no clamp; even channel count): the MACs and the
+ * split of qc_w4_pair_full / qc_w8_pair_full, then per output the count of qc_threshold_count in
+ * registers, out = thr_offset + #{k : acc >= row[k]}, and the stores. One routine per weight form
+ * (w4: 4-bit pairs, w8: int8 channel pairs), row width (int16 / int32) and row length (1, 3, 7,
+ * 15: 1..4-bit outputs); the emitter names a layer's routine in qc_conv_lb_params.pair
+ * (QC_THR_PAIR of qc_kernels.h), so a firmware links only the ones its layers use.
+ *
+ * A count is the halving steps of qc_threshold_count on a pointer P = BASE + idx: the step of
+ * width w loads P[w - 1] at an immediate offset, compares, and advances P by w when reached
+ * (4 instructions); then ACC = OFF + (P - BASE) / SZ.
+ */
+#define QC_THR_STEP(ACC, P, TMP, LD, OFF, INC) \
+    LD " " TMP ", [" P ", #(" OFF ")]\n\t" \
+    "cmp " ACC ", " TMP "\n\t" \
+    "it ge\n\t" \
+    "addge " P ", " P ", #(" INC ")\n\t"
+#define QC_THR_STEPS_1(ACC, P, TMP, LD, SZ) QC_THR_STEP(ACC, P, TMP, LD, "0", SZ)
+#define QC_THR_STEPS_3(ACC, P, TMP, LD, SZ) \
+    QC_THR_STEP(ACC, P, TMP, LD, SZ, "2*" SZ) QC_THR_STEPS_1(ACC, P, TMP, LD, SZ)
+#define QC_THR_STEPS_7(ACC, P, TMP, LD, SZ) \
+    QC_THR_STEP(ACC, P, TMP, LD, "3*" SZ, "4*" SZ) QC_THR_STEPS_3(ACC, P, TMP, LD, SZ)
+#define QC_THR_STEPS_15(ACC, P, TMP, LD, SZ) \
+    QC_THR_STEP(ACC, P, TMP, LD, "7*" SZ, "8*" SZ) QC_THR_STEPS_7(ACC, P, TMP, LD, SZ)
+#define QC_THR_COUNT(LEN, ACC, BASE, OFFR, P, TMP, LD, SZ, SH) \
+    "mov " P ", " BASE "\n\t" \
+    QC_THR_STEPS_##LEN(ACC, P, TMP, LD, SZ) \
+    "sub " P ", " P ", " BASE "\n\t" \
+    "add " ACC ", " OFFR ", " P ", asr #" SH "\n\t"
+
+/* Rows of channel e and o: job->thr and job->thr + LEN entries; job->thr advances by 2 rows. */
+#define QC_THR_ROWS(BASE_E, BASE_O, OFFR, LEN, SZ) \
+    "ldrd " BASE_E ", " OFFR ", [lr, #44]\n\t" \
+    "add " BASE_O ", " BASE_E ", #(" #LEN "*" SZ ")\n\t" \
+    "add r1, " BASE_O ", #(" #LEN "*" SZ ")\n\t" \
+    "str r1, [lr, #44]\n\t"
+
+/* W4: accumulators r4, r5 (channel e, pixels 0, 1), r6, r7 (channel o). */
+#define QC_W4F_THR(LEN, LD, SZ, SH) \
+    QC_W4F_SPLIT("#4") \
+    QC_THR_ROWS("r8", "r9", "r10", LEN, SZ) \
+    QC_THR_COUNT(LEN, "r4", "r8", "r10", "r11", "r12", LD, SZ, SH) \
+    QC_THR_COUNT(LEN, "r5", "r8", "r10", "r11", "r12", LD, SZ, SH) \
+    QC_THR_COUNT(LEN, "r6", "r9", "r10", "r11", "r12", LD, SZ, SH) \
+    QC_THR_COUNT(LEN, "r7", "r9", "r10", "r11", "r12", LD, SZ, SH)
+
+/* W8: accumulators r3, r10 (channel e, pixels 0, 1), r11, r12 (channel o). */
+#define QC_W8F_THR(LEN, LD, SZ, SH) \
+    QC_W8F_SPLIT("asr #8", "lsl #0") \
+    QC_THR_ROWS("r4", "r5", "r6", LEN, SZ) \
+    QC_THR_COUNT(LEN, "r3", "r4", "r6", "r7", "r8", LD, SZ, SH) \
+    QC_THR_COUNT(LEN, "r10", "r4", "r6", "r7", "r8", LD, SZ, SH) \
+    QC_THR_COUNT(LEN, "r11", "r5", "r6", "r7", "r8", LD, SZ, SH) \
+    QC_THR_COUNT(LEN, "r12", "r5", "r6", "r7", "r8", LD, SZ, SH)
+
+#define QC_THR_PAIR_ROUTINES(BITS, LD, SZ, SH, LEN) \
+    __attribute__((naked, noinline)) void qc_w4_pair_thr##BITS##_##LEN(const void *job) \
+    { \
+        (void)job; \
+        __asm__ volatile(QC_W4F_MACS QC_W4F_THR(LEN, LD, SZ, SH) QC_W4F_TAIL); \
+    } \
+    __attribute__((naked, noinline)) void qc_w8_pair_thr##BITS##_##LEN(const void *job) \
+    { \
+        (void)job; \
+        __asm__ volatile(QC_W8F_MACS QC_W8F_THR(LEN, LD, SZ, SH) QC_W8F_TAIL); \
+    }
+
+QC_THR_PAIR_ROUTINES(16, "ldrsh", "2", "1", 1)
+QC_THR_PAIR_ROUTINES(16, "ldrsh", "2", "1", 3)
+QC_THR_PAIR_ROUTINES(16, "ldrsh", "2", "1", 7)
+QC_THR_PAIR_ROUTINES(16, "ldrsh", "2", "1", 15)
+QC_THR_PAIR_ROUTINES(32, "ldr", "4", "2", 1)
+QC_THR_PAIR_ROUTINES(32, "ldr", "4", "2", 3)
+QC_THR_PAIR_ROUTINES(32, "ldr", "4", "2", 7)
+QC_THR_PAIR_ROUTINES(32, "ldr", "4", "2", 15)
 
 /*
  * Every channel pair of a chunk for 2 pixels in one routine (no per-pair call): for pair j,
@@ -1569,6 +1668,19 @@ void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *outp
     uint32_t *const wbuf = scratch + cp->k_pad + (cp->k_seq ? cp->k_pad / 2 : 0);
     int32_t acc0[QC_CHUNK], acc1[QC_CHUNK];
     int32_t g, c0;
+#if QC_ASM_GEMM
+    /* one routine per pixel pair: the threshold layer's p->pair, or qc_w4_pair_* / qc_w8_pair_*
+       for a requantized layer the emitter fused (conv->fused) */
+    void (*pair)(const void *job) = p->pair;
+    const int32_t rem = w4 ? blocks & 1 : (blocks - 1) & 3;
+    if (pair == NULL && cp->fused && p->thresholds == NULL) {
+        const int full = cp->act_min == -128 && cp->act_max == 127;
+        pair = w4 ? (full ? qc_w4_pair_full : qc_w4_pair_clamp) : (full ? qc_w8_pair_full : qc_w8_pair_clamp);
+    }
+    if (cs != 1) {
+        pair = NULL;
+    }
+#endif
 
     for (g = 0; g < cp->groups; ++g) {
         for (c0 = 0; c0 < cp->cout_pad; c0 += chunk) {
@@ -1577,6 +1689,12 @@ void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *outp
             const uint32_t *w;
             int8_t *const out_c = output + (g * cog + c0) * cs;
             int32_t pix = 0, oy = 0, ox = 0;
+#if QC_ASM_GEMM
+            const qc_rq *const rq = p->thresholds == NULL ? cp->rq + ch0 : NULL;
+            const void *const thr = p->thresholds == NULL ? NULL
+                                  : qc_threshold_row(p->thresholds, p->threshold_bits, ch0, p->n_thresholds);
+            const uint32_t *w_end;
+#endif
             if (p->mode == QC_LB_DECODE) {
                 qc_lb_expand(p, g, c0, n_pad, wbuf);
                 w = wbuf;
@@ -1585,13 +1703,16 @@ void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *outp
             } else {
                 w = cp->weight + ch0 * wpc;
             }
+#if QC_ASM_GEMM
+            w_end = w + (w4 ? n_pad / 2 : n_pad) * blocks;
+#endif
             while (pix < n_pix) {
                 const int two = pix + 1 < n_pix;
                 int8_t *o0 = out_c + pix * cp->out_ps;
                 int8_t *o1 = o0 + cp->out_ps;
                 int32_t j0;
 #if QC_ASM_GEMM
-                if (w4 && two && cp->fused && cs == 1 && p->thresholds == NULL) {
+                if (pair != NULL && two) {
                     qc_w8_job job;
                     qc_im2col(cp, input, g, oy, ox, scratch, tmp);
                     if (++ox == cp->out_w) {
@@ -1607,50 +1728,16 @@ void qc_conv_lb_s8(const qc_conv_lb_params *p, const int8_t *input, int8_t *outp
                     job.x = scratch;
                     job.x_end = scratch + 4 * blocks;
                     job.bias = cp->bias + ch0;
-                    job.rq = cp->rq + ch0;
+                    job.rq = rq;
                     job.out0 = o0;
                     job.out1 = o1;
-                    job.w_end = w + n_pad / 2 * blocks;
-                    job.rem = blocks & 1;
+                    job.w_end = w_end;
+                    job.rem = rem;
                     job.lo = cp->act_min;
                     job.hi = cp->act_max;
-                    if (cp->act_min == -128 && cp->act_max == 127) {
-                        qc_w4_pair_full(&job);
-                    } else {
-                        qc_w4_pair_clamp(&job);
-                    }
-                    pix += 2;
-                    continue;
-                }
-                if (w8 && two && cp->fused && cs == 1 && p->thresholds == NULL) {
-                    /* int8 channel pairs (decoded codebook / 2-bit chunk, or from flash): qc_w8_pair_* */
-                    qc_w8_job job;
-                    qc_im2col(cp, input, g, oy, ox, scratch, tmp);
-                    if (++ox == cp->out_w) {
-                        ox = 0;
-                        ++oy;
-                    }
-                    qc_im2col(cp, input, g, oy, ox, scratch + 2, tmp);
-                    if (++ox == cp->out_w) {
-                        ox = 0;
-                        ++oy;
-                    }
-                    job.w = w;
-                    job.x = scratch;
-                    job.x_end = scratch + 4 * blocks;
-                    job.bias = cp->bias + ch0;
-                    job.rq = cp->rq + ch0;
-                    job.out0 = o0;
-                    job.out1 = o1;
-                    job.w_end = w + n_pad * blocks;
-                    job.rem = (blocks - 1) & 3;
-                    job.lo = cp->act_min;
-                    job.hi = cp->act_max;
-                    if (cp->act_min == -128 && cp->act_max == 127) {
-                        qc_w8_pair_full(&job);
-                    } else {
-                        qc_w8_pair_clamp(&job);
-                    }
+                    job.thr = thr;
+                    job.thr_offset = p->output_offset;
+                    pair(&job);
                     pix += 2;
                     continue;
                 }

@@ -531,7 +531,34 @@ typedef struct {
     int32_t threshold_bits;      /* 16: int16_t rows, 32: int32_t rows */
     int32_t n_thresholds;
     int32_t output_offset;
+    void (*pair)(const void *job);  /* threshold stage's fused pixel-pair routine (QC_THR_PAIR) or NULL */
 } qc_conv_lb_params;
+
+/*
+ * The fused pixel-pair routines of threshold layers on DSP cores (qc_conv.c): W = w4 (4-bit pairs)
+ * or w8 (int8 channel pairs), BITS = 16 / 32 (row width), LEN = 1, 3, 7, 15 (row length). The
+ * emitter names a layer's routine with QC_THR_PAIR (NULL without the DSP extension), so only the
+ * routines a model uses are linked.
+ */
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+#define QC_THR_PAIRS 1
+#define QC_THR_PAIR(W, BITS, LEN) qc_##W##_pair_thr##BITS##_##LEN
+#define QC_DECLARE_THR_PAIRS(BITS, LEN)                   \
+    void qc_w4_pair_thr##BITS##_##LEN(const void *job); \
+    void qc_w8_pair_thr##BITS##_##LEN(const void *job);
+QC_DECLARE_THR_PAIRS(16, 1)
+QC_DECLARE_THR_PAIRS(16, 3)
+QC_DECLARE_THR_PAIRS(16, 7)
+QC_DECLARE_THR_PAIRS(16, 15)
+QC_DECLARE_THR_PAIRS(32, 1)
+QC_DECLARE_THR_PAIRS(32, 3)
+QC_DECLARE_THR_PAIRS(32, 7)
+QC_DECLARE_THR_PAIRS(32, 15)
+#undef QC_DECLARE_THR_PAIRS
+#else
+#define QC_THR_PAIRS 0
+#define QC_THR_PAIR(W, BITS, LEN) NULL
+#endif
 
 /*
  * Depthwise with stored fields (bits 2, 4 or 8, row-major (channels, taps), low bits first;
