@@ -22,7 +22,8 @@ by the specialized ``qc_dw3x3_s8`` (3x3, channels-last, fast form) or ``qc_dw3x3
 kernel with a threshold output stage), else by ``qc_dwconv_s8`` per channel chunk
 (``qc_dwconv_lb_s8``). Threshold layers use unscaled accumulators (exact form, no pre-scale) and count
 the thresholds reached with ``qc_threshold_count`` / ``qc_threshold_count16`` (branch-free halving
-steps for the 1, 3, 7 or 15 thresholds of 1..4-bit outputs, binary search otherwise). They store
+steps for the 1, 3, 7 or 15 thresholds of 1..4-bit outputs, binary search otherwise) in the store
+:func:`threshold_store` names per layer, so models without threshold layers link none. They store
 no requantization records, and their threshold rows as int16 when the rows, clipped to the reachable
 accumulator range, fit (:func:`threshold_table`), else int32.
 
@@ -248,12 +249,32 @@ def gemm_lb_parts(ctx: EmitContext, op, raw: np.ndarray, groups: int, cog: int, 
     lb_fields = [
         [("mode", mode), ("bits", plan.field_bits), ("code_bits", code_bits), ("chunk", plan.chunk)],
         [("packed", packed_id), ("levels", levels_id), ("level_row", rows_id)],
-        [*t_fields, ("output_offset", op.output_offset)],
+        [*t_fields, ("output_offset", op.output_offset), ("threshold_store", threshold_store(op))],
     ]
     return defs, plan, lb_fields, w_id, b_id, r_id
 
 
 THRESHOLD_PAIR_LENGTHS = (1, 3, 7, 15)
+
+
+def levels_unclamped(op) -> bool:
+    """Whether every level ``output_offset + 0 .. L`` of a threshold stage lies inside
+    ``[act_min, act_max]``, so the kernels may store the counts without a clamp."""
+    return op.act_min <= op.output_offset and op.output_offset + int(op.thresholds.shape[1]) <= op.act_max
+
+
+def threshold_store(op) -> str:
+    """The output store of a threshold layer (``qc_threshold_store_fn`` of qc_kernels.h), ``"NULL"``
+    without a threshold stage: ``qc_threshold_store<BITS>_<LEN>`` (count unrolled, no clamp) for
+    ``len`` in 1, 3, 7, 15 with unclamped levels, else ``qc_threshold_store<BITS>``. Naming it per
+    layer keeps the stores out of models that do not use them."""
+    if op.thresholds is None:
+        return "NULL"
+    bits = threshold_table(op)[1]
+    n = int(op.thresholds.shape[1])
+    if n in THRESHOLD_PAIR_LENGTHS and levels_unclamped(op):
+        return f"qc_threshold_store{bits}_{n}"
+    return f"qc_threshold_store{bits}"
 
 
 def threshold_pair(op, plan: GemmPlan, cog: int, geometry: dict) -> str:
@@ -266,8 +287,7 @@ def threshold_pair(op, plan: GemmPlan, cog: int, geometry: dict) -> str:
         return "NULL"
     n = int(op.thresholds.shape[1])
     pixels = geometry["out_h"] * geometry["out_w"]
-    unclamped = op.act_min <= op.output_offset and op.output_offset + n <= op.act_max
-    if n not in THRESHOLD_PAIR_LENGTHS or geometry["out_cs"] != 1 or pixels < 2 or not unclamped:
+    if n not in THRESHOLD_PAIR_LENGTHS or geometry["out_cs"] != 1 or pixels < 2 or not levels_unclamped(op):
         return "NULL"
     return f"QC_THR_PAIR({'w4' if plan.mode == 'w4' else 'w8'}, {threshold_table(op)[1]}, {n})"
 
@@ -320,8 +340,7 @@ def dw3x3_specialized(op, fast: bool, in_cs: int) -> bool:
     shape_ok = (tuple(op.weight.shape[2:]) == (3, 3) and tuple(op.dilation) == (1, 1) and in_cs == 1
                 and c % 4 == 0 and dw_chunk(op) >= c)
     if op.thresholds is not None:
-        levels_ok = op.act_min <= op.output_offset and op.output_offset + op.thresholds.shape[1] <= op.act_max
-        return shape_ok and levels_ok
+        return shape_ok and levels_unclamped(op)
     return shape_ok and fast
 
 
@@ -354,15 +373,19 @@ def emit_dwconv_lb(ctx: EmitContext, op, dw_rows: list, c: int, src_ptr: str, no
         *dw_rows,
         [("rq_fast", int(fast)), ("weight", "NULL"), ("bias", b_id), ("rq", r_id)],
     ])
+    in_cs = dict(dw_rows[0])["in_cs"]
+    specialized = dw3x3_specialized(op, fast, in_cs)
+    store = threshold_store(op)
+    if specialized and store != "NULL":
+        store = f"QC_DW3X3_THR_STORE({store})"  # NULL where the specialized kernel counts inline
     params = c_params("qc_dwconv_lb_params", p_id, [
         [("dw", f"&{d_id}")],
         [("bits", bits), ("code_bits", op.codebook.bits if op.codebook is not None else 0), ("w_shift", w_shift),
          ("chunk", dw_chunk(op))],
         [("packed", packed_id), ("levels", levels_id), ("level_row", rows_id)],
-        [*t_fields, ("output_offset", op.output_offset)],
+        [*t_fields, ("output_offset", op.output_offset), ("threshold_store", store)],
     ])
-    in_cs = dict(dw_rows[0])["in_cs"]
-    if dw3x3_specialized(op, fast, in_cs):
+    if specialized:
         # expand once into scratch, then the specialized 3x3 kernel of qc_inline.h (a block-scope
         # parameter block: its weight is an address constant inside the arena)
         weight = f"(const uint32_t *)(const void *)({ctx.model}_arena.bytes + {ctx.layout.scratch[op.name]})"

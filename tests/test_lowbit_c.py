@@ -287,6 +287,28 @@ def test_routes_and_flash(program):
     assert shared and len(re.findall(r"static const uint8_t \w+_level_rows\[", src)) == len(shared)
 
 
+@needs_qemu
+@pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m3"])
+def test_only_the_named_threshold_stores_are_linked(program, cpu, tmp_path):
+    """Each threshold layer names its output store; a linked program holds exactly those stores (none
+    in a model without threshold layers). On DSP cores the specialized depthwise 3x3 kernel counts
+    inline, so the store its layer names through QC_DW3X3_THR_STORE is not linked there."""
+    import subprocess
+
+    from qcompile.backends.qemu import build_firmware
+
+    sources = emit_c(program, plan_memory(program), "m")
+    src = sources["m.c"]
+    plain = set(re.findall(r"\.threshold_store = (qc_threshold_store\w+)", src))
+    dw3x3 = set(re.findall(r"QC_DW3X3_THR_STORE\((qc_threshold_store\w+)\)", src))
+    has_thresholds = any(getattr(op, "thresholds", None) is not None for op in program.ops)
+    assert bool(plain | dw3x3) == has_thresholds
+    elf = build_firmware(sources, "m", cpu, tmp_path)
+    symbols = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    linked = set(re.findall(r" [Tt] (qc_threshold_store\w*)$", symbols, flags=re.M))
+    assert linked == (plain if cpu == "cortex-m4" else plain | dw3x3)
+
+
 def test_host_plain_c(program):
     assert_c_matches(program, n=3, min_distinct=16, sanitize=False)
 

@@ -1506,51 +1506,57 @@ static void qc_w4_split(int32_t *acc, const int32_t *bias, int32_t n, int32_t sh
 }
 
 /*
- * out[i * stride] = clamp(offset + #{k : acc[i] >= t[i * len + k]}) (rows non-decreasing, int16
- * when bits = 16, else int32). When the levels lie inside [lo, hi] (as the lowering emits them)
- * the clamp is dropped, and the usual lengths get a loop of their own in which the count is
- * unrolled.
+ * The threshold layers' output stores (qc_threshold_store_fn of qc_kernels.h): out[i * stride] =
+ * offset + #{k : acc[i] >= t[i * len + k]} over rows of int16 or int32 thresholds. The emitter
+ * names one per layer, so a model links only the ones its layers use (none without a threshold
+ * layer): qc_threshold_store<BITS>_<LEN> for the usual lengths when the levels lie inside
+ * [lo, hi] (no clamp; the count unrolled), qc_threshold_store<BITS> otherwise (any length, clamped).
  */
-#define QC_THR_LOOP(COUNT, T, LEN)                                                                       \
-    for (i = 0; i < n; ++i) {                                                                        \
-        out[i * stride] = (int8_t)(offset + COUNT(acc[i], (const T *)t + i * (LEN), (LEN)));         \
+#define QC_DEFINE_THRESHOLD_STORE(BITS, LEN)                                                             \
+    void qc_threshold_store##BITS##_##LEN(const int32_t *acc, int32_t n, const void *t, int32_t len,   \
+                                          int32_t offset, int8_t *out, int32_t stride, int32_t lo,     \
+                                          int32_t hi)                                                  \
+    {                                                                                                \
+        const int##BITS##_t *row = (const int##BITS##_t *)t;                                         \
+        int32_t i;                                                                                   \
+        (void)len;                                                                                   \
+        (void)lo;                                                                                    \
+        (void)hi;                                                                                    \
+        for (i = 0; i < n; ++i) {                                                                    \
+            out[i * stride] = (int8_t)(offset + QC_THRESHOLD_COUNT##BITS(acc[i], row + i * (LEN), (LEN))); \
+        }                                                                                            \
     }
-#define QC_THR_LOOPS(COUNT, T)  \
-    switch (len) {              \
-    case 1:                     \
-        QC_THR_LOOP(COUNT, T, 1)  \
-        return;                 \
-    case 3:                     \
-        QC_THR_LOOP(COUNT, T, 3)  \
-        return;                 \
-    case 7:                     \
-        QC_THR_LOOP(COUNT, T, 7)  \
-        return;                 \
-    case 15:                    \
-        QC_THR_LOOP(COUNT, T, 15) \
-        return;                 \
-    default:                    \
-        break;                  \
-    }
-static void qc_threshold_store(const int32_t *acc, int32_t n, const void *t, int32_t bits, int32_t len,
-                               int32_t offset, int8_t *out, int32_t stride, int32_t lo, int32_t hi)
+#define QC_THRESHOLD_COUNT16 qc_threshold_count16
+#define QC_THRESHOLD_COUNT32 qc_threshold_count
+QC_DEFINE_THRESHOLD_STORE(16, 1)
+QC_DEFINE_THRESHOLD_STORE(16, 3)
+QC_DEFINE_THRESHOLD_STORE(16, 7)
+QC_DEFINE_THRESHOLD_STORE(16, 15)
+QC_DEFINE_THRESHOLD_STORE(32, 1)
+QC_DEFINE_THRESHOLD_STORE(32, 3)
+QC_DEFINE_THRESHOLD_STORE(32, 7)
+QC_DEFINE_THRESHOLD_STORE(32, 15)
+#undef QC_DEFINE_THRESHOLD_STORE
+
+void qc_threshold_store16(const int32_t *acc, int32_t n, const void *t, int32_t len, int32_t offset, int8_t *out,
+                          int32_t stride, int32_t lo, int32_t hi)
 {
     int32_t i;
-    if (offset >= lo && offset + len <= hi) {
-        if (bits == 16) {
-            QC_THR_LOOPS(qc_threshold_count16, int16_t)
-        } else {
-            QC_THR_LOOPS(qc_threshold_count, int32_t)
-        }
-    }
     for (i = 0; i < n; ++i) {
-        const int32_t count = bits == 16 ? qc_threshold_count16(acc[i], (const int16_t *)t + i * len, len)
-                                         : qc_threshold_count(acc[i], (const int32_t *)t + i * len, len);
-        out[i * stride] = qc_out8(offset + count, lo, hi);
+        out[i * stride] = qc_out8(offset + qc_threshold_count16(acc[i], (const int16_t *)t + i * len, len), lo, hi);
     }
 }
-#undef QC_THR_LOOPS
-#undef QC_THR_LOOP
+
+void qc_threshold_store32(const int32_t *acc, int32_t n, const void *t, int32_t len, int32_t offset, int8_t *out,
+                          int32_t stride, int32_t lo, int32_t hi)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        out[i * stride] = qc_out8(offset + qc_threshold_count(acc[i], (const int32_t *)t + i * len, len), lo, hi);
+    }
+}
+#undef QC_THRESHOLD_COUNT16
+#undef QC_THRESHOLD_COUNT32
 
 /* Field i of a stream of `bits`-bit fields (bits 1, 2, 4 or 8: a field never straddles a byte). */
 static inline int32_t qc_lb_field(const uint8_t *data, int32_t bits, int32_t i)
@@ -1644,9 +1650,8 @@ static void qc_lb_output(const qc_conv_lb_params *p, const int32_t *acc, int32_t
 {
     const qc_conv_params *cp = p->conv;
     if (p->thresholds != NULL) {
-        qc_threshold_store(acc, n, qc_threshold_row(p->thresholds, p->threshold_bits, ch, p->n_thresholds),
-                           p->threshold_bits, p->n_thresholds, p->output_offset, out, stride, cp->act_min,
-                           cp->act_max);
+        p->threshold_store(acc, n, qc_threshold_row(p->thresholds, p->threshold_bits, ch, p->n_thresholds),
+                           p->n_thresholds, p->output_offset, out, stride, cp->act_min, cp->act_max);
     } else {
         qc_lb_requant_store(acc, n, cp->rq + ch, out, stride, cp->act_min, cp->act_max, cp->rq_fast != 0);
     }
@@ -1932,9 +1937,8 @@ void qc_dwconv_lb_s8(const qc_dwconv_lb_params *p, const int8_t *input, int8_t *
                     }
                 }
                 if (p->thresholds != NULL) {
-                    qc_threshold_store(acc, n, qc_threshold_row(p->thresholds, p->threshold_bits, cb, p->n_thresholds),
-                                       p->threshold_bits, p->n_thresholds, p->output_offset, out_px, d->out_cs,
-                                       d->act_min, d->act_max);
+                    p->threshold_store(acc, n, qc_threshold_row(p->thresholds, p->threshold_bits, cb, p->n_thresholds),
+                                       p->n_thresholds, p->output_offset, out_px, d->out_cs, d->act_min, d->act_max);
                 } else {
                     qc_lb_requant_store(acc, n, d->rq + cb, out_px, d->out_cs, d->act_min, d->act_max, fast);
                 }

@@ -309,8 +309,15 @@ static QC_ALWAYS_INLINE void qc_dw3x3_s8(const qc_dwconv_params *p, const int8_t
  * The same kernel with a threshold output stage (a low-bit depthwise layer with thresholds,
  * qc_dwconv_lb_params t, whose weights `spec` points at, expanded unscaled into scratch by
  * qc_dwconv_expand_s8; spec->bias unscaled): out = t->output_offset + #{k : acc >= T[c, k]}.
- * Without the DSP extension: qc_dwconv_lb_s8 (which expands the taps itself).
+ * Without the DSP extension: qc_dwconv_lb_s8 (which expands the taps itself). The layer's store
+ * (t->threshold_store) serves only that fallback: the emitter writes it as QC_DW3X3_THR_STORE(name),
+ * NULL where the inline count replaces it, so DSP builds do not link it.
  */
+#if QC_INLINE_DSP
+#define QC_DW3X3_THR_STORE(NAME) NULL
+#else
+#define QC_DW3X3_THR_STORE(NAME) NAME
+#endif
 static QC_ALWAYS_INLINE void qc_dw3x3_thr_s8(const qc_dwconv_lb_params *t, const qc_dwconv_params *spec,
                                              const int8_t *input, int8_t *output, uint32_t *scratch)
 {

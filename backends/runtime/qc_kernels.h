@@ -518,6 +518,30 @@ typedef struct {
 #define QC_LB_W4 1
 #define QC_LB_DECODE 2
 
+/*
+ * A threshold layer's output store (qc_conv.c): out[i * stride] = offset + #{k : acc[i] >= row_i[k]}
+ * for i < n, row_i = the i-th row of len int16 or int32 thresholds at t. The emitter names one per
+ * layer (so only the ones a model uses are linked): qc_threshold_store<BITS>_<LEN> (BITS 16 / 32,
+ * LEN 1, 3, 7, 15) when the levels offset + 0 .. len lie inside [lo, hi] (they are not clamped),
+ * else qc_threshold_store<BITS> (any len, clamped to [lo, hi]).
+ */
+typedef void (*qc_threshold_store_fn)(const int32_t *acc, int32_t n, const void *t, int32_t len, int32_t offset,
+                                      int8_t *out, int32_t stride, int32_t lo, int32_t hi);
+#define QC_DECLARE_THRESHOLD_STORE(NAME)                                                                   \
+    void NAME(const int32_t *acc, int32_t n, const void *t, int32_t len, int32_t offset, int8_t *out, \
+              int32_t stride, int32_t lo, int32_t hi);
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store16)
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store32)
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store16_1)
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store16_3)
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store16_7)
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store16_15)
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store32_1)
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store32_3)
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store32_7)
+QC_DECLARE_THRESHOLD_STORE(qc_threshold_store32_15)
+#undef QC_DECLARE_THRESHOLD_STORE
+
 typedef struct {
     const qc_conv_params *conv;  /* geometry, bias, rq, w8 / w8_shift / k_seq; conv->weight (W8, W4) */
     int32_t mode;                /* QC_LB_W8, QC_LB_W4, QC_LB_DECODE */
@@ -531,6 +555,7 @@ typedef struct {
     int32_t threshold_bits;      /* 16: int16_t rows, 32: int32_t rows */
     int32_t n_thresholds;
     int32_t output_offset;
+    qc_threshold_store_fn threshold_store;  /* the threshold stage's store; NULL without one */
     void (*pair)(const void *job);  /* threshold stage's fused pixel-pair routine (QC_THR_PAIR) or NULL */
 } qc_conv_lb_params;
 
@@ -580,6 +605,7 @@ typedef struct {
     int32_t threshold_bits;      /* 16: int16_t rows, 32: int32_t rows */
     int32_t n_thresholds;
     int32_t output_offset;
+    qc_threshold_store_fn threshold_store;  /* the threshold stage's store; NULL without one */
 } qc_dwconv_lb_params;
 
 /* ------------------------------------------------------------------ kernels */
