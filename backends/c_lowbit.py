@@ -277,6 +277,30 @@ def threshold_store(op) -> str:
     return f"qc_threshold_store{bits}"
 
 
+def threshold_routines(program: ir.Program) -> tuple[dict[str, bool], dict[tuple[int, int], int]]:
+    """What the threshold layers of ``program`` may link, for the code-size bound of
+    :func:`qcompile.target.memory_estimate`: the stores their layers name (:func:`threshold_store`,
+    each with whether it is an unrolled one; a depthwise layer's counted although DSP cores drop
+    it), and per (row width, length) key the
+    number of fused pixel-pair routines their (non-depthwise, even channels per group) convolutions
+    may name on DSP cores (:func:`threshold_pair`: one per weight form, so at most 2 per key;
+    counted without the plan's weight form or the output layout, an over-count when a layer falls
+    back to the C loop)."""
+    stores: dict[str, bool] = {}
+    pairs: dict[tuple[int, int], int] = {}
+    for op in program.ops:
+        if not isinstance(op, (ir.Conv2D, ir.Dense)) or op.thresholds is None:
+            continue
+        n = int(op.thresholds.shape[1])
+        unrolled = n in THRESHOLD_PAIR_LENGTHS and levels_unclamped(op)
+        stores[threshold_store(op)] = unrolled
+        conv = isinstance(op, ir.Conv2D) and not op.depthwise
+        if conv and unrolled and (int(op.weight.shape[0]) // op.groups) % 2 == 0:
+            key = (threshold_table(op)[1], n)
+            pairs[key] = min(2, pairs.get(key, 0) + 1)
+    return stores, pairs
+
+
 def threshold_pair(op, plan: GemmPlan, cog: int, geometry: dict) -> str:
     """The fused pixel-pair routine of a threshold layer (``QC_THR_PAIR(w4|w8, 16|32, len)`` of
     qc_kernels.h, ``NULL`` on cores without DSP) when it applies, else ``"NULL"``: W4 pairs or int8

@@ -4,6 +4,7 @@ largest layers/tensors; the estimate is an upper bound on what arm-none-eabi-gcc
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -12,9 +13,11 @@ import torch
 import torch.nn as nn
 
 import qcompile
+from qcompile.backends.c_emitter import emit_c
 from qcompile.backends.host_build import write_sources
+from qcompile.backends.memory_plan import plan_memory
 from qcompile.errors import ConfigError, MemoryBudgetError
-from qcompile.target import PRESETS, memory_estimate
+from qcompile.target import PRESETS, memory_estimate, threshold_code_bytes
 from zoo_models import build
 
 torch.set_num_threads(1)
@@ -97,6 +100,45 @@ def test_family_string_targets_are_unchanged():
         assert art.target == t and art.budget is None and art.report_data()["target"] == t
 
 
+CPU_FLAGS = {"cortex-m4": ("-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+             "cortex-m3": ("-mcpu=cortex-m3",)}
+THRESHOLD_ROUTINE = re.compile(r"qc_(threshold_store\w*|w[48]_pair_thr\w+)")
+
+
+def _named_threshold_routines(src: str) -> set[str]:
+    """The threshold stores and fused pixel-pair routines the emitted model source names."""
+    named = set(re.findall(r"\b(qc_threshold_store\w+)", src))
+    return named | {f"qc_{w}_pair_thr{b}_{n}" for w, b, n in re.findall(r"QC_THR_PAIR\((w[48]), (\d+), (\d+)\)", src)}
+
+
+def _compiled_bytes(sources: dict[str, str], name: str, cpu: str, workdir) -> tuple[int, int, dict[str, int]]:
+    """flash (text + data) and RAM (data + bss) of every object file -- all kernels, nothing
+    garbage-collected, except the threshold routines the model does not name (the estimate counts
+    those per model) -- and the sizes of the ones it names."""
+    write_sources(sources, workdir)
+    objs = []
+    for src in sorted(p.name for p in workdir.glob("*.c")):
+        obj = src[:-2] + ".o"
+        subprocess.run(["arm-none-eabi-gcc", "-mthumb", *CPU_FLAGS[cpu], "-std=c99", "-O2", "-ffunction-sections",
+                        "-fdata-sections", "-I.", "-c", src, "-o", obj], cwd=workdir, check=True, timeout=300)
+        objs.append(obj)
+    sizes = subprocess.run(["arm-none-eabi-size", *objs], cwd=workdir, capture_output=True, text=True,
+                           check=True).stdout.splitlines()[1:]
+    flash = sum(int(line.split()[0]) + int(line.split()[1]) for line in sizes)
+    ram = sum(int(line.split()[1]) + int(line.split()[2]) for line in sizes)
+    named_src = _named_threshold_routines(sources[f"{name}.c"])
+    symbols = subprocess.run(["arm-none-eabi-nm", "-S", *objs], cwd=workdir, capture_output=True, text=True,
+                             check=True).stdout
+    named = {}
+    for size, sym in re.findall(r"^[0-9a-f]+ ([0-9a-f]+) [Tt] (\S+)$", symbols, flags=re.M):
+        if THRESHOLD_ROUTINE.fullmatch(sym):
+            if sym in named_src:
+                named[sym] = int(size, 16)
+            else:
+                flash -= int(size, 16)
+    return flash, ram, named
+
+
 @pytest.mark.skipif(shutil.which("arm-none-eabi-size") is None, reason="arm-none-eabi-gcc/binutils not installed")
 @pytest.mark.parametrize("zoo", ["plain_cnn", "lut"])
 def test_flash_estimate_bounds_the_compiled_objects(zoo, tmp_path):
@@ -104,18 +146,26 @@ def test_flash_estimate_bounds_the_compiled_objects(zoo, tmp_path):
     model, shape = build(zoo)
     x = torch.randn(16, *shape)
     art = qcompile.compile(model, (x[:1],), calib=x, target="nrf52840", progress=False)
-    write_sources(art.c_sources(), tmp_path)
-    objs = []
-    for src in sorted(p.name for p in tmp_path.glob("*.c")):
-        obj = src[:-2] + ".o"
-        subprocess.run(["arm-none-eabi-gcc", "-mthumb", "-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16",
-                        "-std=c99", "-O2", "-ffunction-sections", "-fdata-sections", "-I.", "-c", src, "-o", obj],
-                       cwd=tmp_path, check=True, timeout=300)
-        objs.append(obj)
-    sizes = subprocess.run(["arm-none-eabi-size", *objs], cwd=tmp_path, capture_output=True, text=True,
-                           check=True).stdout.splitlines()[1:]
-    flash = sum(int(line.split()[0]) + int(line.split()[1]) for line in sizes)
-    ram = sum(int(line.split()[1]) + int(line.split()[2]) for line in sizes)
+    flash, ram, named = _compiled_bytes(art.c_sources(), art.name, "cortex-m4", tmp_path)
     est = memory_estimate(art.program, art.plan, "cortex-m4")
+    assert not named and threshold_code_bytes(art.program, "cortex-m4") == 0
+    assert flash <= est["flash"]["total"], (flash, est["flash"])
+    assert ram <= est["ram"]["total"], (ram, est["ram"])
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-size") is None, reason="arm-none-eabi-gcc/binutils not installed")
+@pytest.mark.parametrize("cpu", sorted(CPU_FLAGS))
+@pytest.mark.parametrize("program_name", ["gemm", "depthwise", "pairs"])
+def test_flash_estimate_counts_the_threshold_routines_a_model_names(program_name, cpu, tmp_path):
+    """Low-bit programs with threshold layers of every kind (tests/test_lowbit_c.py): the per-model
+    term bounds the threshold routines the emitted source names, and the whole estimate the objects."""
+    from test_lowbit_c import PROGRAMS
+
+    program = PROGRAMS[program_name]()
+    plan = plan_memory(program)
+    flash, ram, named = _compiled_bytes(emit_c(program, plan, "m"), "m", cpu, tmp_path)
+    assert named and any("_pair_thr" in n for n in named) == (cpu == "cortex-m4" and program_name == "pairs")
+    assert sum(named.values()) <= threshold_code_bytes(program, cpu), named
+    est = memory_estimate(program, plan, cpu)
     assert flash <= est["flash"]["total"], (flash, est["flash"])
     assert ram <= est["ram"]["total"], (ram, est["ram"])
