@@ -263,6 +263,13 @@ def levels_unclamped(op) -> bool:
     return op.act_min <= op.output_offset and op.output_offset + int(op.thresholds.shape[1]) <= op.act_max
 
 
+def count_unrolled(op) -> bool:
+    """Whether a threshold stage's count runs unrolled and unclamped (the stores
+    ``qc_threshold_store<BITS>_<LEN>`` and the fused pixel-pair routines): ``len`` in 1, 3, 7, 15
+    and :func:`levels_unclamped`."""
+    return int(op.thresholds.shape[1]) in THRESHOLD_PAIR_LENGTHS and levels_unclamped(op)
+
+
 def threshold_store(op) -> str:
     """The output store of a threshold layer (``qc_threshold_store_fn`` of qc_kernels.h), ``"NULL"``
     without a threshold stage: ``qc_threshold_store<BITS>_<LEN>`` (count unrolled, no clamp) for
@@ -271,9 +278,8 @@ def threshold_store(op) -> str:
     if op.thresholds is None:
         return "NULL"
     bits = threshold_table(op)[1]
-    n = int(op.thresholds.shape[1])
-    if n in THRESHOLD_PAIR_LENGTHS and levels_unclamped(op):
-        return f"qc_threshold_store{bits}_{n}"
+    if count_unrolled(op):
+        return f"qc_threshold_store{bits}_{int(op.thresholds.shape[1])}"
     return f"qc_threshold_store{bits}"
 
 
@@ -291,12 +297,11 @@ def threshold_routines(program: ir.Program) -> tuple[dict[str, bool], dict[tuple
     for op in program.ops:
         if not isinstance(op, (ir.Conv2D, ir.Dense)) or op.thresholds is None:
             continue
-        n = int(op.thresholds.shape[1])
-        unrolled = n in THRESHOLD_PAIR_LENGTHS and levels_unclamped(op)
+        unrolled = count_unrolled(op)
         stores[threshold_store(op)] = unrolled
         conv = isinstance(op, ir.Conv2D) and not op.depthwise
         if conv and unrolled and (int(op.weight.shape[0]) // op.groups) % 2 == 0:
-            key = (threshold_table(op)[1], n)
+            key = (threshold_table(op)[1], int(op.thresholds.shape[1]))
             pairs[key] = min(2, pairs.get(key, 0) + 1)
     return stores, pairs
 
@@ -309,11 +314,10 @@ def threshold_pair(op, plan: GemmPlan, cog: int, geometry: dict) -> str:
     Naming the routine per layer lets ``--gc-sections`` drop the others."""
     if op.thresholds is None or not (plan.mode == "w4" or plan.w8) or cog % 2:
         return "NULL"
-    n = int(op.thresholds.shape[1])
     pixels = geometry["out_h"] * geometry["out_w"]
-    if n not in THRESHOLD_PAIR_LENGTHS or geometry["out_cs"] != 1 or pixels < 2 or not levels_unclamped(op):
+    if not count_unrolled(op) or geometry["out_cs"] != 1 or pixels < 2:
         return "NULL"
-    return f"QC_THR_PAIR({'w4' if plan.mode == 'w4' else 'w8'}, {threshold_table(op)[1]}, {n})"
+    return f"QC_THR_PAIR({'w4' if plan.mode == 'w4' else 'w8'}, {threshold_table(op)[1]}, {int(op.thresholds.shape[1])})"
 
 
 def emit_gemm_lb(ctx: EmitContext, op, conv_groups: list, raw: np.ndarray, groups: int, cog: int, k_pad: int,

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import qcompile
 from qcompile.backends.c_emitter import emit_c
-from qcompile.backends.host_build import write_sources
+from qcompile.backends.host_build import compile_objects
 from qcompile.backends.memory_plan import plan_memory
 from qcompile.errors import ConfigError, MemoryBudgetError
 from qcompile.target import PRESETS, memory_estimate, threshold_code_bytes
@@ -115,13 +115,9 @@ def _compiled_bytes(sources: dict[str, str], name: str, cpu: str, workdir) -> tu
     """flash (text + data) and RAM (data + bss) of every object file -- all kernels, nothing
     garbage-collected, except the threshold routines the model does not name (the estimate counts
     those per model) -- and the sizes of the ones it names."""
-    write_sources(sources, workdir)
-    objs = []
-    for src in sorted(p.name for p in workdir.glob("*.c")):
-        obj = src[:-2] + ".o"
-        subprocess.run(["arm-none-eabi-gcc", "-mthumb", *CPU_FLAGS[cpu], "-std=c99", "-O2", "-ffunction-sections",
-                        "-fdata-sections", "-I.", "-c", src, "-o", obj], cwd=workdir, check=True, timeout=300)
-        objs.append(obj)
+    compile_objects(sources, cc="arm-none-eabi-gcc", workdir=workdir,
+                    cflags=("-mthumb", *CPU_FLAGS[cpu], "-std=c99", "-O2", "-ffunction-sections", "-fdata-sections"))
+    objs = [f[:-2] + ".o" for f in sorted(sources) if f.endswith(".c")]
     sizes = subprocess.run(["arm-none-eabi-size", *objs], cwd=workdir, capture_output=True, text=True,
                            check=True).stdout.splitlines()[1:]
     flash = sum(int(line.split()[0]) + int(line.split()[1]) for line in sizes)
