@@ -65,14 +65,20 @@ def bit_exact_qemu(art, xs: torch.Tensor) -> str:
     return bit_exact(art, xs, "qemu")
 
 
-def load_model(name: str, recipe, samples: int, n_eval: int = 0):
+def load_model(name: str, recipe, samples: int, n_eval: int = 0, eval_on: str = "test"):
     """``(model, calib, x_test, y_test, float_top1, float_row)`` of a PTQ-benchmark recipe: the cached model, the
-    first ``samples`` training inputs, the test split (its first ``n_eval`` samples when given) and
-    the float row of the results for model ``name`` (printed)."""
+    first ``samples`` training inputs, the evaluation samples (its first ``n_eval`` when given) and
+    the float row of the results for model ``name`` (printed). The evaluation samples are the test
+    split, or with ``eval_on="heldout"`` the training samples after the first ``samples`` (for
+    choosing settings without looking at the test split)."""
     from qcompile.zoo import load_or_train, predict
 
     data = recipe.data_fn()
-    x_train, _, x_test, y_test = data
+    x_train, y_train, x_test, y_test = data
+    if eval_on == "heldout":
+        x_test, y_test = x_train[samples:], y_train[samples:]
+        if len(x_test) == 0:
+            raise SystemExit(f"--eval-on heldout: no training samples after the first {samples}")
     if n_eval:
         x_test, y_test = x_test[:n_eval], y_test[:n_eval]
     model, _ = load_or_train(recipe, data, progress=False)

@@ -21,6 +21,9 @@ from the cache (``--models``; a model that is not cached is skipped, never train
 Data: PTQ calibration and QAT both use the first ``--samples`` training images (no labels: QAT
 distills the float model); top-1 is measured on the test split (``--eval`` samples, default
 all) **through the integer interpreter** (``Artifact.run``), never used to choose anything.
+Settings are chosen with ``--eval-on heldout``, which measures on the training samples after
+the first ``--samples`` instead (e.g. ``--quantizer-lr-factor``, the quantizer parameters'
+learning rate relative to ``--lr``).
 Columns: top-1 and its drop vs float, the mean squared difference of the interpreter's logits
 from the float model's on the test split (``logit_mse_vs_float``: the error top-1 only sees where
 it flips a decision; when PWLQ and uniform run in the same invocation the PWLQ row also counts
@@ -107,12 +110,13 @@ def row_config(row: str, model: torch.nn.Module, args) -> QuantConfig:
     kw = dict(ROWS[row])
     if kw.get("weight_bits") == "ends8":
         kw["weight_bits"] = _weight_bits_keeping_ends(model)
-    return QuantConfig(**kw, max_calib_samples=args.samples, qat_epochs=args.epochs, qat_lr=args.lr)
+    return QuantConfig(**kw, max_calib_samples=args.samples, qat_epochs=args.epochs, qat_lr=args.lr,
+                       qat_quantizer_lr_factor=args.quantizer_lr_factor)
 
 
 def bench(model_name: str, rows: list[str], args) -> list[dict]:
     model, calib, x_test, y_test, float_top1, float_row = load_model(model_name, RECIPES_PTQ[model_name],
-                                                                      args.samples, args.eval)
+                                                                      args.samples, args.eval, args.eval_on)
     out = [float_row]
     with torch.no_grad():
         float_logits = predict(model, x_test)
@@ -203,8 +207,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--samples", type=int, default=2048, help="training samples for calibration and QAT")
     ap.add_argument("--epochs", type=int, default=3, help="QAT epochs (N2UQ and LSQ alike)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate (weights; quantizers x10)")
-    ap.add_argument("--eval", type=int, default=0, help="test samples (0: all)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate of the weights")
+    ap.add_argument("--quantizer-lr-factor", type=float, default=QuantConfig.qat_quantizer_lr_factor,
+                    help="the quantizer parameters' learning rate is --lr times this")
+    ap.add_argument("--eval", type=int, default=0, help="evaluation samples (0: all)")
+    ap.add_argument("--eval-on", choices=("test", "heldout"), default="test",
+                    help="heldout: evaluate on the training samples after the first --samples (to choose "
+                         "settings without the test split)")
     ap.add_argument("--verify", type=int, default=8, help="samples for the host C check")
     ap.add_argument("--train", action="store_true", help="train models that are not cached")
     ap.add_argument("--no-qemu", dest="qemu", action="store_false",
@@ -223,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.merge:
         results = merge_results(args.json, results)
     print_and_save("lowbit.py", argv, results, table, targets, args.json,
-                   samples=args.samples, epochs=args.epochs, lr=args.lr, skipped=skipped)
+                   samples=args.samples, epochs=args.epochs, lr=args.lr,
+                   quantizer_lr_factor=args.quantizer_lr_factor, eval_on=args.eval_on, skipped=skipped)
 
 
 if __name__ == "__main__":

@@ -58,10 +58,9 @@ from qcompile.passes.record_float_outputs import QAT_TEACHER_RECORD
 from qcompile.qat.lsq import LsqActQuant, LsqWeights, init_activation_range
 from qcompile.quantization import tensor_qparams
 
-__all__ = ["train_quantization_aware", "prepare_quantizers", "freeze_quantizers", "low_bit_producer", "QAT_QUANTIZERS", "QUANTIZER_LR_FACTOR"]
+__all__ = ["train_quantization_aware", "prepare_quantizers", "freeze_quantizers", "low_bit_producer", "QAT_QUANTIZERS"]
 
 QAT_QUANTIZERS = ("lsq", "n2uq")
-QUANTIZER_LR_FACTOR = 10.0
 INIT_SAMPLES = 256
 _WEIGHTED = (Kind.CONV, Kind.LINEAR)
 _UNIFORM_ONLY = (Kind.ADD, Kind.SUB, Kind.MUL)
@@ -237,7 +236,7 @@ def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
         elif isinstance(m, (LsqActQuant, N2UQActQuant)):
             quant += list(m.parameters(recurse=False))
     opt = torch.optim.Adam([{"params": base, "lr": cfg.qat_lr},
-                            {"params": quant, "lr": cfg.qat_lr * QUANTIZER_LR_FACTOR}])
+                            {"params": quant, "lr": cfg.qat_lr * cfg.qat_quantizer_lr_factor}])
     n = x_all.shape[0]
     bs = min(cfg.qat_batch_size, n)
     steps_per_epoch = math.ceil(n / bs)
@@ -272,7 +271,8 @@ def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
         student = torch.cat([gm(b) for b in x_all.split(256)])
     record = {"quantizer": cfg.activation_quantizer, "weight_bits": cfg.weight_bits,
               "activation_bits": cfg.activation_bits, "epochs": cfg.qat_epochs, "steps": total,
-              "samples": n, "loss_per_epoch": [round(v, 5) for v in epoch_losses],
+              "samples": n, "lr": cfg.qat_lr, "quantizer_lr": cfg.qat_lr * cfg.qat_quantizer_lr_factor,
+              "loss_per_epoch": [round(v, 5) for v in epoch_losses],
               "activations": kinds, "weights": weights}
     if logits:
         record["train_top1_agreement_with_float"] = round(

@@ -69,6 +69,8 @@ class QuantConfig:
       :mod:`qcompile.passes.train_quantization_aware`.
     * ``qat_epochs``, ``qat_lr``, ``qat_batch_size``, ``qat_seed``: the QAT run (Adam, cosine
       decay, label-free distillation from the float model on the ``calib`` data).
+      ``qat_quantizer_lr_factor``: the quantizer parameters (steps, N2UQ thresholds) train at
+      ``qat_lr`` times this factor (LSQ's practice of a faster rate for the few scale parameters).
       ``qat_keep_ends_8bit``: the first and last conv/linear keep 8-bit weights during QAT.
     * ``n2uq_thresholds``: ``"per_tensor"`` (the paper: one set of learned thresholds per
       activation tensor) or ``"per_channel"`` (one set per output channel, same uniform output
@@ -159,6 +161,7 @@ class QuantConfig:
     activation_quantizer: str = "uniform"
     qat_epochs: int = 3
     qat_lr: float = 1e-4
+    qat_quantizer_lr_factor: float = 10.0
     qat_batch_size: int = 64
     qat_seed: int = 0
     qat_keep_ends_8bit: bool = True
@@ -317,5 +320,7 @@ class QuantConfig:
         if self.activation_quantizer == "n2uq" and self.uniform_weight_bits is not None and self.weight_bits > 7:
             raise ConfigError(f"QuantConfig.weight_bits={self.weight_bits} with activation_quantizer='n2uq': "
                               "its 2**b weight levels fit int8 for 2..7 bits")
-        if self.qat_epochs < 1 or self.qat_batch_size < 1 or not self.qat_lr > 0:
-            raise ConfigError("QuantConfig.qat_epochs, qat_batch_size and qat_lr must be positive")
+        if (self.qat_epochs < 1 or self.qat_batch_size < 1 or not self.qat_lr > 0
+                or not self.qat_quantizer_lr_factor > 0):
+            raise ConfigError("QuantConfig.qat_epochs, qat_batch_size, qat_lr and qat_quantizer_lr_factor "
+                              "must be positive")

@@ -240,6 +240,27 @@ def test_n2uq_with_per_layer_weight_bits(data):
     art.verify(data[256:264], on="host")  # raises on any mismatch
 
 
+def test_quantizer_lr_factor_sets_only_the_quantizer_parameters_rate(data):
+    # a vanishing factor freezes the learned thresholds at their initial midpoints while the
+    # weights still train; the default factor moves them (the factor reaches the optimizer)
+    learned = {}
+    for factor in (1e-12, QuantConfig.qat_quantizer_lr_factor):
+        torch.manual_seed(0)
+        model = Tiny().eval()
+        cfg = QuantConfig(weight_bits=4, activation_bits=3, activation_quantizer="n2uq", qat_epochs=1, qat_lr=1e-3,
+                          qat_quantizer_lr_factor=factor)
+        art = qcompile.compile(model, (data[:1],), calib=data[:256], config=cfg, progress=False)
+        rec = art.records["train_quantization_aware"]
+        assert rec["lr"] == 1e-3 and rec["quantizer_lr"] == pytest.approx(1e-3 * factor)
+        q = art.graph.get_submodule("relu_1_aq")
+        init = (torch.arange(1, 8, dtype=torch.float64) - 0.5 - q.k0) * float(q.step0)
+        learned[factor] = torch.allclose(q.thresholds.double(), init.expand_as(q.thresholds), rtol=0, atol=1e-6)
+        assert not torch.equal(art.graph.get_submodule("conv2").module.weight, model.conv2.weight)
+    assert learned == {1e-12: True, QuantConfig.qat_quantizer_lr_factor: False}
+    with pytest.raises(ConfigError, match="qat_quantizer_lr_factor"):
+        QuantConfig(activation_quantizer="lsq", activation_bits=4, weight_bits=4, qat_quantizer_lr_factor=0)
+
+
 def test_qat_is_deterministic(data):
     cfg = QuantConfig(weight_bits=4, activation_bits=4, activation_quantizer="n2uq", qat_epochs=1)
     arts = []

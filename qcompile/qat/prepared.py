@@ -32,7 +32,7 @@ class QATConfig:
       weight bits per layer (a mapping as in :class:`~qcompile.QuantConfig`).
     * ``keep_ends_8bit``: the first and last conv/linear keep 8-bit weights (as the existing QAT
       pass does; ``ddq`` allocates every layer's width itself and ignores it).
-    * ``epochs``, ``lr`` (weights; quantizer parameters get ``10 * lr``), ``batch_size``, ``seed``:
+    * ``epochs``, ``lr`` (weights; quantizer parameters get ``quantizer_lr_factor * lr``), ``batch_size``, ``seed``:
       Adam with cosine decay, seeded data order and initialization.
     * ``calib_samples``: training samples used to calibrate the 8-bit tensors and initialize the
       steps before training.
@@ -55,6 +55,7 @@ class QATConfig:
     keep_ends_8bit: bool = True
     epochs: int = 3
     lr: float = 1e-3
+    quantizer_lr_factor: float = 10.0
     batch_size: int = 64
     seed: int = 0
     calib_samples: int = 1024
@@ -75,8 +76,9 @@ class QATConfig:
             raise ConfigError(f"QATConfig.method={self.method!r}: choose one of {', '.join(METHODS)}")
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ConfigError(f"QATConfig.bits={self.bits!r}: an integer in 2..8")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.calib_samples < 1:
-            raise ConfigError("QATConfig.epochs, batch_size, lr and calib_samples must be positive")
+        if (self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or not self.quantizer_lr_factor > 0
+                or self.calib_samples < 1):
+            raise ConfigError("QATConfig.epochs, batch_size, lr, quantizer_lr_factor and calib_samples must be positive")
         if self.method == "ddq":
             if not self.ddq_bits or any(not isinstance(b, int) or not 2 <= b <= 8 for b in self.ddq_bits):
                 raise ConfigError(f"QATConfig.ddq_bits={self.ddq_bits!r}: integers in 2..8")
@@ -98,6 +100,7 @@ class QATConfig:
         from stay the float model's function (block replacement's full-precision counterpart)."""
         kw = dict(weight_bits=dict(self.weight_bits) if self.weight_bits is not None else self.bits,
                   activation_bits=self.bits, activation_quantizer="lsq", qat_epochs=self.epochs, qat_lr=self.lr,
+                  qat_quantizer_lr_factor=self.quantizer_lr_factor,
                   qat_batch_size=self.batch_size, qat_seed=self.seed, qat_keep_ends_8bit=self.keep_ends_8bit,
                   max_calib_samples=self.calib_samples, bias_correction="none")
         kw.update(overrides)

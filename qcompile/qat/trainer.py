@@ -47,7 +47,6 @@ from qcompile.nn import QuantizedWeights
 from qcompile.pass_manager import PassContext
 from qcompile.passes.record_float_outputs import QAT_TEACHER_RECORD
 from qcompile.passes.train_quantization_aware import (
-    QUANTIZER_LR_FACTOR,
     freeze_quantizers,
     prepare_quantizers,
     train_quantization_aware,
@@ -204,7 +203,7 @@ def train(model: nn.Module, example_inputs, train_data, method: str | None = Non
         objective = _Objective(gm, meth)
         base, quant = meth.parameter_groups()
         opt = torch.optim.Adam([{"params": base, "lr": cfg.lr},
-                                {"params": quant, "lr": cfg.lr * QUANTIZER_LR_FACTOR}])
+                                {"params": quant, "lr": cfg.lr * cfg.quantizer_lr_factor}])
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
         gen = torch.Generator().manual_seed(cfg.seed)
