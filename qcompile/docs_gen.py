@@ -184,6 +184,8 @@ _FLAT_COLUMNS = {
     "mcu_lowbit.json": ["model", "config", "macs", "weight_bytes", "instr_O2", "instr_per_mac", "flash_O2",
                         "bit_exact_O2"],
     "pareto.json": ["source", "model", "method", "flash", "top1", "float_top1"],
+    "lowbit_qat_lr_factor_heldout.json": ["model", "row", "samples", "epochs", "quantizer_lr_factor",
+                                          "heldout_top1", "heldout_float_top1", "bit_exact_c_host"],
 }
 
 
