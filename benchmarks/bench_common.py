@@ -65,6 +65,21 @@ def bit_exact_qemu(art, xs: torch.Tensor) -> str:
     return bit_exact(art, xs, "qemu")
 
 
+def evaluation_split(data, samples: int, eval_on: str = "test", n_eval: int = 0):
+    """``(x_train, y_train, x_eval, y_eval)`` of a recipe's ``data``: the whole training split and
+    the samples to evaluate on -- the test split, or with ``eval_on="heldout"`` the training samples
+    after the first ``samples`` (to choose settings without the test split); their first ``n_eval``
+    when given."""
+    x_train, y_train, x_test, y_test = data
+    if eval_on == "heldout":
+        x_test, y_test = x_train[samples:], y_train[samples:]
+        if len(x_test) == 0:
+            raise SystemExit(f"--eval-on heldout: no training samples after the first --samples {samples}")
+    if n_eval:
+        x_test, y_test = x_test[:n_eval], y_test[:n_eval]
+    return x_train, y_train, x_test, y_test
+
+
 def load_model(name: str, recipe, samples: int, n_eval: int = 0, eval_on: str = "test"):
     """``(model, calib, x_test, y_test, float_top1, float_row)`` of a PTQ-benchmark recipe: the cached model, the
     first ``samples`` training inputs, the evaluation samples (its first ``n_eval`` when given) and
@@ -74,13 +89,7 @@ def load_model(name: str, recipe, samples: int, n_eval: int = 0, eval_on: str = 
     from qcompile.zoo import load_or_train, predict
 
     data = recipe.data_fn()
-    x_train, y_train, x_test, y_test = data
-    if eval_on == "heldout":
-        x_test, y_test = x_train[samples:], y_train[samples:]
-        if len(x_test) == 0:
-            raise SystemExit(f"--eval-on heldout: no training samples after the first {samples}")
-    if n_eval:
-        x_test, y_test = x_test[:n_eval], y_test[:n_eval]
+    x_train, _, x_test, y_test = evaluation_split(data, samples, eval_on, n_eval)
     model, _ = load_or_train(recipe, data, progress=False)
     float_top1 = top1(predict(model, x_test), y_test)
     print(f"{name}: float {float_top1:.2f}", flush=True)

@@ -67,7 +67,7 @@ from qcompile.backends import ir  # noqa: E402
 from qcompile.bit_allocation import allocate_greedy, dual_variable_score, layer_cost, total_bytes  # noqa: E402
 from qcompile.qat import QATConfig, layer_sensitivity, prepare_graph, spearman, train  # noqa: E402
 
-from bench_common import bit_exact, print_and_save, run_cached_models, top1  # noqa: E402
+from bench_common import bit_exact, evaluation_split, print_and_save, run_cached_models, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["METHODS", "main"]
@@ -161,15 +161,9 @@ def bench(model_name: str, args) -> list[dict]:
 
     recipe = RECIPES_PTQ[model_name]
     data = recipe.data_fn()
-    x_train, y_train, x_test, y_test = data
+    x_train, y_train, x_test, y_test = evaluation_split(data, args.samples, args.eval_on, args.eval)
     model, _ = load_or_train(recipe, data, progress=False)
     model.eval()
-    if args.eval_on == "heldout":  # development: the training samples after --samples, never the test split
-        x_test, y_test = x_train[args.samples:], y_train[args.samples:]
-        if len(x_test) == 0:
-            raise SystemExit(f"--eval-on heldout: no training samples after the first --samples {args.samples}")
-    if args.eval:
-        x_test, y_test = x_test[:args.eval], y_test[:args.eval]
     x_train, y_train = x_train[:args.samples], y_train[:args.samples]
     float_top1 = top1(predict(model, x_test), y_test)
     print(f"{model_name}: float {float_top1:.2f}", flush=True)

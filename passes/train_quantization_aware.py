@@ -58,7 +58,8 @@ from qcompile.passes.record_float_outputs import QAT_TEACHER_RECORD
 from qcompile.qat.lsq import LsqActQuant, LsqWeights, init_activation_range
 from qcompile.quantization import tensor_qparams
 
-__all__ = ["train_quantization_aware", "prepare_quantizers", "freeze_quantizers", "low_bit_producer", "QAT_QUANTIZERS"]
+__all__ = ["train_quantization_aware", "prepare_quantizers", "freeze_quantizers", "low_bit_producer", "QAT_QUANTIZERS",
+           "quantization_aware_optimizer"]
 
 QAT_QUANTIZERS = ("lsq", "n2uq")
 INIT_SAMPLES = 256
@@ -210,6 +211,17 @@ def freeze_quantizers(gm: GraphModule) -> None:
     _snap_biases(gm)
 
 
+def quantization_aware_optimizer(base: list, quant: list, lr: float, quantizer_lr_factor: float,
+                                 total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam over the weights and biases (``base``, at ``lr``) and the quantizer parameters
+    (``quant``: steps, N2UQ thresholds, at ``lr * quantizer_lr_factor``), with a cosine decay to 0
+    over ``total_steps`` (stepped once per batch)."""
+    opt = torch.optim.Adam([{"params": base, "lr": lr}, {"params": quant, "lr": lr * quantizer_lr_factor}])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total_steps) / total_steps)))
+    return opt, sched
+
+
 @graph_pass("below 8 bits, learn weights, steps and (N2UQ) thresholds by distilling the float model")
 def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
     cfg = ctx.config
@@ -235,13 +247,11 @@ def train_quantization_aware(gm: GraphModule, ctx: PassContext) -> PassResult:
             quant += [p for n, p in m.named_parameters(recurse=False)]
         elif isinstance(m, (LsqActQuant, N2UQActQuant)):
             quant += list(m.parameters(recurse=False))
-    opt = torch.optim.Adam([{"params": base, "lr": cfg.qat_lr},
-                            {"params": quant, "lr": cfg.qat_lr * cfg.qat_quantizer_lr_factor}])
     n = x_all.shape[0]
     bs = min(cfg.qat_batch_size, n)
     steps_per_epoch = math.ceil(n / bs)
     total = steps_per_epoch * cfg.qat_epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+    opt, sched = quantization_aware_optimizer(base, quant, cfg.qat_lr, cfg.qat_quantizer_lr_factor, total)
     logits = _output_is_logits(gm)
     gen = torch.Generator().manual_seed(cfg.qat_seed)
     epoch_losses: list[float] = []

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +48,7 @@ from qcompile.passes.record_float_outputs import QAT_TEACHER_RECORD
 from qcompile.passes.train_quantization_aware import (
     freeze_quantizers,
     prepare_quantizers,
+    quantization_aware_optimizer,
     train_quantization_aware,
 )
 from qcompile.pipeline import default_pipeline
@@ -202,10 +202,7 @@ def train(model: nn.Module, example_inputs, train_data, method: str | None = Non
         meth = make_method(cfg, gm, x[:cfg.calib_samples], task_loss, total)
         objective = _Objective(gm, meth)
         base, quant = meth.parameter_groups()
-        opt = torch.optim.Adam([{"params": base, "lr": cfg.lr},
-                                {"params": quant, "lr": cfg.lr * cfg.quantizer_lr_factor}])
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+        opt, sched = quantization_aware_optimizer(base, quant, cfg.lr, cfg.quantizer_lr_factor, total)
         gen = torch.Generator().manual_seed(cfg.seed)
         history: list[dict[str, float]] = []
         start_epoch = 0
