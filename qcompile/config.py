@@ -70,7 +70,8 @@ class QuantConfig:
     * ``qat_epochs``, ``qat_lr``, ``qat_batch_size``, ``qat_seed``: the QAT run (Adam, cosine
       decay, label-free distillation from the float model on the ``calib`` data).
       ``qat_quantizer_lr_factor``: the quantizer parameters (steps, N2UQ thresholds) train at
-      ``qat_lr`` times this factor (LSQ's practice of a faster rate for the few scale parameters).
+      ``qat_lr`` times this factor (10: best of 1 / 3 / 10 on held-out samples for 768-step
+      runs; an 18-epoch run did better with 3, see ``benchmarks/lowbit.py``).
       ``qat_keep_ends_8bit``: the first and last conv/linear keep 8-bit weights during QAT.
     * ``n2uq_thresholds``: ``"per_tensor"`` (the paper: one set of learned thresholds per
       activation tensor) or ``"per_channel"`` (one set per output channel, same uniform output
