@@ -42,10 +42,61 @@ import torch.nn as nn
 from qcompile.nn import ActQuant, QuantizedWeights, QuantMode
 from qcompile.qat.lsq import ACT_QMIN, TrainableWeights
 
-__all__ = ["N2UQActQuant", "N2UQWeights", "n2uq_weight_codes", "MAX_N2UQ_WEIGHT_BITS", "A_MIN"]
+__all__ = ["N2UQActQuant", "GeneralizedSTE", "N2UQWeights", "n2uq_weight_codes", "MAX_N2UQ_WEIGHT_BITS", "A_MIN"]
 
 A_MIN = 1e-3  # floor of the interval lengths (units of s0), the reference code's eps
 MAX_N2UQ_WEIGHT_BITS = 7  # odd integers up to 2**b - 1 must fit int8
+
+
+class GeneralizedSTE(torch.autograd.Function):
+    """The GSTE of the paper's eq. 6-8 as one autograd function: the forward pass returns the
+    count ``#{j : x >= T_j}`` with ``T_j = B_{j-1} + a_j / 2``; the backward pass is the gradient
+    of ``F(x) = sum_j clamp((x - B_{j-1}) / a_j, 0, 1)`` (the module docstring's ``F``):
+
+        dF/dx = 1 / a_j,   dF/dB_{j-1} = -1 / a_j,   dF/da_j = -(x - B_{j-1}) / a_j**2
+
+    for ``x`` in interval ``j`` (``B_{j-1} <= x < B_j``; the last interval includes ``B_L``), and
+    0 outside ``[B_0, B_L]``. ``b`` (``B_0..B_L``) and ``a`` have shape ``(L + 1,)`` and ``(L,)``
+    for one set of thresholds, or ``(C, L + 1)`` and ``(C, L)`` for one set per channel
+    (dimension 1 of ``x``).
+
+    Written out rather than left to autograd over ``count + F - F.detach()``: it saves no
+    per-level temporaries and no gather, which made the quantizer most of a training step's
+    time, and its forward value is the count exactly (``count + F - F`` can be an ulp off).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, b, a)
+        count = torch.zeros_like(x)
+        for t in _level_columns(b[..., :-1] + a / 2, x):
+            count += x >= t
+        return count
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, b, a = ctx.saved_tensors
+        levels = a.shape[-1]
+        per_channel = a.dim() == 2
+        reduce_dims = [d for d in range(x.dim()) if d != 1] if per_channel else list(range(x.dim()))
+        lows, highs, steps = _level_columns(b[..., :-1], x), _level_columns(b[..., 1:], x), _level_columns(a, x)
+        grad_x, grad_b, grad_a = torch.zeros_like(x), torch.zeros_like(b), torch.zeros_like(a)
+        for j, (low, high, step) in enumerate(zip(lows, highs, steps)):
+            inside = (x >= low) & ((x < high) if j < levels - 1 else (x <= high))
+            g = torch.where(inside, grad, 0.0)
+            grad_x += g / step
+            grad_b[..., j] = -g.sum(reduce_dims) / a[..., j]
+            grad_a[..., j] = -(g * (x - low)).sum(reduce_dims) / a[..., j] ** 2
+        return grad_x, grad_b, grad_a
+
+
+def _level_columns(table: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+    """Column ``j`` of a ``(L,)`` or ``(C, L)`` table, shaped to broadcast against ``x`` (a scalar,
+    or ``(1, C, 1, ...)`` along dimension 1)."""
+    if table.dim() == 1:
+        return list(table.unbind(0))
+    shape = (1, table.shape[0]) + (1,) * (x.dim() - 2)
+    return [column.reshape(shape) for column in table.unbind(1)]
 
 
 class N2UQActQuant(ActQuant):
@@ -91,10 +142,8 @@ class N2UQActQuant(ActQuant):
         """``(B_0..B_L, a_1..a_L)`` in real units (``a`` floored at ``A_MIN * s0``); with
         ``channels``, one row per channel."""
         a = torch.clamp(self.a, min=A_MIN) * self.step0
-        # B_0 enters twice through separate products: the gradient of ``start`` then sums exactly as it
-        # always has (per tensor), so training runs are bit-for-bit those of the committed results
-        return torch.cat([self.start.unsqueeze(-1) * self.step0,
-                          (self.start * self.step0).unsqueeze(-1) + torch.cumsum(a, -1)], -1), a
+        b0 = (self.start * self.step0).unsqueeze(-1)
+        return torch.cat([b0, b0 + torch.cumsum(a, -1)], -1), a
 
     def current_thresholds(self) -> torch.Tensor:
         """Forward thresholds ``T_j = B_{j-1} + a_j / 2`` in real units (``(L,)`` or ``(channels, L)``)."""
@@ -112,42 +161,18 @@ class N2UQActQuant(ActQuant):
 
     def _gste(self, x: torch.Tensor) -> torch.Tensor:
         """Counts in the forward pass, the piecewise-linear ``F`` in the backward pass."""
-        if self.channels is not None:
-            return self._gste_per_channel(x)
         b, a = self.boundaries()
-        t = b[:-1] + a / 2
-        count = torch.bucketize(x.detach(), t.detach(), right=True).to(x.dtype)  # #{j : x >= T_j}
-        j = torch.bucketize(x.detach(), b.detach(), right=True).clamp(1, self.levels)  # interval index
-        left = b[j - 1]
-        ramp = (j - 1).to(x.dtype) + (x - left) / a[j - 1]
-        ramp = torch.where(x < b[0], torch.zeros_like(ramp), ramp)
-        ramp = torch.where(x > b[-1], torch.full_like(ramp, float(self.levels)), ramp)
-        return count + ramp - ramp.detach()
-
-    def _gste_per_channel(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`_gste` with one row of boundaries per channel (dimension 1 of ``x``)."""
-        b, a = self.boundaries()                            # (C, L + 1), (C, L)
-        xc = x.movedim(1, -1)                               # (..., C)
-        xd = xc.detach().unsqueeze(-1)
-        count = (xd >= (b[:, :-1] + a / 2).detach()).sum(-1).to(x.dtype)
-        j = (xd >= b.detach()).sum(-1).clamp(1, self.levels)  # interval index, as bucketize on b
-        c = torch.arange(self.channels, device=x.device)
-        left = b.reshape(-1)[c * (self.levels + 1) + j - 1]
-        ramp = (j - 1).to(x.dtype) + (xc - left) / a.reshape(-1)[c * self.levels + j - 1]
-        ramp = torch.where(xc < b[:, 0], torch.zeros_like(ramp), ramp)
-        ramp = torch.where(xc > b[:, -1], torch.full_like(ramp, float(self.levels)), ramp)
-        return (count + ramp - ramp.detach()).movedim(-1, 1)
+        return GeneralizedSTE.apply(x, b, a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode is not QuantMode.QUANTIZE:
             return x
         if self.scale is not None:
             x64 = x.to(torch.float64)
-            if self.channels is None:
-                count = torch.bucketize(x64, self.thresholds, right=True)
-            else:
-                count = (x64.movedim(1, -1).unsqueeze(-1) >= self.thresholds).sum(-1).movedim(-1, 1)
-            return ((count - self.k0).to(torch.float64) * self.scale).to(x.dtype)
+            count = torch.zeros_like(x64)
+            for t in _level_columns(self.thresholds, x64):
+                count += x64 >= t
+            return ((count - self.k0) * self.scale).to(x.dtype)
         s = self.out_rel * self.step0
         return (self._gste(x) - self.k0) * s
 

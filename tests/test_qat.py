@@ -20,7 +20,7 @@ from qcompile.backends.lower import accumulator_thresholds, lower
 from qcompile.config import QuantConfig
 from qcompile.errors import ConfigError, UnsupportedQuantizationError
 from qcompile.fixedpoint import INT32_MAX, INT32_MIN
-from qcompile.n2uq import N2UQActQuant, n2uq_weight_codes
+from qcompile.n2uq import GeneralizedSTE, N2UQActQuant, n2uq_weight_codes
 from qcompile.qat import LsqActQuant
 
 from zoo_models import build
@@ -98,6 +98,37 @@ def test_gste_gradient_is_level_step_over_interval():
     assert q(x.detach()).tolist() == pytest.approx([0.0, 1.0, 1.0, 1.5, 0.0])
 
 
+@pytest.mark.parametrize("channels", [None, 3])
+def test_gste_backward_is_the_gradient_of_the_piecewise_linear_ramp(channels):
+    """GeneralizedSTE's hand-written backward equals autograd through the paper's
+    ``F(x) = sum_j clamp((x - B_{j-1}) / a_j, 0, 1)`` for x, B and a; its forward is the count."""
+    torch.manual_seed(0)
+    lead = () if channels is None else (3,)
+    a = (torch.rand(lead + (7,), dtype=torch.float64) + 0.1).requires_grad_(True)
+    start = (torch.randn(lead, dtype=torch.float64) - 2).requires_grad_(True)
+    x = (torch.randn(5, 3, 4, 4, dtype=torch.float64) * 3).requires_grad_(True)
+    weights = torch.randn_like(x)
+
+    def bounds():
+        return torch.cat([start.unsqueeze(-1), start.unsqueeze(-1) + torch.cumsum(a, -1)], -1)
+
+    b = bounds()
+    y = GeneralizedSTE.apply(x, b, a)
+    (y * weights).sum().backward()
+    got = [t.grad.clone() for t in (x, a, start)]
+    for t in (x, a, start):
+        t.grad = None
+    b = bounds()
+    view = (lambda t: t) if channels is None else (lambda t: t.reshape(1, 3, 1, 1))
+    ramp = sum(torch.clamp((x - view(b[..., j])) / view(a[..., j]), 0, 1) for j in range(7))
+    (ramp * weights).sum().backward()
+    for mine, reference in zip(got, (x.grad, a.grad, start.grad)):
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12)
+    t = (b[..., :-1] + a / 2).detach()
+    count = (x.detach().unsqueeze(-1) >= (t if channels is None else t.reshape(1, 3, 1, 1, 7))).sum(-1)
+    assert torch.equal(y.detach(), count.to(y.dtype))
+
+
 def test_per_channel_thresholds():
     """One row of boundaries per channel: equal rows give the per-tensor quantizer exactly (values and
     gradients); different rows count each channel against its own row, in training and frozen."""
@@ -120,7 +151,7 @@ def test_per_channel_thresholds():
     y = per_channel(x)
     assert torch.equal(y[:, [0, 2]], per_tensor(x)[:, [0, 2]])
     expected = 0.5 * ((x[:, 1:2, ..., None] >= torch.tensor([1.25, 2.0, 2.625])).sum(-1)).to(x.dtype)
-    assert torch.allclose(y[:, 1:2], expected, atol=1e-6)  # the GSTE's count + ramp - ramp, in float32
+    assert torch.equal(y[:, 1:2], expected)
     per_channel.freeze()
     assert per_channel.thresholds.shape == (3, 3)
     np.testing.assert_allclose(per_channel.thresholds[1].numpy(), [1.25, 2.0, 2.625])
