@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qcompile  # noqa: E402
 from qcompile.backends import ir  # noqa: E402
 from qcompile.bit_allocation import allocate_greedy, dual_variable_score, layer_cost, total_bytes  # noqa: E402
-from qcompile.qat import QATConfig, layer_sensitivity, prepare_graph, spearman, train  # noqa: E402
+from qcompile.qat import QATConfig, layer_output_divergence, layer_sensitivity, prepare_graph, spearman, train  # noqa: E402
 
 from bench_common import bit_exact, evaluation_split, print_and_save, run_cached_models, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
@@ -129,14 +129,21 @@ def _study(model_name, model, prepared, x_train, y_train, x_test, y_test, float_
     duals = prepared.dual_variables
     sens = layer_sensitivity(prepared.graph, layers, x_test, y_test)
     rho = spearman(duals, sens)
-    sens0 = layer_sensitivity(_initial_graph(model, x_train, x_test, bits, args), layers, x_test, y_test)
+    initial = _initial_graph(model, x_train, x_test, bits, args)
+    sens0 = layer_sensitivity(initial, layers, x_test, y_test)
     rho0 = spearman(duals, sens0)
-    print(f"  duals vs sensitivity: Spearman {rho:.3f} (trained layers), {rho0:.3f} (pretrained layers)", flush=True)
+    kl, kl0 = (layer_output_divergence(g, layers, x_test) for g in (prepared.graph, initial))
+    rho_kl, rho_kl0 = spearman(duals, kl), spearman(duals, kl0)
+    print(f"  duals vs sensitivity: Spearman {rho:.3f} (trained layers), {rho0:.3f} (pretrained layers); "
+          f"vs output KL {rho_kl:.3f} / {rho_kl0:.3f}", flush=True)
     out = [{"model": model_name, "row": f"dual vs sensitivity W{bits}A{bits}", "spearman": round(rho, 3),
-            "spearman_pretrained": round(rho0, 3),
+            "spearman_pretrained": round(rho0, 3), "spearman_kl": round(rho_kl, 3),
+            "spearman_kl_pretrained": round(rho_kl0, 3),
             "dual_variables": {k: float(f"{v:.4g}") for k, v in duals.items()},
             "sensitivity_top1_drop": {k: round(v, 2) for k, v in sens.items()},
-            "sensitivity_top1_drop_pretrained": {k: round(v, 2) for k, v in sens0.items()}}]
+            "sensitivity_top1_drop_pretrained": {k: round(v, 2) for k, v in sens0.items()},
+            "sensitivity_output_kl": {k: float(f"{v:.4g}") for k, v in kl.items()},
+            "sensitivity_output_kl_pretrained": {k: float(f"{v:.4g}") for k, v in kl0.items()}}]
     shapes = {n: tuple(prepared.graph.get_submodule(n).module.weight.shape) for n in layers}
     costs = [layer_cost(n, shapes[n], (bits, 8)) for n in layers]
     lo, hi = (sum(c.bytes[b] for c in costs) for b in (bits, 8))
@@ -224,7 +231,9 @@ def table(results: list[dict]) -> str:
     for r in results:
         if "spearman" in r:
             pre = f" (pretrained layers {r['spearman_pretrained']})" if "spearman_pretrained" in r else ""
-            lines.append(f"| {r['model']} | {r['row']} | Spearman {r['spearman']}{pre} | | | | |")
+            kl = (f"; vs output KL {r['spearman_kl']} ({r['spearman_kl_pretrained']})"
+                  if "spearman_kl" in r else "")
+            lines.append(f"| {r['model']} | {r['row']} | Spearman {r['spearman']}{pre}{kl} | | | | |")
             continue
         top = f"{r['top1']:.2f}" + (" (" + " / ".join(f"{v:.2f}" for v in r["seeds"].values()) + ")" if "seeds" in r else "")
         lines.append(f"| {r['model']} | {r['row']} | {top} | {r['drop']:.2f} | {r.get('weight_flash_bytes', '')} "

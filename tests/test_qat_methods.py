@@ -12,7 +12,8 @@ import qcompile
 from qcompile.backends import ir
 from qcompile.bit_allocation import allocate_greedy, dual_variable_score, layer_cost
 from qcompile.errors import CalibrationError, ConfigError
-from qcompile.qat import LsqActQuant, PreparedModel, QATConfig, spearman, train
+from qcompile.qat import (LsqActQuant, PreparedModel, QATConfig, layer_output_divergence, layer_sensitivity, spearman,
+                          train)
 from qcompile.qat.block_replace import BlockReplaceMethod
 from qcompile.qat.constrained import ConstrainedMethod, layer_bounds
 from qcompile.qat.ddq import DdqWeights
@@ -218,3 +219,23 @@ def test_spearman():
     assert spearman(a, {"a": 4, "b": 3, "c": 2, "d": 1}) == pytest.approx(-1.0)
     assert spearman(a, {"a": 1, "b": 1, "c": 2, "d": 2}) == pytest.approx(np.corrcoef([0, 1, 2, 3], [0.5, 0.5, 2.5, 2.5])[0, 1])
     assert np.isnan(spearman({"a": 1.0, "b": 2.0}, {"a": 1.0, "b": 2.0}))
+
+
+def test_layer_sensitivity_measures_only_that_layer(data):
+    """A layer whose float weights already lie on its quantization grid changes nothing when
+    quantized alone: KL 0 and top-1 drop 0; a layer left off the grid has KL > 0; the graph is
+    left as it was (same quantized outputs before and after)."""
+    model, x, y = data
+    prepared = _train(data, method="lsq", bits=2)
+    gm, layers = prepared.graph, list(prepared.weight_bits)
+    on_grid, off_grid = layers[0], layers[-1]
+    with torch.no_grad():
+        mod = gm.get_submodule(on_grid)
+        mod.module.weight.copy_(mod.fake_weight())
+        before = gm(x[:64])
+    kl = layer_output_divergence(gm, layers, x[:256])
+    drop = layer_sensitivity(gm, layers, x[:256], y[:256])
+    assert kl[on_grid] == 0.0 and drop[on_grid] == 0.0
+    assert kl[off_grid] > 0.0 and all(v >= 0.0 for v in kl.values())
+    with torch.no_grad():
+        assert torch.equal(gm(x[:64]), before)
