@@ -80,6 +80,13 @@ def evaluation_split(data, samples: int, eval_on: str = "test", n_eval: int = 0)
     return x_train, y_train, x_test, y_test
 
 
+def evaluated_on(samples: int, eval_on: str) -> str:
+    """The ``top1_on`` label of a result file for :func:`evaluation_split`'s choice."""
+    if eval_on == "heldout":
+        return f"integer interpreter (Artifact.run), training samples {samples}.. (held out from QAT)"
+    return "integer interpreter (Artifact.run), test split"
+
+
 def load_model(name: str, recipe, samples: int, n_eval: int = 0, eval_on: str = "test"):
     """``(model, calib, x_test, y_test, float_top1, float_row)`` of a PTQ-benchmark recipe: the cached model, the
     first ``samples`` training inputs, the evaluation samples (its first ``n_eval`` when given) and
@@ -124,6 +131,6 @@ def print_and_save(script: str, argv: list[str] | None, results: list[dict], tab
         json_path.write_text(json.dumps({
             "command": shlex.join(["python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])]),
             "date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
-            "top1_on": "integer interpreter (Artifact.run), test split", **meta,
+            "top1_on": evaluated_on(0, "test"), **meta,
             "targets": verdicts, "results": results,
         }, indent=1) + "\n")

@@ -57,7 +57,8 @@ from qcompile.backends.c_lowbit import threshold_bytes  # noqa: E402
 from qcompile.config import QuantConfig  # noqa: E402
 from qcompile.zoo import predict  # noqa: E402
 
-from bench_common import bit_exact_host, load_model, merge_results, print_and_save, run_cached_models, top1  # noqa: E402
+from bench_common import (bit_exact_host, evaluated_on, load_model, merge_results, print_and_save,  # noqa: E402
+                          run_cached_models, top1)
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["ROWS", "row_config", "parser", "main"]
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         results = merge_results(args.json, results)
     print_and_save("lowbit.py", argv, results, table, targets, args.json,
                    samples=args.samples, epochs=args.epochs, lr=args.lr,
-                   quantizer_lr_factor=args.quantizer_lr_factor, eval_on=args.eval_on, skipped=skipped)
+                   quantizer_lr_factor=args.quantizer_lr_factor, eval_on=args.eval_on, skipped=skipped,
+                   top1_on=evaluated_on(args.samples, args.eval_on))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ from qcompile.backends import ir  # noqa: E402
 from qcompile.bit_allocation import allocate_greedy, dual_variable_score, layer_cost, total_bytes  # noqa: E402
 from qcompile.qat import QATConfig, layer_output_divergence, layer_sensitivity, prepare_graph, spearman, train  # noqa: E402
 
-from bench_common import bit_exact, evaluation_split, print_and_save, run_cached_models, top1  # noqa: E402
+from bench_common import bit_exact, evaluated_on, evaluation_split, print_and_save, run_cached_models, top1  # noqa: E402
 from ptq import RECIPES_PTQ  # noqa: E402
 
 __all__ = ["METHODS", "main"]
@@ -326,11 +326,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(args.threads)
     results, skipped = run_cached_models(args.models, RECIPES_PTQ, lambda name: bench(name, args), args.train)
-    meta = {}
-    if args.eval_on == "heldout":
-        meta["top1_on"] = f"integer interpreter (Artifact.run), training samples {args.samples}.. (held out from QAT)"
     print_and_save("qat.py", argv, results, table, targets, args.json, samples=args.samples, epochs=args.epochs,
-                   lr=args.lr, batch=args.batch, skipped=skipped, **meta)
+                   lr=args.lr, batch=args.batch, skipped=skipped, top1_on=evaluated_on(args.samples, args.eval_on))
 
 
 if __name__ == "__main__":
