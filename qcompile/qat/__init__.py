@@ -17,7 +17,8 @@ from qcompile.qat.lsq import __all__ as _lsq_all
 from qcompile.qat.prepared import METHODS, PreparedModel, QATConfig
 from qcompile.qat.sensitivity import layer_output_divergence, layer_sensitivity, spearman
 
-__all__ = list(_lsq_all) + ["train", "prepare_graph", "QATConfig", "PreparedModel", "METHODS", "layer_sensitivity", "layer_output_divergence", "spearman"]
+__all__ = list(_lsq_all) + ["train", "prepare_graph", "QATConfig", "PreparedModel", "METHODS", "layer_sensitivity",
+                            "layer_output_divergence", "spearman"]
 
 
 def __getattr__(name: str):
