@@ -88,7 +88,7 @@ def test_ddq_width_gradient_flows_and_is_straight_through():
     q = DdqWeights(LsqWeights(QuantizedWeights(conv, 4, None, True)), (2, 3, 4, 8))
     with torch.no_grad():
         q.bits_param.fill_(3.4)
-    assert float(q.width()) == 3.0
+    assert float(q.width().detach()) == 3.0
     q.fake_weight().pow(2).sum().backward()
     assert q.bits_param.grad is not None and float(q.bits_param.grad) != 0.0
     q.fix(4)
