@@ -42,7 +42,7 @@ import torch.nn as nn
 from qcompile.nn import ActQuant, QuantizedWeights, QuantMode
 from qcompile.qat.lsq import ACT_QMIN, TrainableWeights
 
-__all__ = ["N2UQActQuant", "GeneralizedSTE", "N2UQWeights", "n2uq_weight_codes", "MAX_N2UQ_WEIGHT_BITS", "A_MIN"]
+__all__ = ["N2UQActQuant", "GeneralizedSTE", "threshold_count", "N2UQWeights", "n2uq_weight_codes", "MAX_N2UQ_WEIGHT_BITS", "A_MIN"]
 
 A_MIN = 1e-3  # floor of the interval lengths (units of s0), the reference code's eps
 MAX_N2UQ_WEIGHT_BITS = 7  # odd integers up to 2**b - 1 must fit int8
@@ -60,25 +60,27 @@ class GeneralizedSTE(torch.autograd.Function):
     for one set of thresholds, or ``(C, L + 1)`` and ``(C, L)`` for one set per channel
     (dimension 1 of ``x``).
 
-    Written out rather than left to autograd over ``count + F - F.detach()``: it saves no
-    per-level temporaries and no gather, which made the quantizer most of a training step's
-    time, and its forward value is the count exactly (``count + F - F`` can be an ulp off).
+    Written out rather than left to autograd over ``count + F - F.detach()``: that needed a
+    gather per element and several temporaries per level, which made the quantizer most of a
+    training step's time, and its forward value could be an ulp off the count; this one's is the
+    count exactly. One set of thresholds finds each element's interval by binary search
+    (``bucketize``) and sums the per-interval gradients in one pass (``bincount``), whatever the
+    number of levels; one set per channel takes a pass per level (there is no per-channel
+    ``bucketize`` without a channel-major copy), which is cheap at the 2-3 bits it is used at.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, b, a)
-        count = torch.zeros_like(x)
-        for t in _level_columns(b[..., :-1] + a / 2, x):
-            count += x >= t
-        return count
+        return threshold_count(x, b[..., :-1] + a / 2, x.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, b, a = ctx.saved_tensors
+        if a.dim() == 1:
+            return _per_tensor_gradients(grad, x, b, a)
         levels = a.shape[-1]
-        per_channel = a.dim() == 2
-        reduce_dims = [d for d in range(x.dim()) if d != 1] if per_channel else list(range(x.dim()))
+        reduce_dims = [d for d in range(x.dim()) if d != 1]
         lows, highs, steps = _level_columns(b[..., :-1], x), _level_columns(b[..., 1:], x), _level_columns(a, x)
         grad_x, grad_b, grad_a = torch.zeros_like(x), torch.zeros_like(b), torch.zeros_like(a)
         for j, (low, high, step) in enumerate(zip(lows, highs, steps)):
@@ -88,6 +90,37 @@ class GeneralizedSTE(torch.autograd.Function):
             grad_b[..., j] = -g.sum(reduce_dims) / a[..., j]
             grad_a[..., j] = -(g * (x - low)).sum(reduce_dims) / a[..., j] ** 2
         return grad_x, grad_b, grad_a
+
+
+def _per_tensor_gradients(grad: torch.Tensor, x: torch.Tensor, b: torch.Tensor,
+                          a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:meth:`GeneralizedSTE.backward` for one set of thresholds: each element's interval by
+    binary search, the per-interval sums by one ``bincount`` (accumulated in float64)."""
+    levels = a.shape[0]
+    above = torch.bucketize(x, b, right=True)                     # #{i : x >= B_i}, 0..L+1
+    inside = (above > 0) & (x <= b[-1])
+    interval = above.clamp(1, levels) - 1                          # 0-based; x = B_L is in the last
+    g = torch.where(inside, grad, 0.0)
+    grad_x = g / a[interval]
+
+    def per_interval(values: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(interval.reshape(-1), values.reshape(-1).double(), minlength=levels).to(a.dtype)
+
+    grad_b = torch.zeros_like(b)
+    grad_b[:-1] = -per_interval(g) / a
+    grad_a = -per_interval(g * (x - b[interval])) / a ** 2
+    return grad_x, grad_b, grad_a
+
+
+def threshold_count(x: torch.Tensor, thresholds: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``#{j : x >= T_j}`` per element (as ``dtype``), for sorted thresholds ``(L,)`` or one sorted
+    row per channel ``(C, L)`` (dimension 1 of ``x``)."""
+    if thresholds.dim() == 1:
+        return torch.bucketize(x, thresholds, right=True).to(dtype)
+    count = torch.zeros(x.shape, dtype=dtype, device=x.device)
+    for t in _level_columns(thresholds, x):
+        count += x >= t
+    return count
 
 
 def _level_columns(table: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
@@ -168,10 +201,7 @@ class N2UQActQuant(ActQuant):
         if self.mode is not QuantMode.QUANTIZE:
             return x
         if self.scale is not None:
-            x64 = x.to(torch.float64)
-            count = torch.zeros_like(x64)
-            for t in _level_columns(self.thresholds, x64):
-                count += x64 >= t
+            count = threshold_count(x.to(torch.float64), self.thresholds, torch.float64)
             return ((count - self.k0) * self.scale).to(x.dtype)
         s = self.out_rel * self.step0
         return (self._gste(x) - self.k0) * s
