@@ -80,8 +80,9 @@ def evaluation_split(data, samples: int, eval_on: str = "test", n_eval: int = 0)
     return x_train, y_train, x_test, y_test
 
 
-def evaluated_on(samples: int, eval_on: str) -> str:
-    """The ``top1_on`` label of a result file for :func:`evaluation_split`'s choice."""
+def evaluated_on(eval_on: str = "test", samples: int = 0) -> str:
+    """The ``top1_on`` label of a result file for :func:`evaluation_split`'s choice (``samples``:
+    the training samples used, after which the held-out ones start)."""
     if eval_on == "heldout":
         return f"integer interpreter (Artifact.run), training samples {samples}.. (held out from QAT)"
     return "integer interpreter (Artifact.run), test split"
@@ -131,6 +132,6 @@ def print_and_save(script: str, argv: list[str] | None, results: list[dict], tab
         json_path.write_text(json.dumps({
             "command": shlex.join(["python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])]),
             "date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
-            "top1_on": evaluated_on(0, "test"), **meta,
+            "top1_on": evaluated_on(), **meta,
             "targets": verdicts, "results": results,
         }, indent=1) + "\n")

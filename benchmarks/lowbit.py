@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     print_and_save("lowbit.py", argv, results, table, targets, args.json,
                    samples=args.samples, epochs=args.epochs, lr=args.lr,
                    quantizer_lr_factor=args.quantizer_lr_factor, eval_on=args.eval_on, skipped=skipped,
-                   top1_on=evaluated_on(args.samples, args.eval_on))
+                   top1_on=evaluated_on(args.eval_on, args.samples))
 
 
 if __name__ == "__main__":

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     results, skipped = run_cached_models(args.models, RECIPES_PTQ, lambda name: bench(name, args), args.train)
     print_and_save("qat.py", argv, results, table, targets, args.json, samples=args.samples, epochs=args.epochs,
-                   lr=args.lr, batch=args.batch, skipped=skipped, top1_on=evaluated_on(args.samples, args.eval_on))
+                   lr=args.lr, batch=args.batch, skipped=skipped, top1_on=evaluated_on(args.eval_on, args.samples))
 
 
 if __name__ == "__main__":
