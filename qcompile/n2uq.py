@@ -66,7 +66,8 @@ class GeneralizedSTE(torch.autograd.Function):
     count exactly. One set of thresholds finds each element's interval by binary search
     (``bucketize``) and sums the per-interval gradients in one pass (``bincount``), whatever the
     number of levels; one set per channel takes a pass per level (there is no per-channel
-    ``bucketize`` without a channel-major copy), which is cheap at the 2-3 bits it is used at.
+    ``bucketize`` without a channel-major copy): on a 64x32x14x14 tensor, forward and backward,
+    one core, 19 ms at 2 bits (per tensor 21 ms), 48 ms at 4 and 419 ms at 7 (per tensor 38, 41).
     """
 
     @staticmethod
